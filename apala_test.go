@@ -1,0 +1,1736 @@
+package apala
+
+// This file holds the package's tests, benchmarks and the fake server they
+// share with example_test.go (DemoServer, exported to the examples only: it
+// exists under go test, never in the package's API).
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Demo credentials. Every secret the fake server hands out contains
+// secretMarker, so a leak test only has to look for that one word.
+const (
+	DemoAPIKey      = "demo-SECRET-api-key"
+	DemoCompanyID   = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+	DemoCompanyName = "Acme Lending"
+	DemoCompanyGUID = "550e8400-e29b-41d4-a716-446655440000"
+	secretMarker    = "SECRET"
+)
+
+// DemoServer is a small in-memory Apala API speaking API.md: the auth
+// endpoints, message processing and optimisation, and feedback. Tests and
+// examples start one each.
+type DemoServer struct {
+	*httptest.Server
+
+	mu        sync.Mutex
+	apiKey    string
+	expiresIn int  // seconds; 0 or less is sent as is
+	noExpiry  bool // leave expires_in out of auth answers
+	rotate    bool // return a new refresh token on refresh
+	now       func() time.Time
+	serial    int
+	access    map[string]bool // access tokens the server accepts
+	refresh   map[string]bool // refresh tokens the server accepts
+	hits      map[string]int
+	bodies    map[string][]byte // the last request body per path
+	headers   map[string]http.Header
+	scripted  map[string][]scripted // answers given before the real ones
+	hook      func(w http.ResponseWriter, r *http.Request) bool
+	feedbacks int
+}
+
+type scripted struct {
+	status int
+	body   string
+	header map[string]string
+}
+
+// NewDemoServer starts a fake Apala API that accepts DemoAPIKey and issues
+// tokens that live for an hour.
+func NewDemoServer() *DemoServer {
+	s := newDemoServer()
+	s.Start()
+	return s
+}
+
+// newDemoServer returns a DemoServer not yet started, for a test that sets
+// up its http.Server first.
+func newDemoServer() *DemoServer {
+	s := &DemoServer{
+		apiKey:    DemoAPIKey,
+		expiresIn: 3600,
+		now:       time.Now,
+		access:    map[string]bool{},
+		refresh:   map[string]bool{},
+		hits:      map[string]int{},
+		bodies:    map[string][]byte{},
+		headers:   map[string]http.Header{},
+		scripted:  map[string][]scripted{},
+	}
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	return s
+}
+
+// Fail makes the next answer on path have this status and body (JSON, or
+// any text); repeated calls queue further answers.
+func (s *DemoServer) Fail(path string, status int, body string) {
+	s.script(path, scripted{status: status, body: body})
+}
+
+func (s *DemoServer) script(path string, a scripted) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.scripted[path] = append(s.scripted[path], a)
+}
+
+// RevokeTokens makes the server reject every access token issued so far,
+// as after a key rotation or a server restart.
+func (s *DemoServer) RevokeTokens() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.access = map[string]bool{}
+}
+
+// SetTokenLifetime sets expires_in for tokens issued from now on.
+func (s *DemoServer) SetTokenLifetime(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expiresIn = int(d / time.Second)
+}
+
+// Hits returns how many requests reached path.
+func (s *DemoServer) Hits(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hits[path]
+}
+
+func (s *DemoServer) lastBody(path string) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bodies[path]
+}
+
+func (s *DemoServer) lastHeader(path string) http.Header {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.headers[path]
+}
+
+func (s *DemoServer) setHook(h func(w http.ResponseWriter, r *http.Request) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hook = h
+}
+
+// issue makes a JWT-shaped token whose signature carries secretMarker.
+func (s *DemoServer) issue(kind string, life int) string {
+	s.serial++
+	claims := fmt.Sprintf(`{"sub":%q,"typ":%q,"n":%d,"exp":%d}`, DemoCompanyID, kind, s.serial, s.now().Add(time.Duration(life)*time.Second).Unix())
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." +
+		enc.EncodeToString([]byte(claims)) + "." + secretMarker + fmt.Sprint(s.serial)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (s *DemoServer) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	s.mu.Lock()
+	s.hits[r.URL.Path]++
+	s.bodies[r.URL.Path] = body
+	s.headers[r.URL.Path] = r.Header.Clone()
+	hook := s.hook
+	var sc *scripted
+	if q := s.scripted[r.URL.Path]; len(q) > 0 {
+		sc = &q[0]
+		s.scripted[r.URL.Path] = q[1:]
+	}
+	s.mu.Unlock()
+
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if hook != nil && hook(w, r) {
+		return
+	}
+	if sc != nil {
+		for k, v := range sc.header {
+			w.Header().Set(k, v)
+		}
+		if json.Valid([]byte(sc.body)) {
+			w.Header().Set("Content-Type", "application/json")
+		} else if w.Header().Get("Content-Type") == "" {
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		}
+		w.WriteHeader(sc.status)
+		_, _ = io.WriteString(w, sc.body)
+		return
+	}
+	if r.Method != http.MethodPost {
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method not allowed"})
+		return
+	}
+	if !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want application/json"})
+		return
+	}
+	switch r.URL.Path {
+	case pathToken:
+		s.serveToken(w, r, body)
+		return
+	case pathRefresh:
+		s.serveRefresh(w, r, body)
+		return
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	s.mu.Lock()
+	ok = ok && s.access[tok]
+	s.mu.Unlock()
+	if !ok {
+		writeJSON(w, http.StatusUnauthorized, map[string]any{"errors": map[string]string{"detail": "Unauthorized"}})
+		return
+	}
+	s.serveAPI(w, r, body)
+}
+
+// decodeStrict decodes exactly one JSON object with no unknown fields.
+func decodeStrict(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+func (s *DemoServer) serveToken(w http.ResponseWriter, r *http.Request, body []byte) {
+	var in struct {
+		APIKey *string `json:"api_key"`
+	}
+	if r.Header.Get("Authorization") != "" || decodeStrict(body, &in) != nil || in.APIKey == nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want exactly {\"api_key\": ...}"})
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if *in.APIKey != s.apiKey {
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid API key"})
+		return
+	}
+	at, rt := s.issue("access", s.expiresIn), s.issue("refresh", 7*24*3600)
+	s.access[at], s.refresh[rt] = true, true
+	out := map[string]any{
+		"access_token": at, "refresh_token": rt, "token_type": "Bearer",
+		"company_id": DemoCompanyID, "company_name": DemoCompanyName,
+	}
+	if !s.noExpiry {
+		out["expires_in"] = s.expiresIn
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *DemoServer) serveRefresh(w http.ResponseWriter, r *http.Request, body []byte) {
+	var in struct {
+		RefreshToken *string `json:"refresh_token"`
+	}
+	if r.Header.Get("Authorization") != "" || decodeStrict(body, &in) != nil || in.RefreshToken == nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want exactly {\"refresh_token\": ...}"})
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.refresh[*in.RefreshToken] {
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid refresh token"})
+		return
+	}
+	at := s.issue("access", s.expiresIn)
+	s.access[at] = true
+	out := map[string]any{"access_token": at, "token_type": "Bearer"}
+	if !s.noExpiry {
+		out["expires_in"] = s.expiresIn
+	}
+	if s.rotate {
+		delete(s.refresh, *in.RefreshToken)
+		rt := s.issue("refresh", 7*24*3600)
+		s.refresh[rt] = true
+		out["refresh_token"] = rt
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// serveAPI answers the message and feedback endpoints after checking each
+// request against API.md; a request that breaks a rule gets a 422 naming it.
+func (s *DemoServer) serveAPI(w http.ResponseWriter, r *http.Request, body []byte) {
+	if r.Header.Get("Idempotency-Key") == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing Idempotency-Key"})
+		return
+	}
+	bad := func(msg string) { writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": msg}) }
+	switch r.URL.Path {
+	case "/api/message_processing":
+		var in struct {
+			Company          string        `json:"company"`
+			CustomerID       string        `json:"customer_id"`
+			ZipCode          string        `json:"zip_code"`
+			Messages         []wireMessage `json:"messages"`
+			CandidateMessage wireMessage   `json:"candidate_message"`
+		}
+		if err := decodeStrict(body, &in); err != nil {
+			bad(err.Error())
+			return
+		}
+		if msg := checkWireMessages(append(in.Messages, in.CandidateMessage)); msg != "" {
+			bad(msg)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{
+			"company": in.Company, "customer_id": in.CustomerID,
+			"candidate_message": map[string]string{
+				"content": in.CandidateMessage.Content, "channel": string(in.CandidateMessage.Channel),
+				"message_id": in.CandidateMessage.MessageID,
+			},
+		})
+	case "/api/message_optimizer":
+		var in struct {
+			Company          string        `json:"company"`
+			CustomerID       string        `json:"customer_id"`
+			ZipCode          string        `json:"zip_code"`
+			Messages         []wireMessage `json:"messages"`
+			CandidateMessage string        `json:"candidate_message"`
+
+			IsRepeatBorrower       *int   `json:"is_repeat_borrower"`
+			StateID                *int   `json:"state_id"`
+			CreditScoreBin         string `json:"credit_score_bin"`
+			RequestedLoanAmountBin string `json:"requested_loan_amount_bin"`
+			AgeBin                 string `json:"age_bin"`
+			MonthlyIncomeBin       string `json:"monthly_income_bin"`
+			ApplicationReason      string `json:"application_reason"`
+		}
+		if err := decodeStrict(body, &in); err != nil {
+			bad(err.Error())
+			return
+		}
+		if msg := checkWireMessages(in.Messages); msg != "" {
+			bad(msg)
+			return
+		}
+		channel := "SMS"
+		if len(in.CandidateMessage) > 160 {
+			channel = "EMAIL"
+		}
+		s.mu.Lock()
+		s.serial++
+		id := fmt.Sprintf("msg-%04d", s.serial)
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]string{
+			"message_id":          id,
+			"optimized_message":   strings.TrimSpace(strings.TrimSuffix(in.CandidateMessage, ".")) + " - reply YES and we will call you today.",
+			"recommended_channel": channel,
+			"original_message":    in.CandidateMessage,
+		})
+	case "/api/feedback":
+		var in wireFeedback
+		if err := decodeStrict(body, &in); err != nil {
+			bad(err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, s.storeFeedback(in))
+	case "/api/feedback/bulk":
+		var in struct {
+			Feedback []wireFeedback `json:"feedback"`
+		}
+		if err := decodeStrict(body, &in); err != nil {
+			bad(err.Error())
+			return
+		}
+		var out []map[string]any
+		for _, f := range in.Feedback {
+			out = append(out, s.storeFeedback(f))
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"success": true, "count": len(out), "feedback": out})
+	default:
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint"})
+	}
+}
+
+func checkWireMessages(ms []wireMessage) string {
+	for i, m := range ms {
+		switch {
+		case m.Content == "":
+			return fmt.Sprintf("messages[%d].content is empty", i)
+		case m.Channel != "SMS" && m.Channel != "EMAIL" && m.Channel != "OTHER":
+			return fmt.Sprintf("messages[%d].channel is invalid", i)
+		case m.ReplyOrNot != "true" && m.ReplyOrNot != "false":
+			return fmt.Sprintf("messages[%d].reply_or_not must be the string true or false", i)
+		}
+		if _, err := time.Parse(time.RFC3339, m.SendTimestamp); err != nil {
+			return fmt.Sprintf("messages[%d].send_timestamp is not RFC 3339", i)
+		}
+	}
+	return ""
+}
+
+func (s *DemoServer) storeFeedback(f wireFeedback) map[string]any {
+	s.mu.Lock()
+	s.feedbacks++
+	n := s.feedbacks
+	s.mu.Unlock()
+	rewards := f.PositiveRewards
+	if rewards == nil {
+		rewards = []PositiveReward{}
+	}
+	nullable := func(v string) any {
+		if v == "" {
+			return nil
+		}
+		return v
+	}
+	return map[string]any{
+		"id":                  fmt.Sprintf("fb-%04d", n),
+		"message_id":          f.MessageID,
+		"customer_responded":  f.CustomerResponded,
+		"score":               f.Score,
+		"actual_sent_message": nullable(f.ActualSentMessage),
+		"positive_rewards":    rewards,
+		"send_timestamp":      nullable(f.SendTimestamp),
+		"reply_timestamp":     nullable(f.ReplyTimestamp),
+		"inserted_at":         "2025-01-15T10:30:00.123456", // Python isoformat(), no offset
+	}
+}
+
+// ---- test helpers ----
+
+// fakeClock is a settable clock; its times carry no monotonic reading.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (f *fakeClock) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.t
+}
+
+func (f *fakeClock) Since(t time.Time) time.Duration { return f.Now().Sub(t) }
+
+func (f *fakeClock) Advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.t = f.t.Add(d)
+}
+
+// useFakeClock makes clients created by the test read a fake clock. Such
+// tests do not run in parallel: the clock variables are package-wide.
+func useFakeClock(t *testing.T) *fakeClock {
+	t.Helper()
+	clk := &fakeClock{t: time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)}
+	timeNow, timeSince = clk.Now, clk.Since
+	t.Cleanup(func() { timeNow, timeSince = time.Now, time.Since })
+	return clk
+}
+
+// setup starts a demo server and a client for it with fast retries.
+func setup(t *testing.T, opts ...Option) (*DemoServer, *Client) {
+	t.Helper()
+	s := NewDemoServer()
+	t.Cleanup(s.Close)
+	c := newTestClient(t, s.URL, opts...)
+	return s, c
+}
+
+func newTestClient(t *testing.T, baseURL string, opts ...Option) *Client {
+	t.Helper()
+	all := append([]Option{WithBaseURL(baseURL), WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithCompanyGUID(DemoCompanyGUID)}, opts...)
+	c, err := NewClient(DemoAPIKey, all...)
+	if err != nil {
+		t.Fatalf("NewClient: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// waitIdle waits until no token flight is in progress. It polls; the bound
+// is a safety net against a hung test, not a timing assertion.
+func waitIdle(t *testing.T, c *Client) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for c.flight.Load() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("token flight still in progress after 30s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// logBuffer is a concurrency-safe buffer for a slog handler.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// records decodes the JSON log lines in l.
+func (l *logBuffer) records(t *testing.T) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(l.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line is not JSON: %v", err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func newJSONLogger(l *logBuffer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// noSecret fails the test when s holds a secret; it never prints s.
+func noSecret(t *testing.T, what, s string) {
+	t.Helper()
+	if strings.Contains(s, secretMarker) {
+		t.Errorf("%s holds a secret (output withheld)", what)
+	}
+}
+
+var ctx = context.Background()
+
+// ---- construction ----
+
+func TestNewClient(t *testing.T) {
+	tests := []struct {
+		name    string
+		key     string
+		opts    []Option
+		wantErr string // substring; "" means success
+		is      error
+	}{
+		{name: "defaults", key: "k"},
+		{name: "empty key", key: "", wantErr: "missing API key", is: ErrMissingAPIKey},
+		{name: "https", key: "k", opts: []Option{WithBaseURL("https://api.example.com")}},
+		{name: "https with prefix", key: "k", opts: []Option{WithBaseURL("https://gw.example/apala/")}},
+		{name: "loopback v4", key: "k", opts: []Option{WithBaseURL("http://127.0.0.9:4000")}},
+		{name: "loopback v6", key: "k", opts: []Option{WithBaseURL("http://[::1]:4000")}},
+		{name: "localhost", key: "k", opts: []Option{WithBaseURL("http://LOCALHOST")}},
+		{name: "remote http", key: "k", opts: []Option{WithBaseURL("http://api.example.com")}, wantErr: "not loopback"},
+		{name: "remote http allowed", key: "k", opts: []Option{WithBaseURL("http://api.example.com"), WithInsecureHTTP()}},
+		{name: "relative", key: "k", opts: []Option{WithBaseURL("/api")}, wantErr: "absolute http"},
+		{name: "ftp", key: "k", opts: []Option{WithBaseURL("ftp://example.com")}, wantErr: "absolute http"},
+		{name: "no host", key: "k", opts: []Option{WithBaseURL("https://")}, wantErr: "no host"},
+		{name: "user info", key: "k", opts: []Option{WithBaseURL("https://bob:hunter2@example.com")}, wantErr: "user info"},
+		{name: "unparsable", key: "k", opts: []Option{WithBaseURL("https://bob:hunter2@exa mple.com/%zz")}, wantErr: "invalid base URL"},
+		{name: "query", key: "k", opts: []Option{WithBaseURL("https://example.com/?a=1")}, wantErr: "query"},
+		{name: "negative margin", key: "k", opts: []Option{WithRefreshMargin(-time.Second)}, wantErr: "WithRefreshMargin"},
+		{name: "negative retries", key: "k", opts: []Option{WithMaxRetries(-1)}, wantErr: "WithMaxRetries"},
+		{name: "zero backoff", key: "k", opts: []Option{WithRetryBackoff(0, time.Second)}, wantErr: "WithRetryBackoff"},
+		{name: "inverted backoff", key: "k", opts: []Option{WithRetryBackoff(time.Second, time.Millisecond)}, wantErr: "WithRetryBackoff"},
+		{name: "negative timeout", key: "k", opts: []Option{WithTimeout(-1)}, wantErr: "WithTimeout"},
+		{name: "bad company", key: "k", opts: []Option{WithCompanyGUID("acme")}, wantErr: "CompanyGUID"},
+		{name: "zero option", key: "k", opts: []Option{{}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := NewClient(tt.key, tt.opts...)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("NewClient() error = %v; want nil", err)
+				}
+				c.Close()
+				return
+			}
+			if err == nil {
+				c.Close()
+				t.Fatalf("NewClient() error = nil; want %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), "apala: ") {
+				t.Errorf("NewClient() error = %q; want it to contain %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("NewClient() error shows the URL's password")
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
+			}
+		})
+	}
+}
+
+func TestNewClientFromEnv(t *testing.T) {
+	t.Setenv(EnvAPIKey, "")
+	if _, err := NewClientFromEnv(); !errors.Is(err, ErrMissingAPIKey) || !strings.Contains(err.Error(), EnvAPIKey) {
+		t.Errorf("NewClientFromEnv() without key: error = %v; want ErrMissingAPIKey naming %s", err, EnvAPIKey)
+	}
+
+	s := NewDemoServer()
+	defer s.Close()
+	t.Setenv(EnvAPIKey, DemoAPIKey)
+	t.Setenv(EnvBaseURL, s.URL)
+	t.Setenv(EnvCompanyGUID, DemoCompanyGUID)
+	c, err := NewClientFromEnv()
+	if err != nil {
+		t.Fatalf("NewClientFromEnv() error = %v", err)
+	}
+	defer c.Close()
+	if got := c.CompanyGUID(); got != DemoCompanyGUID {
+		t.Errorf("CompanyGUID() = %q; want %q", got, DemoCompanyGUID)
+	}
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatalf("Authenticate() error = %v", err)
+	}
+
+	// Options win over the environment.
+	other := "11111111-2222-4333-8444-555555555555"
+	t.Setenv(EnvBaseURL, "http://api.example.com") // would be refused
+	c2, err := NewClientFromEnv(WithBaseURL(s.URL), WithCompanyGUID(other))
+	if err != nil {
+		t.Fatalf("NewClientFromEnv(options) error = %v", err)
+	}
+	defer c2.Close()
+	if got := c2.CompanyGUID(); got != other {
+		t.Errorf("CompanyGUID() = %q; want the option's %q", got, other)
+	}
+}
+
+func TestBaseURLPrefixKept(t *testing.T) {
+	var paths []string
+	var mu sync.Mutex
+	s := NewDemoServer()
+	defer s.Close()
+	proxy := httptest.NewServer(http.StripPrefix("/apala", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
+		s.Config.Handler.ServeHTTP(w, r)
+	})))
+	defer proxy.Close()
+	c := newTestClient(t, proxy.URL+"/apala/")
+	if err := c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil); err != nil {
+		t.Fatalf("Do() error = %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{pathToken, "/api/feedback"}; fmt.Sprint(paths) != fmt.Sprint(want) {
+		t.Errorf("paths under the prefix = %v; want %v", paths, want)
+	}
+}
+
+// ---- authentication ----
+
+func TestAuthenticate(t *testing.T) {
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	sentAt := clk.Now()
+	// The answer arrives 5s after the request left: expiry counts from the send.
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		clk.Advance(5 * time.Second)
+		return false
+	})
+	ar, err := c.Authenticate(ctx)
+	if err != nil {
+		t.Fatalf("Authenticate() error = %v", err)
+	}
+	if got, want := string(s.lastBody(pathToken)), `{"api_key":"`+DemoAPIKey+`"}`; got != want {
+		t.Errorf("token request body differs from {\"api_key\": <key>} (body withheld)")
+	}
+	if h := s.lastHeader(pathToken); h.Get("Authorization") != "" || h.Get("Content-Type") != "application/json" {
+		t.Errorf("token request: Authorization set = %v, Content-Type = %q; want none, application/json", h.Get("Authorization") != "", h.Get("Content-Type"))
+	}
+	if ar.CompanyName != DemoCompanyName || ar.CompanyID != DemoCompanyID || ar.ExpiresIn != 3600 || ar.TokenType != "Bearer" {
+		t.Errorf("Authenticate() = %v; want company %q, 3600s, Bearer", ar, DemoCompanyName)
+	}
+	if ar.AccessToken == "" || ar.RefreshToken == "" {
+		t.Errorf("Authenticate() returned empty tokens")
+	}
+	tok := c.Token()
+	if tok.AccessToken != ar.AccessToken {
+		t.Errorf("Token().AccessToken differs from the one authenticated")
+	}
+	if want := sentAt.Add(time.Hour); !tok.ExpiresAt.Equal(want) {
+		t.Errorf("Token().ExpiresAt = %v; want %v (send time + expires_in)", tok.ExpiresAt, want)
+	}
+	if !tok.Valid() || tok.CompanyName != DemoCompanyName || tok.TokenType != "Bearer" {
+		t.Errorf("Token() = %v; want valid, company %q", tok, DemoCompanyName)
+	}
+	clk.Advance(time.Hour)
+	if tok.Valid() {
+		t.Errorf("Token().Valid() = true after ExpiresAt")
+	}
+	if (Token{}).Valid() {
+		t.Errorf("Token{}.Valid() = true; want false")
+	}
+	if (Token{AccessToken: "x"}).Valid() != true {
+		t.Errorf("Token with unknown expiry: Valid() = false; want true")
+	}
+}
+
+func TestAuthenticateErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		status  int
+		body    string
+		is      error
+		wantMsg string // in the error
+	}{
+		{"invalid key", 401, `{"error":"invalid API key"}`, ErrUnauthorized, "invalid API key"},
+		{"no permission", 403, `{"message":"key lacks permissions"}`, ErrForbidden, "key lacks permissions"},
+		{"server", 500, `{"errors":{"detail":"Internal Server Error"}}`, ErrServer, "Internal Server Error"},
+		{"html page", 502, `<html><body>Bad gateway ` + secretMarker + `</body></html>`, ErrServer, "text/html"},
+		{"no access token", 200, `{"refresh_token":"r","expires_in":3600}`, nil, "no valid access_token"},
+		{"empty access token", 200, `{"access_token":"","expires_in":3600}`, nil, "no valid access_token"},
+		{"header injection", 200, `{"access_token":"a\r\nX-Evil: 1","expires_in":3600}`, nil, "no valid access_token"},
+		{"malformed", 200, `{"access_token":`, nil, "malformed JSON"},
+		{"wrong type", 200, `{"access_token":"a","expires_in":"soon"}`, nil, "malformed JSON"},
+		{"empty body", 200, ``, nil, "empty body"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, c := setup(t, WithMaxRetries(0))
+			s.Fail(pathToken, tt.status, tt.body)
+			ar, err := c.Authenticate(ctx)
+			if err == nil || ar != nil {
+				t.Fatalf("Authenticate() = %v, %v; want an error", ar, err)
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
+			}
+			if !strings.Contains(err.Error(), tt.wantMsg) || !strings.HasPrefix(err.Error(), "apala: ") {
+				t.Errorf("Authenticate() error = %q; want it to contain %q", err, tt.wantMsg)
+			}
+			noSecret(t, "error", err.Error())
+			if tok := c.Token(); tok.AccessToken != "" {
+				t.Errorf("a token was stored from a bad answer")
+			}
+		})
+	}
+}
+
+func TestRefreshAccessToken(t *testing.T) {
+	s, c := setup(t)
+	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrNotAuthenticated) {
+		t.Errorf("RefreshAccessToken() before auth: error = %v; want ErrNotAuthenticated", err)
+	}
+	if n := s.Hits(pathRefresh) + s.Hits(pathToken); n != 0 {
+		t.Errorf("requests sent with no refresh token = %d; want 0", n)
+	}
+	ar, err := c.Authenticate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := c.RefreshAccessToken(ctx)
+	if err != nil {
+		t.Fatalf("RefreshAccessToken() error = %v", err)
+	}
+	if rr.AccessToken == "" || rr.AccessToken == ar.AccessToken || rr.ExpiresIn != 3600 {
+		t.Errorf("RefreshAccessToken() gave no new token, or ExpiresIn = %d; want 3600", rr.ExpiresIn)
+	}
+	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+ar.RefreshToken+`"}`; got != want {
+		t.Errorf("refresh request body differs from {\"refresh_token\": <token>} (body withheld)")
+	}
+	if s.lastHeader(pathRefresh).Get("Authorization") != "" {
+		t.Errorf("refresh request carries an Authorization header")
+	}
+	if c.Token().AccessToken != rr.AccessToken || c.Token().CompanyName != DemoCompanyName {
+		t.Errorf("Token() after refresh is not the refreshed one, or lost the company")
+	}
+	// The old refresh token is kept: a second refresh uses it again.
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatalf("second RefreshAccessToken() error = %v", err)
+	}
+	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+ar.RefreshToken+`"}`; got != want {
+		t.Errorf("second refresh did not reuse the original refresh token")
+	}
+
+	// Rotation: a returned refresh token replaces the old one.
+	s.mu.Lock()
+	s.rotate = true
+	s.mu.Unlock()
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rotated := c.pair.Load().refresh
+	if rotated == ar.RefreshToken {
+		t.Fatalf("rotated refresh token not adopted")
+	}
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatalf("refresh with the rotated token: %v", err)
+	}
+
+	// Refused: the explicit call returns the error and does not fall back.
+	s.Fail(pathRefresh, 401, `{"error":"refresh token expired"}`)
+	before := s.Hits(pathToken)
+	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("refused RefreshAccessToken() error = %v; want ErrUnauthorized", err)
+	}
+	if s.Hits(pathToken) != before {
+		t.Errorf("explicit refresh fell back to the API key")
+	}
+}
+
+func TestNewPairDeadlines(t *testing.T) {
+	base := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
+	jwt := func(exp time.Time) string {
+		return "h." + base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"exp":%d}`, exp.Unix()))) + ".s"
+	}
+	const never = time.Duration(1<<63 - 1)
+	tests := []struct {
+		name          string
+		margin        time.Duration
+		access        string
+		expiresIn     int
+		sent          time.Duration
+		wantStale     time.Duration
+		wantInvalid   time.Duration
+		wantExpiresAt time.Time
+	}{
+		{"hour", DefaultRefreshMargin, "a", 3600, 0, 3540 * time.Second, 3590 * time.Second, base.Add(time.Hour)},
+		{"sent later", DefaultRefreshMargin, "a", 3600, 7 * time.Second, 3547 * time.Second, 3597 * time.Second, base.Add(time.Hour)},
+		{"two minutes", DefaultRefreshMargin, "a", 120, 0, 60 * time.Second, 110 * time.Second, base.Add(2 * time.Minute)},
+		{"margin capped at half", DefaultRefreshMargin, "a", 60, 0, 30 * time.Second, 60*time.Second - 7500*time.Millisecond, base.Add(time.Minute)},
+		{"short", DefaultRefreshMargin, "a", 2, 0, time.Second, 1750 * time.Millisecond, base.Add(2 * time.Second)},
+		{"zero margin", 0, "a", 3600, 0, time.Hour, time.Hour, base.Add(time.Hour)},
+		{"jwt exp", DefaultRefreshMargin, jwt(base.Add(30 * time.Minute)), 0, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
+		{"jwt exp, negative expires_in", DefaultRefreshMargin, jwt(base.Add(30 * time.Minute)), -5, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
+		{"jwt already expired", DefaultRefreshMargin, jwt(base.Add(-time.Minute)), 0, 0, never, never, time.Time{}},
+		{"opaque token", DefaultRefreshMargin, "opaque", 0, 0, never, never, time.Time{}},
+		{"absurd expires_in", DefaultRefreshMargin, "a", 1 << 62, 0, maxLifetime - time.Minute, maxLifetime - 10*time.Second, base.Add(maxLifetime)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Client{margin: tt.margin}
+			p := c.newPair(tt.access, "r", "", tt.expiresIn, tt.sent, base)
+			if p.staleAt != tt.wantStale || p.invalidAt != tt.wantInvalid {
+				t.Errorf("staleAt, invalidAt = %v, %v; want %v, %v", p.staleAt, p.invalidAt, tt.wantStale, tt.wantInvalid)
+			}
+			if !p.expiresAt.Equal(tt.wantExpiresAt) {
+				t.Errorf("expiresAt = %v; want %v", p.expiresAt, tt.wantExpiresAt)
+			}
+			if p.tokenType != "Bearer" || p.bearer[0] != "Bearer "+tt.access {
+				t.Errorf("token type or bearer header not built")
+			}
+		})
+	}
+}
+
+// ---- the lifecycle ----
+
+func TestLifecycle(t *testing.T) {
+	clk := useFakeClock(t)
+	s, c := setup(t)
+
+	first, err := c.AccessToken(ctx)
+	if err != nil {
+		t.Fatalf("AccessToken() error = %v", err)
+	}
+	if s.Hits(pathToken) != 1 {
+		t.Fatalf("token requests = %d; want 1 (lazy authentication)", s.Hits(pathToken))
+	}
+
+	// Fresh: no request.
+	clk.Advance(59 * time.Minute)
+	if tok, _ := c.AccessToken(ctx); tok != first || s.Hits(pathRefresh) != 0 {
+		t.Fatalf("fresh token: a new token or a refresh request")
+	}
+
+	// Stale: the same token at once, one refresh in the background.
+	block := make(chan struct{})
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == pathRefresh {
+			<-block
+		}
+		return false
+	})
+	clk.Advance(30 * time.Second) // 59m30s: inside the 60s margin, before the 10s leeway
+	for i := 0; i < 10; i++ {
+		if tok, err := c.AccessToken(ctx); err != nil || tok != first {
+			t.Fatalf("stale token: AccessToken() did not return the held token at once (err %v)", err)
+		}
+	}
+	close(block)
+	waitIdle(t, c)
+	if n := s.Hits(pathRefresh); n != 1 {
+		t.Errorf("background refreshes = %d; want 1", n)
+	}
+	second, _ := c.AccessToken(ctx)
+	if second == first {
+		t.Fatalf("token not replaced by the background refresh")
+	}
+	if want := clk.Now().Add(time.Hour); !c.Token().ExpiresAt.Equal(want) {
+		t.Errorf("ExpiresAt after refresh = %v; want %v", c.Token().ExpiresAt, want)
+	}
+
+	// Invalid: past expiry - leeway, callers wait for a new token.
+	s.setHook(nil)
+	clk.Advance(time.Hour - 5*time.Second)
+	third, err := c.AccessToken(ctx)
+	if err != nil || third == second {
+		t.Fatalf("expired token: AccessToken() = same token or error %v", err)
+	}
+	if n := s.Hits(pathRefresh); n != 2 {
+		t.Errorf("refreshes = %d; want 2", n)
+	}
+	if n := s.Hits(pathToken); n != 1 {
+		t.Errorf("API-key exchanges = %d; want 1", n)
+	}
+}
+
+func TestUnknownExpiryUsedUntilRejected(t *testing.T) {
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	s.mu.Lock()
+	s.noExpiry = true
+	s.mu.Unlock()
+	// Without expires_in the demo server's JWT exp (real time + 1h) is read.
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.Token().ExpiresAt.IsZero() {
+		t.Errorf("ExpiresAt is zero; want the JWT's exp")
+	}
+
+	// An opaque token with no expires_in is used until the server rejects it.
+	s.Fail(pathToken, 200, `{"access_token":"opaque-`+secretMarker+`","refresh_token":"r-`+secretMarker+`"}`)
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(1000 * time.Hour)
+	if tok := c.Token(); !tok.ExpiresAt.IsZero() || !tok.Valid() {
+		t.Errorf("opaque token: ExpiresAt = %v, Valid() = %v; want zero, true", tok.ExpiresAt, tok.Valid())
+	}
+	before := s.Hits(pathToken) + s.Hits(pathRefresh)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s.Hits(pathToken)+s.Hits(pathRefresh) != before {
+		t.Errorf("a token of unknown expiry was refreshed without a rejection")
+	}
+}
+
+func TestRefreshRefusedFallsBackToAPIKey(t *testing.T) {
+	clk := useFakeClock(t)
+	for _, status := range []int{400, 401, 403} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			var logs logBuffer
+			s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+			if _, err := c.AccessToken(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s.Fail(pathRefresh, status, `{"error":"refresh refused"}`)
+			clk.Advance(2 * time.Hour)
+			if _, err := c.AccessToken(ctx); err != nil {
+				t.Fatalf("AccessToken() after refused refresh: %v", err)
+			}
+			if s.Hits(pathRefresh) != 1 || s.Hits(pathToken) != 2 {
+				t.Errorf("refresh, token requests = %d, %d; want 1, 2", s.Hits(pathRefresh), s.Hits(pathToken))
+			}
+			if !strings.Contains(logs.String(), `"level":"WARN","msg":"apala: refresh refused; exchanging the API key"`) {
+				t.Errorf("no Warn record for the fall-back")
+			}
+		})
+	}
+}
+
+func TestOneFlightShared(t *testing.T) {
+	s, c := setup(t)
+	release := make(chan struct{})
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == pathToken {
+			<-release
+		}
+		return false
+	})
+	const n = 1000
+	var wg sync.WaitGroup
+	toks := make([]string, n)
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			toks[i], errs[i] = c.AccessToken(ctx)
+		}(i)
+	}
+	for s.Hits(pathToken) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	if got := s.Hits(pathToken); got != 1 {
+		t.Errorf("token requests = %d; want 1", got)
+	}
+	for i := range toks {
+		if errs[i] != nil || toks[i] != toks[0] {
+			t.Fatalf("caller %d: error %v or a different token", i, errs[i])
+		}
+	}
+}
+
+func TestOneFlightSharedError(t *testing.T) {
+	s, c := setup(t, WithMaxRetries(0))
+	release := make(chan struct{})
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		<-release
+		writeJSON(w, 401, map[string]string{"error": "invalid API key"})
+		return true
+	})
+	const n = 1000
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, errs[i] = c.AccessToken(ctx)
+		}(i)
+	}
+	for s.Hits(pathToken) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	if got := s.Hits(pathToken); got != 1 {
+		t.Errorf("token requests = %d; want 1 (the rest share the error or meet the cooldown)", got)
+	}
+	for i, err := range errs {
+		if !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("caller %d: error = %v; want ErrUnauthorized", i, err)
+		}
+	}
+}
+
+func TestFlightDetachedFromCaller(t *testing.T) {
+	s, c := setup(t)
+	release := make(chan struct{})
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		<-release
+		return false
+	})
+	cctx, cancel := context.WithCancel(ctx)
+	firstErr := make(chan error)
+	go func() {
+		_, err := c.AccessToken(cctx)
+		firstErr <- err
+	}()
+	for s.Hits(pathToken) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	second := make(chan error)
+	go func() {
+		_, err := c.AccessToken(ctx)
+		second <- err
+	}()
+	cancel()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled caller: error = %v; want context.Canceled", err)
+	}
+	close(release)
+	if err := <-second; err != nil {
+		t.Errorf("other caller: error = %v; want the shared token", err)
+	}
+	if s.Hits(pathToken) != 1 {
+		t.Errorf("token requests = %d; want 1", s.Hits(pathToken))
+	}
+}
+
+func TestFailureCooldown(t *testing.T) {
+	clk := useFakeClock(t)
+	s, c := setup(t, WithMaxRetries(0))
+	s.mu.Lock()
+	s.apiKey = "another key" // the client's key is revoked
+	s.mu.Unlock()
+
+	want := []struct {
+		advance  time.Duration
+		requests int // token requests so far
+	}{
+		{0, 1},                       // first failure: cooldown 1s
+		{500 * time.Millisecond, 1},  // inside it: the last error, no request
+		{500 * time.Millisecond, 2},  // after 1s: a new attempt; cooldown 2s
+		{1900 * time.Millisecond, 2}, // inside 2s
+		{100 * time.Millisecond, 3},  // cooldown 4s
+		{4 * time.Second, 4},         // 8s
+		{8 * time.Second, 5},         // 16s
+		{16 * time.Second, 6},        // 30s (capped)
+		{29 * time.Second, 6},        // inside 30s
+		{1 * time.Second, 7},         // 30s again
+		{30 * time.Second, 8},
+	}
+	for i, step := range want {
+		clk.Advance(step.advance)
+		_, err := c.AccessToken(ctx)
+		if !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("step %d: error = %v; want ErrUnauthorized", i, err)
+		}
+		if got := s.Hits(pathToken); got != step.requests {
+			t.Fatalf("step %d: token requests = %d; want %d", i, got, step.requests)
+		}
+	}
+
+	// An explicit Authenticate ignores the cooldown, and success resets it.
+	s.mu.Lock()
+	s.apiKey = DemoAPIKey
+	s.mu.Unlock()
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatalf("Authenticate() during cooldown: %v", err)
+	}
+	if c.cooldown != 0 || c.cooldownUntil.Load() != 0 {
+		t.Errorf("cooldown not reset by a success")
+	}
+}
+
+// ---- requests ----
+
+func TestDo401ReplaysOnce(t *testing.T) {
+	for _, retries := range []int{0, 2} {
+		t.Run(fmt.Sprint("retries=", retries), func(t *testing.T) {
+			s, c := setup(t, WithMaxRetries(retries))
+			if _, err := c.AccessToken(ctx); err != nil {
+				t.Fatal(err)
+			}
+			old := c.pair.Load()
+			s.RevokeTokens()
+			var out map[string]any
+			fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
+			if err := c.Do(ctx, "POST", "/api/feedback", fb, &out); err != nil {
+				t.Fatalf("Do() after revocation: %v", err)
+			}
+			if s.Hits("/api/feedback") != 2 {
+				t.Errorf("attempts = %d; want 2 (one replay)", s.Hits("/api/feedback"))
+			}
+			if c.pair.Load() == old || s.Hits(pathRefresh) != 1 {
+				t.Errorf("token not renewed through a refresh")
+			}
+
+			// A second 401 on the replay is returned, not replayed again.
+			s.Fail("/api/feedback", 401, `{"errors":{"detail":"Unauthorized"}}`)
+			s.Fail("/api/feedback", 401, `{"errors":{"detail":"Unauthorized"}}`)
+			before := s.Hits("/api/feedback")
+			err := c.Do(ctx, "POST", "/api/feedback", fb, &out)
+			var ae *APIError
+			if !errors.Is(err, ErrUnauthorized) || !errors.As(err, &ae) || ae.Message != "Unauthorized" || ae.Path != "/api/feedback" || ae.Method != "POST" {
+				t.Errorf("Do() error = %v; want *APIError 401 Unauthorized", err)
+			}
+			if got := s.Hits("/api/feedback") - before; got != 2 {
+				t.Errorf("attempts = %d; want 2", got)
+			}
+		})
+	}
+}
+
+func TestRejectKeepsNewerToken(t *testing.T) {
+	_, c := setup(t)
+	old := c.newPair("old", "r", "", 3600, 0, time.Now())
+	newer := c.newPair("newer", "r", "", 3600, 0, time.Now())
+	c.pair.Store(newer)
+	c.reject(old)
+	if c.pair.Load() != newer {
+		t.Errorf("reject of a replaced token dropped the newer one")
+	}
+	c.reject(newer)
+	if p := c.pair.Load(); p == newer || p.access != "" || p.refresh != "r" {
+		t.Errorf("reject of the current token: not invalidated, or refresh token lost")
+	}
+}
+
+func TestDoRetries(t *testing.T) {
+	tests := []struct {
+		name     string
+		statuses []int
+		retries  int
+		attempts int
+		is       error
+	}{
+		{"503 then ok", []int{503, 503}, 2, 3, nil},
+		{"exhausted", []int{503, 502, 500}, 2, 3, ErrServer},
+		{"504 408 429", []int{504, 408, 429}, 3, 4, nil},
+		{"disabled", []int{503}, 0, 1, ErrServer},
+		{"400 not retried", []int{400}, 2, 1, nil},
+		{"403 not retried", []int{403}, 2, 1, ErrForbidden},
+		{"404 not retried", []int{404}, 2, 1, nil},
+		{"422 not retried", []int{422}, 2, 1, nil},
+		{"501 not retried", []int{501}, 2, 1, ErrServer},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, c := setup(t, WithMaxRetries(tt.retries))
+			for _, st := range tt.statuses {
+				s.Fail("/api/feedback", st, `{"error":"scripted"}`)
+			}
+			var keys []string
+			var mu sync.Mutex
+			s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.URL.Path == "/api/feedback" {
+					mu.Lock()
+					keys = append(keys, r.Header.Get("Idempotency-Key"))
+					mu.Unlock()
+				}
+				return false
+			})
+			fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
+			err := c.Do(ctx, "POST", "/api/feedback", fb, nil)
+			if got := s.Hits("/api/feedback"); got != tt.attempts {
+				t.Errorf("attempts = %d; want %d", got, tt.attempts)
+			}
+			wantOK := tt.attempts > len(tt.statuses)
+			if wantOK != (err == nil) {
+				t.Fatalf("Do() error = %v; want success %v", err, wantOK)
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
+			}
+			if len(keys) == 0 || len(keys[0]) != 32 {
+				t.Fatalf("Idempotency-Key missing or not 32 hex characters")
+			}
+			for _, k := range keys {
+				if k != keys[0] {
+					t.Errorf("Idempotency-Key changed across retries: %v", keys)
+				}
+			}
+		})
+	}
+}
+
+func TestIdempotencyKeyPerCall(t *testing.T) {
+	s, c := setup(t)
+	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
+	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
+		t.Fatal(err)
+	}
+	k1 := s.lastHeader("/api/feedback").Get("Idempotency-Key")
+	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
+		t.Fatal(err)
+	}
+	if k2 := s.lastHeader("/api/feedback").Get("Idempotency-Key"); k1 == k2 || k1 == "" {
+		t.Errorf("Idempotency-Key %q then %q; want two distinct keys", k1, k2)
+	}
+	if s.lastHeader(pathToken).Get("Idempotency-Key") != "" {
+		t.Errorf("the token request carries an Idempotency-Key")
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"3", 3 * time.Second},
+		{" 7 ", 7 * time.Second},
+		{"0", 0},
+		{"-4", 0},
+		{"600", maxRetryAfter},
+		{"99999999999999999999", 0},
+		{now.Add(20 * time.Second).Format(http.TimeFormat), 20 * time.Second},
+		{now.Add(time.Hour).Format(http.TimeFormat), maxRetryAfter},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
+		{"soon", 0},
+	}
+	for _, tt := range tests {
+		if got := parseRetryAfter(tt.in, now); got != tt.want {
+			t.Errorf("parseRetryAfter(%q) = %v; want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestRetryAfterHonoured(t *testing.T) {
+	var logs logBuffer
+	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+	s.script("/api/feedback", scripted{status: 429, body: `{"error":"slow down"}`, header: map[string]string{"Retry-After": "1"}})
+	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
+	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
+		t.Fatalf("Do() error = %v", err)
+	}
+	var delays []any
+	for _, r := range logs.records(t) {
+		if r["msg"] == "apala: retrying" {
+			delays = append(delays, r["delay"])
+			if r["reason"] != "429 Too Many Requests" {
+				t.Errorf("retry reason = %v; want 429 Too Many Requests", r["reason"])
+			}
+		}
+	}
+	if len(delays) != 1 || delays[0] != float64(time.Second) {
+		t.Errorf("retry delays = %v; want [1s] from Retry-After", delays)
+	}
+}
+
+func TestRetryAfterPastDeadline(t *testing.T) {
+	s, c := setup(t)
+	s.script("/api/feedback", scripted{status: 503, body: `{"error":"maintenance"}`, header: map[string]string{"Retry-After": "30"}})
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
+	err := c.Do(dctx, "POST", "/api/feedback", fb, nil)
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.StatusCode != 503 || ae.RetryAfter != 30*time.Second {
+		t.Fatalf("Do() error = %v; want the 503 with RetryAfter 30s at once", err)
+	}
+	if dctx.Err() != nil {
+		t.Errorf("Do() slept until the deadline instead of returning at once")
+	}
+	if s.Hits("/api/feedback") != 1 {
+		t.Errorf("attempts = %d; want 1", s.Hits("/api/feedback"))
+	}
+}
+
+func TestConnectionRefused(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	c := newTestClient(t, "http://"+addr, WithMaxRetries(1))
+	_, err = c.AccessToken(ctx)
+	var ue *url.Error
+	if !errors.Is(err, ErrConnection) || !errors.As(err, &ue) {
+		t.Fatalf("AccessToken() error = %v; want ErrConnection wrapping *url.Error", err)
+	}
+	if !strings.HasPrefix(err.Error(), "apala: ") {
+		t.Errorf("error %q lacks the apala: prefix", err)
+	}
+	noSecret(t, "error", err.Error())
+}
+
+func TestPerAttemptTimeout(t *testing.T) {
+	s, c := setup(t, WithTimeout(50*time.Millisecond), WithMaxRetries(1))
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		<-r.Context().Done() // hang until the client gives up
+		return true
+	})
+	err := c.Do(ctx, "POST", "/api/feedback", map[string]any{}, nil)
+	if !errors.Is(err, ErrConnection) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Do() error = %v; want ErrConnection and DeadlineExceeded", err)
+	}
+	if got := s.Hits("/api/feedback"); got != 2 {
+		t.Errorf("attempts = %d; want 2", got)
+	}
+}
+
+func TestCallerContext(t *testing.T) {
+	s, c := setup(t)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		<-r.Context().Done()
+		return true
+	})
+	cctx, cancel := context.WithCancel(ctx)
+	go func() {
+		for s.Hits("/api/feedback") == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if err := c.Do(cctx, "POST", "/api/feedback", map[string]any{}, nil); !errors.Is(err, context.Canceled) || errors.Is(err, ErrConnection) {
+		t.Errorf("Do() error = %v; want context.Canceled, not ErrConnection", err)
+	}
+	dctx, cancel2 := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel2()
+	if err := c.Do(dctx, "POST", "/api/feedback", map[string]any{}, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Do() error = %v; want context.DeadlineExceeded", err)
+	}
+}
+
+func TestRedirectsNotFollowed(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		writeJSON(w, 200, map[string]string{"access_token": "stolen"})
+	}))
+	defer other.Close()
+	userClient := &http.Client{} // follows redirects by default
+	for _, tc := range []struct {
+		name string
+		opts []Option
+	}{{"own client", nil}, {"caller's client", []Option{WithHTTPClient(userClient)}}} {
+		for _, code := range []int{307, 308} {
+			t.Run(fmt.Sprint(tc.name, code), func(t *testing.T) {
+				s, c := setup(t, tc.opts...)
+				s.script(pathToken, scripted{status: code, header: map[string]string{"Location": other.URL + pathToken}})
+				_, err := c.AccessToken(ctx)
+				var ae *APIError
+				if !errors.As(err, &ae) || ae.StatusCode != code || !strings.Contains(err.Error(), "redirect not followed") {
+					t.Errorf("AccessToken() error = %v; want *APIError %d", err, code)
+				}
+				if elsewhere.Load() != 0 {
+					t.Errorf("the API key was sent to the redirect target")
+				}
+			})
+		}
+	}
+	if userClient.CheckRedirect != nil {
+		t.Errorf("the caller's *http.Client was modified")
+	}
+}
+
+func TestBoundedReading(t *testing.T) {
+	s, c := setup(t)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("x", 20<<20)
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"a":"`+big+`"}`)
+		return true
+	})
+	var out map[string]any
+	if err := c.Do(ctx, "POST", "/api/feedback", map[string]any{}, &out); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Errorf("Do() with a 20 MiB body: error = %v; want a size error", err)
+	}
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(500)
+		_, _ = io.WriteString(w, "<html>"+strings.Repeat("<p>oops</p>", 20000)+"</html>")
+		return true
+	})
+	err := c.Do(ctx, "POST", "/api/feedback", map[string]any{}, &out)
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Message != "" || !strings.Contains(err.Error(), "(text/html response)") || strings.Contains(err.Error(), "oops") {
+		t.Errorf("Do() with an HTML error page: error = %v; want status and content type only", err)
+	}
+}
+
+func TestConnectionsReused(t *testing.T) {
+	s := newDemoServer()
+	var conns atomic.Int32
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	s.Start()
+	defer s.Close()
+	c := newTestClient(t, s.URL, WithMaxRetries(0))
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		s.Fail("/api/feedback", 500, `{"error":"`+strings.Repeat("x", 100<<10)+`"}`)
+		_ = c.Do(ctx, "POST", "/api/feedback", map[string]any{}, nil)
+		s.Fail("/api/feedback", 404, `<html>`+strings.Repeat("x", 200<<10)+`</html>`)
+		_ = c.Do(ctx, "POST", "/api/feedback", map[string]any{}, nil)
+	}
+	if got := conns.Load(); got != 1 {
+		t.Errorf("connections opened = %d; want 1 (error bodies drained)", got)
+	}
+}
+
+func TestAPIErrorMessage(t *testing.T) {
+	tests := []struct {
+		body, want string
+	}{
+		{`{"error":"bad key"}`, "bad key"},
+		{`{"message":"nope"}`, "nope"},
+		{`{"detail":"missing field"}`, "missing field"},
+		{`{"errors":{"detail":"Not Found"}}`, "Not Found"},
+		{`{"errors":{"customer_id":["is invalid"]}}`, `{"customer_id":["is invalid"]}`},
+		{`{"error":{"code":7}}`, `{"code":7}`},
+		{`{"error":"line\nbreak"}`, "line break"},
+		{`{"error":"echo ` + DemoAPIKey + `"}`, "echo [REDACTED]"},
+		{`<html>Bad</html>`, ""},
+		{`plain text`, ""},
+		{`[1,2]`, ""},
+		{``, ""},
+	}
+	_, c := setup(t)
+	for _, tt := range tests {
+		e := c.apiError(&request{method: "POST", path: "/p"}, 400, http.Header{}, bytes.NewBufferString(tt.body))
+		if e.Message != tt.want {
+			t.Errorf("message of %.30q = %q; want %q", tt.body, e.Message, tt.want)
+		}
+	}
+}
+
+func TestDoInput(t *testing.T) {
+	_, c := setup(t)
+	for _, p := range []string{"", "api", "//evil.example/x", "/a b", "/a\\b", "/a#b"} {
+		var ve *ValidationError
+		if err := c.Do(ctx, "GET", p, nil, nil); !errors.As(err, &ve) {
+			t.Errorf("Do(path %q) error = %v; want *ValidationError", p, err)
+		}
+	}
+	if err := c.Do(ctx, "POST", "/api/feedback", make(chan int), nil); err == nil || !strings.Contains(err.Error(), "encoding request") {
+		t.Errorf("Do(unmarshalable) error = %v; want an encoding error", err)
+	}
+	//lint:ignore SA1012 a nil context must be an error, not a panic
+	if err := c.Do(nil, "GET", "/x", nil, nil); err == nil { //nolint:staticcheck
+		t.Errorf("Do(nil ctx) error = nil")
+	}
+}
+
+// ---- secrets, logging ----
+
+func TestSecretsNeverPrinted(t *testing.T) {
+	var logs logBuffer
+	s, c := setup(t, WithLogger(newJSONLogger(&logs)), WithMaxRetries(2))
+	ar, err := c.Authenticate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := c.RefreshAccessToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A scenario with retries, a 401 replay and a refused refresh.
+	s.Fail("/api/feedback", 503, `{"error":"busy"}`)
+	s.RevokeTokens()
+	s.Fail(pathRefresh, 401, `{"error":"bad refresh `+ar.RefreshToken+`"}`)
+	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
+	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Fail("/api/feedback", 400, `{"error":"your token `+c.Token().AccessToken+` and key `+DemoAPIKey+`"}`)
+	errEcho := c.Do(ctx, "POST", "/api/feedback", fb, nil)
+	if errEcho == nil {
+		t.Fatal("want an error")
+	}
+	c.logAttrs(ctx, slog.LevelInfo, "values", slog.Any("client", c), slog.Any("token", c.Token()),
+		slog.Any("auth", ar), slog.Any("refresh", rr), slog.Any("err", errEcho))
+
+	values := []any{c, c.Token(), *ar, ar, *rr, rr, errEcho}
+	for _, v := range values {
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%T %v"} {
+			noSecret(t, fmt.Sprintf("%s of %T", verb, v), fmt.Sprintf(verb, v))
+		}
+		noSecret(t, fmt.Sprintf("Sprint of %T", v), fmt.Sprint(v))
+	}
+	noSecret(t, "log output", logs.String())
+	if !strings.Contains(logs.String(), `"level":"DEBUG"`) || !strings.Contains(logs.String(), "apala: retrying") {
+		t.Errorf("the scenario did not log attempts and retries")
+	}
+	// The values still say what they are.
+	if got := fmt.Sprint(c.Token()); !strings.Contains(got, "[REDACTED]") || !strings.Contains(got, DemoCompanyName) {
+		t.Errorf("Token printed as %q; want a redacted description with the company", got)
+	}
+}
+
+func TestLogging(t *testing.T) {
+	var logs logBuffer
+	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+	s.Fail("/api/feedback", 502, `{"error":"bad gateway"}`)
+	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
+	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	type rec struct{ level, msg string }
+	var got []rec
+	for _, r := range logs.records(t) {
+		got = append(got, rec{r["level"].(string), r["msg"].(string)})
+		if r["msg"] == "apala: http attempt" {
+			for _, k := range []string{"method", "path", "status", "duration", "attempt"} {
+				if _, ok := r[k]; !ok {
+					t.Errorf("attempt record lacks %q", k)
+				}
+			}
+		}
+		if r["msg"] == "apala: authenticated" && (r["company_name"] != DemoCompanyName || r["expires_in"] != float64(time.Hour)) {
+			t.Errorf("authenticated record = %v; want company and expires_in", r)
+		}
+	}
+	want := []rec{
+		{"DEBUG", "apala: http attempt"}, {"INFO", "apala: authenticated"},
+		{"DEBUG", "apala: http attempt"}, {"WARN", "apala: retrying"}, {"DEBUG", "apala: http attempt"},
+		{"DEBUG", "apala: http attempt"}, {"INFO", "apala: token refreshed"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("records = %v; want %v", got, want)
+	}
+}
+
+func TestSilentByDefault(t *testing.T) {
+	var logs logBuffer
+	prev := slog.Default()
+	slog.SetDefault(newJSONLogger(&logs))
+	defer slog.SetDefault(prev)
+	s, c := setup(t)
+	s.Fail("/api/feedback", 503, `{"error":"busy"}`)
+	_ = c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil)
+	if logs.String() != "" {
+		t.Errorf("a client without WithLogger logged through slog.Default")
+	}
+}
+
+// ---- Close, HTTPClient ----
+
+func TestClose(t *testing.T) {
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == pathRefresh {
+			close(started)
+			<-r.Context().Done() // hangs until the client cancels
+			return true
+		}
+		return false
+	})
+	clk.Advance(59*time.Minute + 30*time.Second) // stale: background refresh
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	if c.flight.Load() != nil {
+		t.Errorf("Close() returned with a flight in progress")
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close() = %v", err)
+	}
+	if _, err := c.AccessToken(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("AccessToken() after Close: %v; want ErrClosed", err)
+	}
+	if _, err := c.Authenticate(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("Authenticate() after Close: %v; want ErrClosed", err)
+	}
+	if err := c.Do(ctx, "POST", "/api/feedback", nil, nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("Do() after Close: %v; want ErrClosed", err)
+	}
+	if _, err := c.HTTPClient().Get(s.URL + "/api/x"); !errors.Is(err, ErrClosed) {
+		t.Errorf("HTTPClient() after Close: %v; want ErrClosed", err)
+	}
+	if tok := c.Token(); tok.AccessToken != "" {
+		t.Errorf("Token() after Close still holds a token")
+	}
+}
+
+func TestNoGoroutineLeft(t *testing.T) {
+	clk := useFakeClock(t)
+	before := runtime.NumGoroutine()
+	s := NewDemoServer()
+	for i := 0; i < 20; i++ {
+		c, err := NewClient(DemoAPIKey, WithBaseURL(s.URL))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.AccessToken(ctx); err != nil {
+			t.Fatal(err)
+		}
+		clk.Advance(59*time.Minute + 30*time.Second)
+		_, _ = c.AccessToken(ctx) // starts a background refresh
+		c.Close()
+		clk.Advance(time.Hour)
+	}
+	s.Close()
+	settle(t, before)
+}
+
+// settle waits for the goroutine count to come back to at most n, and fails
+// with the stacks if it does not within 10s.
+func settle(t *testing.T, n int) {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		if runtime.NumGoroutine() <= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	buf := make([]byte, 1<<20)
+	t.Errorf("goroutines = %d; want <= %d\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+}
+
+func TestHTTPClient(t *testing.T) {
+	s, c := setup(t)
+	var otherAuth atomic.Value
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		otherAuth.Store(r.Header.Get("Authorization"))
+	}))
+	defer other.Close()
+	hc := c.HTTPClient()
+
+	body := `{"message_id":"m1","customer_responded":true,"score":"good"}`
+	req, _ := http.NewRequest("POST", s.URL+"/api/feedback", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", "k1")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status = %d; want 200", resp.StatusCode)
+	}
+	if req.Header.Get("Authorization") != "" {
+		t.Errorf("HTTPClient modified the caller's request")
+	}
+
+	// 401: a new token and one replay with the body.
+	s.RevokeTokens()
+	req, _ = http.NewRequest("POST", s.URL+"/api/feedback", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", "k2")
+	before := s.Hits("/api/feedback")
+	resp, err = hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || s.Hits("/api/feedback")-before != 2 {
+		t.Errorf("after revocation: status %d, attempts %d; want 200, 2", resp.StatusCode, s.Hits("/api/feedback")-before)
+	}
+
+	// Another origin gets no token.
+	resp, err = hc.Get(other.URL + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if otherAuth.Load() != "" {
+		t.Errorf("HTTPClient sent the token to another origin")
+	}
+}

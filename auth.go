@@ -1,0 +1,620 @@
+package apala
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strings"
+	"time"
+)
+
+// Paths of the two authentication endpoints.
+const (
+	pathToken   = "/api/auth/token"
+	pathRefresh = "/api/auth/refresh"
+)
+
+// maxLifetime bounds a token lifetime taken from the server, so that an absurd
+// expires_in cannot overflow the arithmetic on deadlines.
+const maxLifetime = 10 * 365 * 24 * time.Hour
+
+// Cooldown after a failed automatic token flight: 1s doubling to 30s.
+const (
+	minCooldown = time.Second
+	maxCooldown = 30 * time.Second
+)
+
+// Token is a snapshot of the access token the client holds. It never holds
+// the refresh token or the API key.
+//
+// Formatting a Token with fmt, or logging it with log/slog, never shows the
+// access token; read the AccessToken field to use it.
+type Token struct {
+	AccessToken string
+	TokenType   string
+	ExpiresAt   time.Time // when the access token expires; zero: unknown (or no token held)
+	CompanyID   string
+	CompanyName string
+}
+
+// Valid reports whether a token is held and ExpiresAt is zero or still ahead.
+func (t Token) Valid() bool {
+	return t.AccessToken != "" && (t.ExpiresAt.IsZero() || timeNow().Before(t.ExpiresAt))
+}
+
+// String describes the token without its value.
+func (t Token) String() string {
+	exp := "unknown"
+	if !t.ExpiresAt.IsZero() {
+		exp = t.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("apala.Token{AccessToken:%s TokenType:%q ExpiresAt:%s CompanyID:%q CompanyName:%q}",
+		redact(t.AccessToken), t.TokenType, exp, t.CompanyID, t.CompanyName)
+}
+
+// GoString is String: %#v must not show the token either.
+func (t Token) GoString() string { return t.String() }
+
+// Format implements fmt.Formatter so that no verb, %x and %d included, can
+// print the token's value.
+func (t Token) Format(f fmt.State, verb rune) { formatRedacted(f, verb, t.String()) }
+
+// LogValue implements slog.LogValuer, leaving the token's value out.
+func (t Token) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("access_token", redact(t.AccessToken)),
+		slog.String("token_type", t.TokenType),
+		slog.Time("expires_at", t.ExpiresAt),
+		slog.String("company_id", t.CompanyID),
+		slog.String("company_name", t.CompanyName),
+	)
+}
+
+// AuthResponse is the server's answer to an API-key exchange
+// (POST /api/auth/token). Formatting or logging it never shows the tokens.
+type AuthResponse struct {
+	AccessToken  string `json:"access_token"`
+	RefreshToken string `json:"refresh_token"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int    `json:"expires_in"`
+	CompanyID    string `json:"company_id"`
+	CompanyName  string `json:"company_name"`
+}
+
+// String describes the response without its tokens.
+func (r AuthResponse) String() string {
+	return fmt.Sprintf("apala.AuthResponse{AccessToken:%s RefreshToken:%s TokenType:%q ExpiresIn:%d CompanyID:%q CompanyName:%q}",
+		redact(r.AccessToken), redact(r.RefreshToken), r.TokenType, r.ExpiresIn, r.CompanyID, r.CompanyName)
+}
+
+// GoString is String: %#v must not show the tokens either.
+func (r AuthResponse) GoString() string { return r.String() }
+
+// Format implements fmt.Formatter so that no verb can print the tokens.
+func (r AuthResponse) Format(f fmt.State, verb rune) { formatRedacted(f, verb, r.String()) }
+
+// LogValue implements slog.LogValuer, leaving the tokens out.
+func (r AuthResponse) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("access_token", redact(r.AccessToken)),
+		slog.String("refresh_token", redact(r.RefreshToken)),
+		slog.String("token_type", r.TokenType),
+		slog.Int("expires_in", r.ExpiresIn),
+		slog.String("company_id", r.CompanyID),
+		slog.String("company_name", r.CompanyName),
+	)
+}
+
+// RefreshResponse is the server's answer to a refresh (POST /api/auth/refresh).
+// Formatting or logging it never shows the token.
+type RefreshResponse struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresIn   int    `json:"expires_in"`
+}
+
+// String describes the response without its token.
+func (r RefreshResponse) String() string {
+	return fmt.Sprintf("apala.RefreshResponse{AccessToken:%s TokenType:%q ExpiresIn:%d}",
+		redact(r.AccessToken), r.TokenType, r.ExpiresIn)
+}
+
+// GoString is String: %#v must not show the token either.
+func (r RefreshResponse) GoString() string { return r.String() }
+
+// Format implements fmt.Formatter so that no verb can print the token.
+func (r RefreshResponse) Format(f fmt.State, verb rune) { formatRedacted(f, verb, r.String()) }
+
+// LogValue implements slog.LogValuer, leaving the token out.
+func (r RefreshResponse) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("access_token", redact(r.AccessToken)),
+		slog.String("token_type", r.TokenType),
+		slog.Int("expires_in", r.ExpiresIn),
+	)
+}
+
+// redact stands for a secret in printed output: whether one is held, never what.
+func redact(s string) string {
+	if s == "" {
+		return `""`
+	}
+	return "[REDACTED]"
+}
+
+// formatRedacted prints the redacted description s for any verb; %q quotes it.
+func formatRedacted(f fmt.State, verb rune, s string) {
+	if verb == 'q' {
+		s = fmt.Sprintf("%q", s)
+	}
+	_, _ = f.Write([]byte(s))
+}
+
+// tokenPair is one immutable generation of credentials. The client holds the
+// current one in an atomic.Pointer and replaces it whole; nothing mutates a
+// tokenPair once it is published.
+type tokenPair struct {
+	access    string
+	refresh   string
+	tokenType string
+	bearer    []string // the Authorization header value, pre-built: {"Bearer " + access}
+
+	companyID   string
+	companyName string
+
+	// Deadlines as offsets on the client's monotonic clock (Client.mono).
+	// Fresh before staleAt, stale before invalidAt, invalid after.
+	// Unknown expiry: both are math.MaxInt64.
+	staleAt   time.Duration
+	invalidAt time.Duration
+	expiresAt time.Time // wall-clock expiry for Token; zero when unknown
+}
+
+// closedPair is stored by Close: it is never usable, so every path that
+// reads the pointer falls through to the slow path, which reports ErrClosed.
+var closedPair = &tokenPair{staleAt: math.MinInt64, invalidAt: math.MinInt64}
+
+// rejected returns a copy of p whose access token is no longer usable but
+// whose refresh token and company are kept, for the refresh that follows.
+func (p *tokenPair) rejected() *tokenPair {
+	return &tokenPair{
+		refresh:     p.refresh,
+		companyID:   p.companyID,
+		companyName: p.companyName,
+		staleAt:     math.MinInt64,
+		invalidAt:   math.MinInt64,
+	}
+}
+
+// newPair builds a token pair from a server answer. sentMono and sentWall are
+// the client's clocks when the request that produced it was sent: the lifetime
+// is counted from then, not from when the answer arrived.
+func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sentMono time.Duration, sentWall time.Time) *tokenPair {
+	p := &tokenPair{
+		access:    access,
+		refresh:   refresh,
+		tokenType: tokenType,
+		bearer:    []string{"Bearer " + access},
+		staleAt:   math.MaxInt64,
+		invalidAt: math.MaxInt64,
+	}
+	if p.tokenType == "" {
+		p.tokenType = "Bearer"
+	}
+	var life time.Duration
+	switch {
+	case expiresIn > 0:
+		if int64(expiresIn) > int64(maxLifetime/time.Second) {
+			life = maxLifetime
+		} else {
+			life = time.Duration(expiresIn) * time.Second
+		}
+	default:
+		if exp, ok := jwtExpiry(access); ok {
+			life = exp.Sub(sentWall)
+			if life > maxLifetime {
+				life = maxLifetime
+			}
+		}
+	}
+	if life <= 0 {
+		// No usable expiry: use the token until the server rejects it.
+		return p
+	}
+	margin := c.margin
+	if margin > life/2 {
+		margin = life / 2
+	}
+	leeway := margin / 4
+	if leeway > 10*time.Second {
+		leeway = 10 * time.Second
+	}
+	expires := sentMono + life
+	p.staleAt = expires - margin
+	p.invalidAt = expires - leeway
+	p.expiresAt = sentWall.Add(life)
+	return p
+}
+
+// jwtExpiry reads the exp claim of a JWT without verifying it: the client only
+// needs to know when to refresh, and the server remains the judge.
+func jwtExpiry(tok string) (time.Time, bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp *float64 `json:"exp"`
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == nil {
+		return time.Time{}, false
+	}
+	exp := *claims.Exp
+	if math.IsNaN(exp) || exp <= 0 || exp > 1e11 {
+		return time.Time{}, false
+	}
+	sec, frac := math.Modf(exp)
+	return time.Unix(int64(sec), int64(frac*1e9)), true
+}
+
+// validToken reports whether s can travel in an Authorization header: visible
+// ASCII only, so a hostile answer cannot inject a header or a line break.
+func validToken(s string) bool {
+	if s == "" || len(s) > 16<<10 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// Kinds of token flight.
+type flightKind uint8
+
+const (
+	flightAuto    flightKind = iota // refresh if possible, else (or when refused) exchange the API key
+	flightAuth                      // Authenticate: exchange the API key
+	flightRefresh                   // RefreshAccessToken: refresh only, no fall-back
+)
+
+// flight is one token request in progress. Its result fields are written
+// once, before done is closed, and only read after.
+type flight struct {
+	kind flightKind
+	done chan struct{}
+
+	pair    *tokenPair
+	auth    *AuthResponse
+	refresh *RefreshResponse
+	err     error
+}
+
+// AccessToken returns a valid access token, authenticating or refreshing as
+// needed. When the token held is fresh it costs one atomic load and a clock
+// read; inside the refresh margin it is returned at once while one refresh
+// runs in the background; when none is held or it has expired, the call waits
+// for the one token request in flight (or starts it), or for ctx to end.
+//
+// Most callers never need it: every API call attaches the token itself.
+func (c *Client) AccessToken(ctx context.Context) (string, error) {
+	p, err := c.token(ctx)
+	if err != nil {
+		return "", err
+	}
+	return p.access, nil
+}
+
+// Token returns a snapshot of the access token held, without any I/O. It is
+// the zero Token when none is held, after a rejection by the server, and
+// after Close.
+func (c *Client) Token() Token {
+	p := c.pair.Load()
+	if p == nil || p.access == "" {
+		return Token{}
+	}
+	return Token{
+		AccessToken: p.access,
+		TokenType:   p.tokenType,
+		ExpiresAt:   p.expiresAt,
+		CompanyID:   p.companyID,
+		CompanyName: p.companyName,
+	}
+}
+
+// mono is the client's monotonic clock: time since construction.
+func (c *Client) mono() time.Duration { return c.since(c.baseTime) }
+
+// token returns a usable token pair. The fast path is lock-free and does not
+// allocate: one atomic load, one clock read.
+func (c *Client) token(ctx context.Context) (*tokenPair, error) {
+	if p := c.pair.Load(); p != nil {
+		now := c.mono()
+		if now < p.staleAt {
+			return p, nil
+		}
+		if now < p.invalidAt {
+			c.refreshSoon(now)
+			return p, nil
+		}
+	}
+	return c.waitToken(ctx)
+}
+
+// refreshSoon starts a background refresh unless one is running or a failure
+// cooldown is in force. Checked without a lock, so that callers inside the
+// stale window never contend: at most one of them takes the lock to start it.
+func (c *Client) refreshSoon(now time.Duration) {
+	if c.flight.Load() != nil || now < time.Duration(c.cooldownUntil.Load()) {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.flight.Load() != nil || now < time.Duration(c.cooldownUntil.Load()) {
+		return
+	}
+	c.launch(flightAuto)
+}
+
+// usable reports whether p can be sent now (fresh or stale).
+func (c *Client) usable(p *tokenPair) bool {
+	return p != nil && c.mono() < p.invalidAt
+}
+
+// waitToken is the slow path: no usable token is held. It joins the flight in
+// progress or starts one, and waits for it or for ctx.
+func (c *Client) waitToken(ctx context.Context) (*tokenPair, error) {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if p := c.pair.Load(); c.usable(p) {
+			c.mu.Unlock()
+			return p, nil
+		}
+		f := c.flight.Load()
+		if f == nil {
+			if c.mono() < time.Duration(c.cooldownUntil.Load()) {
+				err := c.lastErr
+				c.mu.Unlock()
+				return nil, err
+			}
+			f = c.launch(flightAuto)
+		}
+		c.mu.Unlock()
+
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("apala: waiting for an access token: %w", ctx.Err())
+		}
+		if f.err == nil {
+			return f.pair, nil
+		}
+		if f.kind == flightAuto {
+			return nil, f.err
+		}
+		// An explicit refresh the server refused says nothing about the
+		// automatic path, which may still fall back to the API key.
+	}
+}
+
+// explicit runs a flight of the given kind for Authenticate or
+// RefreshAccessToken: it joins one of the same kind already in progress,
+// waits out one of another kind, and ignores the failure cooldown.
+func (c *Client) explicit(ctx context.Context, kind flightKind) (*flight, error) {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, ErrClosed
+		}
+		f := c.flight.Load()
+		if f == nil {
+			if kind == flightRefresh {
+				if p := c.pair.Load(); p == nil || p.refresh == "" {
+					c.mu.Unlock()
+					return nil, ErrNotAuthenticated
+				}
+			}
+			f = c.launch(kind)
+		}
+		c.mu.Unlock()
+
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("apala: waiting for an access token: %w", ctx.Err())
+		}
+		if f.kind == kind {
+			return f, nil
+		}
+	}
+}
+
+// launch starts a flight. c.mu must be held, and no flight be in progress.
+func (c *Client) launch(kind flightKind) *flight {
+	f := &flight{kind: kind, done: make(chan struct{})}
+	c.flight.Store(f)
+	c.wg.Add(1)
+	go c.fly(f)
+	return f
+}
+
+// fly runs flight f on a context detached from every caller (values kept,
+// cancellation not) that Close cancels, then publishes its result.
+func (c *Client) fly(f *flight) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(c.ctx))
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer func() {
+		stop()
+		cancel()
+	}()
+
+	switch f.kind {
+	case flightAuth:
+		f.auth, f.pair, f.err = c.exchange(ctx)
+	case flightRefresh:
+		f.refresh, f.pair, f.err = c.refresh(ctx, c.pair.Load())
+	default:
+		f.pair, f.err = c.obtain(ctx)
+	}
+
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		f.pair, f.auth, f.refresh, f.err = nil, nil, nil, ErrClosed
+	case f.err == nil:
+		c.pair.Store(f.pair)
+		c.cooldown = 0
+		c.cooldownUntil.Store(0)
+		c.lastErr = nil
+	case f.kind == flightAuto:
+		if c.cooldown == 0 {
+			c.cooldown = minCooldown
+		} else if c.cooldown *= 2; c.cooldown > maxCooldown {
+			c.cooldown = maxCooldown
+		}
+		c.cooldownUntil.Store(int64(c.mono() + c.cooldown))
+		c.lastErr = f.err
+	}
+	c.flight.Store(nil)
+	c.mu.Unlock()
+	close(f.done)
+}
+
+// obtain is the automatic path: refresh when a refresh token is held, and
+// exchange the API key when there is none or the server refuses it.
+func (c *Client) obtain(ctx context.Context) (*tokenPair, error) {
+	if p := c.pair.Load(); p != nil && p.refresh != "" {
+		_, np, err := c.refresh(ctx, p)
+		if err == nil {
+			return np, nil
+		}
+		var ae *APIError
+		if !errors.As(err, &ae) || (ae.StatusCode != 400 && ae.StatusCode != 401 && ae.StatusCode != 403) {
+			return nil, err
+		}
+		c.logAttrs(ctx, slog.LevelWarn, "apala: refresh refused; exchanging the API key",
+			slog.Int("status", ae.StatusCode))
+	}
+	_, np, err := c.exchange(ctx)
+	return np, err
+}
+
+// exchange trades the API key for a token pair (POST /api/auth/token).
+func (c *Client) exchange(ctx context.Context) (*AuthResponse, *tokenPair, error) {
+	var ar AuthResponse
+	sent, err := c.send(ctx, &request{method: "POST", path: pathToken, body: c.authBody}, &ar)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !validToken(ar.AccessToken) {
+		return nil, nil, fmt.Errorf("apala: POST %s: response has no valid access_token", pathToken)
+	}
+	if ar.RefreshToken != "" && !validToken(ar.RefreshToken) {
+		return nil, nil, fmt.Errorf("apala: POST %s: response has a malformed refresh_token", pathToken)
+	}
+	p := c.newPair(ar.AccessToken, ar.RefreshToken, ar.TokenType, ar.ExpiresIn, sent.mono, sent.wall)
+	p.companyID, p.companyName = ar.CompanyID, ar.CompanyName
+	c.logAttrs(ctx, slog.LevelInfo, "apala: authenticated",
+		slog.String("company_id", ar.CompanyID),
+		slog.String("company_name", ar.CompanyName),
+		slog.Duration("expires_in", time.Duration(ar.ExpiresIn)*time.Second))
+	return &ar, p, nil
+}
+
+// refresh trades the refresh token of old for a new access token
+// (POST /api/auth/refresh). The refresh token is kept unless the server
+// rotates it.
+func (c *Client) refresh(ctx context.Context, old *tokenPair) (*RefreshResponse, *tokenPair, error) {
+	if old == nil || old.refresh == "" {
+		return nil, nil, ErrNotAuthenticated
+	}
+	body, err := json.Marshal(struct {
+		RefreshToken string `json:"refresh_token"`
+	}{old.refresh})
+	if err != nil {
+		return nil, nil, fmt.Errorf("apala: encoding refresh request: %w", err)
+	}
+	var rr struct {
+		RefreshResponse
+		RefreshToken string `json:"refresh_token"`
+	}
+	sent, err := c.send(ctx, &request{method: "POST", path: pathRefresh, body: body}, &rr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !validToken(rr.AccessToken) {
+		return nil, nil, fmt.Errorf("apala: POST %s: response has no valid access_token", pathRefresh)
+	}
+	refresh := old.refresh
+	if rr.RefreshToken != "" {
+		if !validToken(rr.RefreshToken) {
+			return nil, nil, fmt.Errorf("apala: POST %s: response has a malformed refresh_token", pathRefresh)
+		}
+		refresh = rr.RefreshToken
+	}
+	p := c.newPair(rr.AccessToken, refresh, rr.TokenType, rr.ExpiresIn, sent.mono, sent.wall)
+	p.companyID, p.companyName = old.companyID, old.companyName
+	c.logAttrs(ctx, slog.LevelInfo, "apala: token refreshed",
+		slog.Duration("expires_in", time.Duration(rr.ExpiresIn)*time.Second))
+	resp := rr.RefreshResponse
+	return &resp, p, nil
+}
+
+// reject invalidates p after the server refused it, unless a newer pair has
+// replaced it meanwhile (compare-and-swap: a token refreshed by another
+// caller is kept).
+func (c *Client) reject(p *tokenPair) {
+	c.pair.CompareAndSwap(p, p.rejected())
+}
+
+// Authenticate exchanges the API key for a new token pair (POST
+// /api/auth/token) and returns the server's answer. It always reaches the
+// server — joining an exchange already in progress — and ignores the
+// failure cooldown; the server's error is returned as is.
+//
+// Calling it is optional: the first API call authenticates by itself.
+func (c *Client) Authenticate(ctx context.Context) (*AuthResponse, error) {
+	f, err := c.explicit(ctx, flightAuth)
+	if err != nil {
+		return nil, err
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	resp := *f.auth
+	return &resp, nil
+}
+
+// RefreshAccessToken trades the refresh token held for a new access token
+// (POST /api/auth/refresh) and returns the server's answer. It fails with
+// ErrNotAuthenticated, sending nothing, when no refresh token is held.
+//
+// Unlike the automatic path, it does not fall back to the API key when the
+// server refuses the refresh token: that error is returned as is.
+func (c *Client) RefreshAccessToken(ctx context.Context) (*RefreshResponse, error) {
+	f, err := c.explicit(ctx, flightRefresh)
+	if err != nil {
+		return nil, err
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	resp := *f.refresh
+	return &resp, nil
+}

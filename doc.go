@@ -1,0 +1,81 @@
+// Package apala is a client for the Apala API, a message-analysis service for
+// lenders: message processing, message optimisation and feedback.
+//
+// It uses the standard library only. Create one [Client] with the API key and
+// share it; it authenticates on first use and keeps its access token fresh by
+// itself:
+//
+//	c, err := apala.NewClient(key, apala.WithBaseURL("https://api.example.com"))
+//	if err != nil {
+//		return err
+//	}
+//	defer c.Close()
+//	opt, err := c.OptimizeMessage(ctx, apala.MessageRequest{...})
+//
+// [NewClientFromEnv] reads the key, base URL and company GUID from
+// APALA_API_KEY, APALA_BASE_URL and APALA_COMPANY_GUID.
+//
+// # Authentication
+//
+// The API key is exchanged once (POST /api/auth/token) for a JWT access token
+// and a refresh token. Every call carries the access token. The client holds
+// the pair as one immutable value behind an atomic pointer, so reading it
+// costs one atomic load and a clock read, with no lock and no allocation.
+//
+// A token is fresh until the refresh margin before it expires
+// ([DefaultRefreshMargin], 60s, capped at half its lifetime): callers use it.
+// Inside the margin it is stale: callers still use it while one refresh runs
+// in the background. Once it is about to expire (a leeway of at most 10s
+// before) or when none is held, callers wait for the one token request in
+// flight. Its lifetime is counted from when the request was sent; when the
+// server gives no expires_in, the JWT's exp claim is read, and failing that
+// the token is used until the server rejects it.
+//
+// Refreshing uses the refresh token (POST /api/auth/refresh); when the server
+// refuses it (400, 401 or 403) the client exchanges the API key again. After
+// a failed attempt no new one starts for a cooldown (1s doubling to 30s):
+// callers get the last error at once. When an API call is answered 401, the
+// token is dropped unless another caller has already replaced it, a new one
+// is obtained, and the call is replayed once.
+//
+// [Client.Authenticate] and [Client.RefreshAccessToken] do the same by hand
+// and return the server's answer; few programs need them.
+//
+// # Errors
+//
+// Every error is prefixed "apala: " and is matched with [errors.Is] or
+// [errors.As]:
+//   - an answer outside 2xx is an [*APIError] with the status, the method
+//     and path, and the server's message; it matches [ErrUnauthorized] (401),
+//     [ErrForbidden] (403), [ErrRateLimited] (429) or [ErrServer] (5xx);
+//   - a network failure matches [ErrConnection] and unwraps to the
+//     [*net/url.Error] underneath;
+//   - the caller's context ending unwraps to [context.Canceled] or
+//     [context.DeadlineExceeded];
+//   - input refused before sending is a [*ValidationError] naming the field.
+//
+// Connection errors and 408, 429, 500, 502, 503 and 504 answers are retried
+// with jittered exponential backoff ([WithMaxRetries], [WithRetryBackoff]),
+// honouring Retry-After up to 60s, and never sleeping past the caller's
+// deadline. Each POST carries an Idempotency-Key that stays the same across
+// its retries. Redirects are never followed.
+//
+// No error, log record or formatted value of this package ever holds the API
+// key, the access token or the refresh token.
+//
+// # Concurrency
+//
+// A [Client] is safe for concurrent use by any number of goroutines. At most
+// one token request is in flight per client; every caller that needs it
+// shares its result, and each returns as soon as its own context ends, while
+// the request goes on for the others. [Client.Close] cancels and waits for
+// that request, so no goroutine of the client outlives it.
+//
+// # Logging
+//
+// Nothing is logged unless [WithLogger] is given an [*log/slog.Logger]. At
+// Debug, each HTTP attempt (method, path, status, duration, attempt number);
+// at Info, authentication (company, lifetime) and refreshes; at Warn, a
+// scheduled retry (reason, delay) and a refused refresh falling back to the
+// API key.
+package apala

@@ -1,0 +1,3 @@
+module github.com/apala-api/apala-go
+
+go 1.21
