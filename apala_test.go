@@ -7,7 +7,9 @@ package apala
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1732,5 +1734,228 @@ func TestHTTPClient(t *testing.T) {
 	resp.Body.Close()
 	if otherAuth.Load() != "" {
 		t.Errorf("HTTPClient sent the token to another origin")
+	}
+}
+
+// ---- benchmarks ----
+
+// benchClient returns an authenticated client for s.
+func benchClient(b *testing.B, s *DemoServer, opts ...Option) *Client {
+	b.Helper()
+	c, err := NewClient(DemoAPIKey, append([]Option{WithBaseURL(s.URL), WithCompanyGUID(DemoCompanyGUID)}, opts...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	if _, err := c.Authenticate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// BenchmarkAccessToken measures the fresh-token path: one atomic load and a
+// monotonic clock read.
+func BenchmarkAccessToken(b *testing.B) {
+	s := NewDemoServer()
+	defer s.Close()
+	c := benchClient(b, s)
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := c.AccessToken(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := c.AccessToken(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkAccessTokenStale measures the stale path: the token is inside the
+// refresh margin and a background refresh is in flight (held by the server).
+func BenchmarkAccessTokenStale(b *testing.B) {
+	s := NewDemoServer()
+	defer s.Close()
+	release := make(chan struct{})
+	defer close(release) // before s.Close, which waits for the held handler
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == pathRefresh {
+			<-release
+		}
+		return false
+	})
+	// A 2-minute token with a 119s margin (capped to 60s): stale at once
+	// with 50s of use left before the leeway.
+	s.SetTokenLifetime(2 * time.Minute)
+	c := benchClient(b, s)
+	clk := &fakeClock{t: time.Now()}
+	c.since = clk.Since
+	c.baseTime = clk.Now()
+	clk.Advance(65 * time.Second)
+	if _, err := c.AccessToken(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if c.flight.Load() == nil {
+		b.Fatal("no background refresh in flight")
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := c.AccessToken(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := c.AccessToken(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+var benchReply = []byte(`{"id":"fb-0001","message_id":"m1","customer_responded":true,"score":"good","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T10:30:00.123456"}`)
+
+// benchEcho is a loopback server for round-trip benchmarks: it answers every
+// POST with a fixed feedback entry, so that the client's cost dominates.
+func benchEcho(b *testing.B) *httptest.Server {
+	b.Helper()
+	auth := []byte(`{"access_token":"a.b.c","refresh_token":"r","token_type":"Bearer","expires_in":3600,"company_id":"x","company_name":"y"}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == pathToken {
+			_, _ = w.Write(auth)
+			return
+		}
+		_, _ = w.Write(benchReply)
+	}))
+	b.Cleanup(srv.Close)
+	return srv
+}
+
+type benchFeedback struct {
+	MessageID         string `json:"message_id"`
+	CustomerResponded bool   `json:"customer_responded"`
+	Score             string `json:"score"`
+}
+
+type benchStored struct {
+	ID                string   `json:"id"`
+	MessageID         string   `json:"message_id"`
+	CustomerResponded bool     `json:"customer_responded"`
+	Score             string   `json:"score"`
+	ActualSentMessage *string  `json:"actual_sent_message"`
+	PositiveRewards   []string `json:"positive_rewards"`
+	SendTimestamp     *string  `json:"send_timestamp"`
+	ReplyTimestamp    *string  `json:"reply_timestamp"`
+	InsertedAt        string   `json:"inserted_at"`
+}
+
+// cannedTransport answers every request in memory with the same JSON body,
+// so that a benchmark through it measures the client alone.
+type cannedTransport struct{ body []byte }
+
+func (t cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		_, _ = io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+	}
+	return &http.Response{
+		StatusCode: 200, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": {"application/json"}},
+		Body:          io.NopCloser(bytes.NewReader(t.body)),
+		ContentLength: int64(len(t.body)), Request: r,
+	}, nil
+}
+
+// BenchmarkDo compares a Do round trip with the same round trip written by
+// hand with net/http and encoding/json: over loopback TCP (what a caller
+// sees) and through an in-memory transport (the client's own cost, free of
+// the network's noise).
+func BenchmarkDo(b *testing.B) {
+	srv := benchEcho(b)
+	in := benchFeedback{MessageID: "m1", CustomerResponded: true, Score: "good"}
+	loopback := func() *http.Client {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		b.Cleanup(t.CloseIdleConnections)
+		return &http.Client{Transport: t}
+	}
+	inMemory := func() *http.Client {
+		return &http.Client{Transport: cannedTransport{body: benchReply}}
+	}
+	for _, tr := range []struct {
+		name string
+		hc   func() *http.Client
+	}{{"loopback", loopback}, {"inmemory", inMemory}} {
+		b.Run(tr.name+"/apala", func(b *testing.B) {
+			c, err := NewClient("k", WithBaseURL(srv.URL), WithHTTPClient(tr.hc()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 3600, c.mono(), c.now()))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				var out benchStored
+				if err := c.Do(ctx, "POST", "/api/feedback", &in, &out); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		// The baseline puts the same request on the wire as Do (the same
+		// headers, a random Idempotency-Key, the per-request timeout), the
+		// way a careful hand-written client would.
+		b.Run(tr.name+"/baseline", func(b *testing.B) {
+			hc := tr.hc()
+			bearer := "Bearer a.b.c"
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				body, err := json.Marshal(&in)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var key [16]byte
+				_, _ = rand.Read(key[:])
+				rctx, cancel := context.WithTimeout(ctx, time.Minute)
+				req, err := http.NewRequestWithContext(rctx, "POST", srv.URL+"/api/feedback", bytes.NewReader(body))
+				if err != nil {
+					b.Fatal(err)
+				}
+				req.Header.Set("Accept", "application/json")
+				req.Header.Set("User-Agent", userAgent)
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", bearer)
+				req.Header.Set("Idempotency-Key", hex.EncodeToString(key[:]))
+				resp, err := hc.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var out benchStored
+				err = json.NewDecoder(resp.Body).Decode(&out)
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				cancel()
+				if err != nil || resp.StatusCode != 200 {
+					b.Fatal(err, resp.StatusCode)
+				}
+			}
+		})
 	}
 }
