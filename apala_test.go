@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -1957,5 +1958,474 @@ func BenchmarkDo(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// ---- the message and feedback API ----
+
+const customerID = "123e4567-e89b-42d3-a456-426614174000"
+
+// sameJSON fails the test unless got and want hold the same JSON value. API
+// bodies carry no secret, so both may be printed.
+func sameJSON(t *testing.T, what string, got []byte, want string) {
+	t.Helper()
+	var g, w any
+	if err := json.Unmarshal(got, &g); err != nil {
+		t.Fatalf("%s: body is not JSON: %v", what, err)
+	}
+	if err := json.Unmarshal([]byte(want), &w); err != nil {
+		t.Fatalf("%s: golden is not JSON: %v", what, err)
+	}
+	if !reflect.DeepEqual(g, w) {
+		t.Errorf("%s body =\n%s\nwant\n%s", what, got, want)
+	}
+}
+
+func (s *DemoServer) totalHits() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, v := range s.hits {
+		n += v
+	}
+	return n
+}
+
+var (
+	t0 = time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
+	t1 = time.Date(2025, 1, 15, 11, 45, 30, 250000000, time.FixedZone("EST", -5*3600))
+)
+
+func conversation() MessageRequest {
+	return MessageRequest{
+		Messages: []Message{
+			{Content: "Hi, is my loan approved?", Channel: ChannelSMS, MessageID: "m-1", SendTimestamp: t0, ReplyOrNot: true},
+			{Content: "We are reviewing it.", Channel: ChannelEmail, MessageID: "m-2", SendTimestamp: t1},
+		},
+		Candidate:  Message{Content: "Please upload your bank statement.", Channel: ChannelOther, MessageID: "m-3", SendTimestamp: t0},
+		CustomerID: customerID,
+		ZipCode:    "90210",
+	}
+}
+
+func intp(n int) *int { return &n }
+
+func TestProcessMessage(t *testing.T) {
+	s, c := setup(t)
+	got, err := c.ProcessMessage(ctx, conversation())
+	if err != nil {
+		t.Fatalf("ProcessMessage: %v", err)
+	}
+	sameJSON(t, "ProcessMessage", s.lastBody("/api/message_processing"), `{
+		"company": "`+DemoCompanyGUID+`",
+		"customer_id": "`+customerID+`",
+		"zip_code": "90210",
+		"messages": [
+			{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},
+			{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.25-05:00", "reply_or_not": "false"}
+		],
+		"candidate_message": {"content": "Please upload your bank statement.", "channel": "OTHER", "message_id": "m-3", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "false"}
+	}`)
+	want := &ProcessingResponse{Company: DemoCompanyGUID, CustomerID: customerID,
+		CandidateMessage: CandidateMessage{Content: "Please upload your bank statement.", Channel: ChannelOther, MessageID: "m-3"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ProcessMessage() = %+v; want %+v", got, want)
+	}
+	if h := s.lastHeader("/api/message_processing"); h.Get("Content-Type") != "application/json" || len(h.Get("Idempotency-Key")) != 32 {
+		t.Errorf("ProcessMessage headers: Content-Type %q, Idempotency-Key of %d characters", h.Get("Content-Type"), len(h.Get("Idempotency-Key")))
+	}
+}
+
+// TestMessageDefaults checks what is filled in: a message id of 32 lowercase
+// hex characters from crypto/rand, the current UTC time, the client's
+// company GUID, and no zip_code when none is given.
+func TestMessageDefaults(t *testing.T) {
+	clk := useFakeClock(t)
+	clk.Advance(123456 * time.Microsecond)
+	s, c := setup(t)
+	req := MessageRequest{Candidate: Message{Content: "Hello", Channel: ChannelSMS}, CustomerID: customerID}
+	if _, err := c.ProcessMessage(ctx, req); err != nil {
+		t.Fatalf("ProcessMessage: %v", err)
+	}
+	var body map[string]any
+	if err := json.Unmarshal(s.lastBody("/api/message_processing"), &body); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := body["zip_code"]; ok {
+		t.Errorf("zip_code sent when none was given")
+	}
+	if body["company"] != DemoCompanyGUID {
+		t.Errorf("company = %v; want the client's %s", body["company"], DemoCompanyGUID)
+	}
+	if m, ok := body["messages"].([]any); !ok || len(m) != 0 {
+		t.Errorf("messages = %v; want []", body["messages"])
+	}
+	cand, _ := body["candidate_message"].(map[string]any)
+	id, _ := cand["message_id"].(string)
+	if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+		t.Errorf("generated message_id = %q; want 32 lowercase hex characters", id)
+	}
+	if ts := cand["send_timestamp"]; ts != "2025-01-15T10:00:00.123456+00:00" {
+		t.Errorf("send_timestamp = %v; want the current UTC time 2025-01-15T10:00:00.123456+00:00", ts)
+	}
+	if _, err := c.ProcessMessage(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	var again map[string]any
+	_ = json.Unmarshal(s.lastBody("/api/message_processing"), &again)
+	if again["candidate_message"].(map[string]any)["message_id"] == id {
+		t.Errorf("two calls generated the same message_id")
+	}
+	// The request's own GUID wins over the client's.
+	other := "6ba7b810-9dad-41d1-80b4-00c04fd430c8"
+	req.CompanyGUID = other
+	if got, err := c.ProcessMessage(ctx, req); err != nil || got.Company != other {
+		t.Errorf("ProcessMessage with CompanyGUID: company %v, %v; want %s", got, err, other)
+	}
+}
+
+func TestOptimizeMessage(t *testing.T) {
+	s, c := setup(t)
+	req := conversation()
+	req.Candidate.Channel = "" // optional here: only the content is sent
+	req.Metadata = &CustomerMetadata{
+		IsRepeatBorrower: intp(0), StateID: intp(5),
+		CreditScoreBin: CreditScore650To700, RequestedLoanAmountBin: LoanAmount1000To2000,
+		AgeBin: Age25To30, MonthlyIncomeBin: MonthlyIncome3000To4000, ApplicationReason: ReasonCarRepair,
+	}
+	got, err := c.OptimizeMessage(ctx, req)
+	if err != nil {
+		t.Fatalf("OptimizeMessage: %v", err)
+	}
+	sameJSON(t, "OptimizeMessage", s.lastBody("/api/message_optimizer"), `{
+		"company": "`+DemoCompanyGUID+`",
+		"customer_id": "`+customerID+`",
+		"zip_code": "90210",
+		"messages": [
+			{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},
+			{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.25-05:00", "reply_or_not": "false"}
+		],
+		"candidate_message": "Please upload your bank statement.",
+		"is_repeat_borrower": 0,
+		"state_id": 5,
+		"credit_score_bin": "SCORE_650_700",
+		"requested_loan_amount_bin": "AMOUNT_1000_2000",
+		"age_bin": "AGE_25_30",
+		"monthly_income_bin": "INCOME_3000_4000",
+		"application_reason": "CAR_REPAIR"
+	}`)
+	want := &OptimizationResponse{MessageID: "msg-0003",
+		OptimizedMessage: "Please upload your bank statement - reply YES and we will call you today.",
+		OriginalMessage:  "Please upload your bank statement.", RecommendedChannel: ChannelSMS}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("OptimizeMessage() = %+v; want %+v", got, want)
+	}
+
+	// Unset metadata fields and an empty zip code are left out.
+	req.ZipCode = ""
+	req.Messages = nil
+	req.Metadata = &CustomerMetadata{StateID: intp(1)}
+	if _, err := c.OptimizeMessage(ctx, req); err != nil {
+		t.Fatalf("OptimizeMessage: %v", err)
+	}
+	sameJSON(t, "OptimizeMessage (sparse)", s.lastBody("/api/message_optimizer"), `{
+		"company": "`+DemoCompanyGUID+`", "customer_id": "`+customerID+`", "messages": [],
+		"candidate_message": "Please upload your bank statement.", "state_id": 1}`)
+}
+
+func TestSubmitFeedback(t *testing.T) {
+	s, c := setup(t)
+	got, err := c.SubmitFeedback(ctx, Feedback{
+		MessageID: "msg-0001", CustomerResponded: true, Score: ScoreGood,
+		ActualSentMessage: "Please upload your statement.",
+		PositiveRewards:   []PositiveReward{RewardSendingPDFBankStatements, RewardLinkingChirp},
+		SendTimestamp:     t0, ReplyTimestamp: t1,
+	})
+	if err != nil {
+		t.Fatalf("SubmitFeedback: %v", err)
+	}
+	sameJSON(t, "SubmitFeedback", s.lastBody("/api/feedback"), `{
+		"message_id": "msg-0001", "customer_responded": true, "score": "good",
+		"actual_sent_message": "Please upload your statement.",
+		"positive_rewards": ["sending_pdf_bank_statements", "linking_chirp"],
+		"send_timestamp": "2025-01-15T10:30:00+00:00",
+		"reply_timestamp": "2025-01-15T11:45:30.25-05:00"}`)
+	want := &FeedbackResponse{ID: "fb-0001", MessageID: "msg-0001", CustomerResponded: true, Score: ScoreGood,
+		ActualSentMessage: "Please upload your statement.",
+		PositiveRewards:   []PositiveReward{RewardSendingPDFBankStatements, RewardLinkingChirp},
+		SendTimestamp:     t0, ReplyTimestamp: t1,
+		InsertedAt: time.Date(2025, 1, 15, 10, 30, 0, 123456000, time.UTC)}
+	if !reflect.DeepEqual(got.PositiveRewards, want.PositiveRewards) || got.ID != want.ID || got.MessageID != want.MessageID ||
+		got.CustomerResponded != want.CustomerResponded || got.Score != want.Score || got.ActualSentMessage != want.ActualSentMessage ||
+		!got.SendTimestamp.Equal(want.SendTimestamp) || !got.ReplyTimestamp.Equal(want.ReplyTimestamp) || !got.InsertedAt.Equal(want.InsertedAt) {
+		t.Errorf("SubmitFeedback() = %+v; want %+v", got, want)
+	}
+
+	// Optional fields are left out; null answers decode to zero values.
+	got, err = c.SubmitFeedback(ctx, Feedback{MessageID: "msg-0001", Score: ScoreNeutral})
+	if err != nil {
+		t.Fatalf("SubmitFeedback: %v", err)
+	}
+	sameJSON(t, "SubmitFeedback (minimal)", s.lastBody("/api/feedback"), `{"message_id": "msg-0001", "customer_responded": false, "score": "neutral"}`)
+	if got.ActualSentMessage != "" || !got.SendTimestamp.IsZero() || !got.ReplyTimestamp.IsZero() || got.PositiveRewards == nil || len(got.PositiveRewards) != 0 {
+		t.Errorf("SubmitFeedback() = %+v; want zero optional fields and empty rewards", got)
+	}
+}
+
+func TestSubmitFeedbackBulk(t *testing.T) {
+	s, c := setup(t)
+	items := []Feedback{
+		{MessageID: "msg-0001", CustomerResponded: true, Score: ScoreGood, PositiveRewards: []PositiveReward{RewardSigningLoanAgreement}},
+		{MessageID: "msg-0002", Score: ScoreBad, ReplyTimestamp: t0},
+	}
+	got, err := c.SubmitFeedbackBulk(ctx, items)
+	if err != nil {
+		t.Fatalf("SubmitFeedbackBulk: %v", err)
+	}
+	sameJSON(t, "SubmitFeedbackBulk", s.lastBody("/api/feedback/bulk"), `{"feedback": [
+		{"message_id": "msg-0001", "customer_responded": true, "score": "good", "positive_rewards": ["signing_loan_agreement"]},
+		{"message_id": "msg-0002", "customer_responded": false, "score": "bad", "reply_timestamp": "2025-01-15T10:30:00+00:00"}]}`)
+	if !got.Success || got.Count != 2 || len(got.Feedback) != 2 ||
+		got.Feedback[0].ID != "fb-0001" || got.Feedback[1].MessageID != "msg-0002" || got.Feedback[1].Score != ScoreBad ||
+		!got.Feedback[1].ReplyTimestamp.Equal(t0) {
+		t.Errorf("SubmitFeedbackBulk() = %+v", got)
+	}
+}
+
+// TestFeedbackResponseDecoding feeds the feedback endpoints answers of every
+// shape the server may send.
+func TestFeedbackResponseDecoding(t *testing.T) {
+	const entry = `{"id":"fb-9","message_id":"m","customer_responded":false,"score":"bad","inserted_at":%s%s}`
+	tests := []struct {
+		name       string
+		insertedAt string
+		extra      string
+		want       time.Time
+		wantErr    string
+	}{
+		{"python isoformat, no offset", `"2025-01-15T10:30:00.123456"`, "", time.Date(2025, 1, 15, 10, 30, 0, 123456000, time.UTC), ""},
+		{"Z", `"2025-01-15T10:30:00Z"`, "", t0, ""},
+		{"offset", `"2025-01-15T11:45:30.25-05:00"`, "", t1, ""},
+		{"no fraction, no offset", `"2025-01-15T10:30:00"`, "", t0, ""},
+		{"space separator", `"2025-01-15 10:30:00"`, "", t0, ""},
+		{"unknown fields ignored", `"2025-01-15T10:30:00Z"`, `,"new_field":{"x":[1]}`, t0, ""},
+		{"nulls", `"2025-01-15T10:30:00Z"`, `,"actual_sent_message":null,"positive_rewards":null,"send_timestamp":null,"reply_timestamp":null`, t0, ""},
+		{"bad timestamp", `"yesterday"`, "", time.Time{}, "inserted_at"},
+		{"inserted_at missing", `null`, "", time.Time{}, "missing inserted_at"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, c := setup(t)
+			s.Fail("/api/feedback", 200, fmt.Sprintf(entry, tt.insertedAt, tt.extra))
+			got, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreBad})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("SubmitFeedback() error = %v; want one naming %q", err, tt.wantErr)
+				}
+				if got != nil {
+					t.Errorf("SubmitFeedback() = %+v with an error; want nil", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("SubmitFeedback: %v", err)
+			}
+			if !got.InsertedAt.Equal(tt.want) {
+				t.Errorf("InsertedAt = %v; want %v", got.InsertedAt, tt.want)
+			}
+		})
+	}
+}
+
+// TestMissingResponseFields: an answer without a required field is an
+// error naming it, never a half-empty value.
+func TestMissingResponseFields(t *testing.T) {
+	fb := `"message_id":"m","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00Z"`
+	tests := []struct {
+		name, path, body, want string
+		call                   func(c *Client) (any, error)
+	}{
+		{"processing company", "/api/message_processing", `{"customer_id":"c","candidate_message":{"content":"x"}}`, "company",
+			func(c *Client) (any, error) { return c.ProcessMessage(ctx, conversation()) }},
+		{"processing candidate", "/api/message_processing", `{"company":"a","customer_id":"c"}`, "candidate_message.content",
+			func(c *Client) (any, error) { return c.ProcessMessage(ctx, conversation()) }},
+		{"optimizer message_id", "/api/message_optimizer", `{"optimized_message":"x","recommended_channel":"SMS"}`, "message_id",
+			func(c *Client) (any, error) { return c.OptimizeMessage(ctx, conversation()) }},
+		{"optimizer channel", "/api/message_optimizer", `{"message_id":"m","optimized_message":"x","recommended_channel":"FAX"}`, "recommended_channel",
+			func(c *Client) (any, error) { return c.OptimizeMessage(ctx, conversation()) }},
+		{"feedback id", "/api/feedback", `{` + fb + `}`, "id",
+			func(c *Client) (any, error) { return c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}) }},
+		{"feedback score", "/api/feedback", `{"id":"f","message_id":"m","customer_responded":true,"inserted_at":"2025-01-15T10:30:00Z"}`, "score",
+			func(c *Client) (any, error) { return c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}) }},
+		{"bulk success", "/api/feedback/bulk", `{"count":1,"feedback":[]}`, "success",
+			func(c *Client) (any, error) {
+				return c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "m", Score: ScoreGood}})
+			}},
+		{"bulk item", "/api/feedback/bulk", `{"success":true,"count":1,"feedback":[{` + fb + `}]}`, "feedback[0].id",
+			func(c *Client) (any, error) {
+				return c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "m", Score: ScoreGood}})
+			}},
+		{"not JSON", "/api/feedback", `<html>oops</html>`, "malformed JSON response (text/html)",
+			func(c *Client) (any, error) { return c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}) }},
+		{"empty body", "/api/message_optimizer", ``, "empty body",
+			func(c *Client) (any, error) { return c.OptimizeMessage(ctx, conversation()) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, c := setup(t)
+			s.Fail(tt.path, 200, tt.body)
+			got, err := tt.call(c)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error = %v; want one naming %q", err, tt.want)
+			}
+			if !reflect.ValueOf(got).IsNil() {
+				t.Errorf("got %+v with the error; want nil", got)
+			}
+		})
+	}
+}
+
+// TestBulkNeverSilentlyPartial: a failure flag or a short count is an error
+// that comes with the server's full answer.
+func TestBulkNeverSilentlyPartial(t *testing.T) {
+	one := `{"id":"f1","message_id":"a","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00Z"}`
+	items := []Feedback{{MessageID: "a", Score: ScoreGood}, {MessageID: "b", Score: ScoreBad}}
+	tests := []struct{ name, body, want string }{
+		{"short count", `{"success":true,"count":1,"feedback":[` + one + `]}`, "stored 1 of 2"},
+		{"failure flag", `{"success":false,"count":0,"feedback":[]}`, "reported failure"},
+		{"short list", `{"success":true,"count":2,"feedback":[` + one + `]}`, "(1 returned)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, c := setup(t)
+			s.Fail("/api/feedback/bulk", 200, tt.body)
+			got, err := c.SubmitFeedbackBulk(ctx, items)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("SubmitFeedbackBulk() error = %v; want one saying %q", err, tt.want)
+			}
+			if got == nil {
+				t.Fatalf("SubmitFeedbackBulk() returned no answer with the error")
+			}
+		})
+	}
+}
+
+// TestValidation hits each input rule once: the error is a *ValidationError
+// naming the field, and nothing reaches the server, not even a token request.
+func TestValidation(t *testing.T) {
+	valid := conversation
+	with := func(f func(*MessageRequest)) MessageRequest { r := valid(); f(&r); return r }
+	process := func(r MessageRequest) func(*Client) error {
+		return func(c *Client) error { _, err := c.ProcessMessage(ctx, r); return err }
+	}
+	optimize := func(r MessageRequest) func(*Client) error {
+		return func(c *Client) error { _, err := c.OptimizeMessage(ctx, r); return err }
+	}
+	feedback := func(f Feedback) func(*Client) error {
+		return func(c *Client) error { _, err := c.SubmitFeedback(ctx, f); return err }
+	}
+	bulk := func(fs ...Feedback) func(*Client) error {
+		return func(c *Client) error { _, err := c.SubmitFeedbackBulk(ctx, fs); return err }
+	}
+	good := Feedback{MessageID: "m", Score: ScoreGood}
+	tests := []struct {
+		name  string
+		call  func(*Client) error
+		field string
+	}{
+		{"customer id not a UUID", process(with(func(r *MessageRequest) { r.CustomerID = "cust-42" })), "CustomerID"},
+		{"customer id empty", optimize(with(func(r *MessageRequest) { r.CustomerID = "" })), "CustomerID"},
+		{"company GUID not a UUID", process(with(func(r *MessageRequest) { r.CompanyGUID = "acme" })), "CompanyGUID"},
+		{"zip code of 4 digits", process(with(func(r *MessageRequest) { r.ZipCode = "9021" })), "ZipCode"},
+		{"zip code with a letter", optimize(with(func(r *MessageRequest) { r.ZipCode = "9021a" })), "ZipCode"},
+		{"empty content", process(with(func(r *MessageRequest) { r.Messages[1].Content = "  " })), "Messages[1].Content"},
+		{"empty candidate", optimize(with(func(r *MessageRequest) { r.Candidate.Content = "" })), "Candidate.Content"},
+		{"bad channel", process(with(func(r *MessageRequest) { r.Messages[0].Channel = "sms" })), "Messages[0].Channel"},
+		{"missing channel", process(with(func(r *MessageRequest) { r.Candidate.Channel = "" })), "Candidate.Channel"},
+		{"repeat borrower 2", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{IsRepeatBorrower: intp(2)} })), "Metadata.IsRepeatBorrower"},
+		{"state id 0", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{StateID: intp(0)} })), "Metadata.StateID"},
+		{"credit score bin", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{CreditScoreBin: "SCORE_900"} })), "Metadata.CreditScoreBin"},
+		{"loan amount bin", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{RequestedLoanAmountBin: "LOTS"} })), "Metadata.RequestedLoanAmountBin"},
+		{"age bin", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{AgeBin: "AGE_99"} })), "Metadata.AgeBin"},
+		{"income bin", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{MonthlyIncomeBin: "RICH"} })), "Metadata.MonthlyIncomeBin"},
+		{"application reason", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{ApplicationReason: "FUN"} })), "Metadata.ApplicationReason"},
+		{"metadata checked by ProcessMessage too", process(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{StateID: intp(-1)} })), "Metadata.StateID"},
+		{"feedback without message id", feedback(Feedback{Score: ScoreGood}), "MessageID"},
+		{"feedback without score", feedback(Feedback{MessageID: "m"}), "Score"},
+		{"feedback score uppercase", feedback(Feedback{MessageID: "m", Score: "GOOD"}), "Score"},
+		{"feedback reward", feedback(Feedback{MessageID: "m", Score: ScoreGood, PositiveRewards: []PositiveReward{RewardLinkingChirp, "LINKING_CHIRP"}}), "PositiveRewards[1]"},
+		{"empty bulk", bulk(), "Items"},
+		{"bulk item", bulk(good, good, Feedback{MessageID: "m", Score: "great"}), "Items[2].Score"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, c := setup(t)
+			err := tt.call(c)
+			var ve *ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("error = %v; want a *ValidationError", err)
+			}
+			if ve.Field != tt.field {
+				t.Errorf("ValidationError.Field = %q; want %q", ve.Field, tt.field)
+			}
+			if !strings.HasPrefix(err.Error(), "apala: ") || !strings.Contains(err.Error(), tt.field) {
+				t.Errorf("error text %q; want it prefixed and naming %s", err, tt.field)
+			}
+			if n := s.totalHits(); n != 0 {
+				t.Errorf("%d requests reached the server; want none", n)
+			}
+		})
+	}
+	t.Run("no company GUID anywhere", func(t *testing.T) {
+		s := NewDemoServer()
+		defer s.Close()
+		c, err := NewClient(DemoAPIKey, WithBaseURL(s.URL))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, err = c.ProcessMessage(ctx, valid())
+		var ve *ValidationError
+		if !errors.As(err, &ve) || ve.Field != "CompanyGUID" || !strings.Contains(err.Error(), EnvCompanyGUID) {
+			t.Errorf("error = %v; want a *ValidationError for CompanyGUID pointing at %s", err, EnvCompanyGUID)
+		}
+		if s.totalHits() != 0 {
+			t.Errorf("a request reached the server")
+		}
+	})
+}
+
+// TestMessageAPIErrors: the server's refusals come back as *APIError with
+// its message, through the same retry and replay rules as Do.
+func TestMessageAPIErrors(t *testing.T) {
+	s, c := setup(t)
+	s.Fail("/api/message_optimizer", 422, `{"errors":{"detail":"customer_id is unknown"}}`)
+	_, err := c.OptimizeMessage(ctx, conversation())
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.StatusCode != 422 || ae.Message != "customer_id is unknown" || ae.Path != "/api/message_optimizer" {
+		t.Fatalf("OptimizeMessage() error = %v; want *APIError 422 with the server's message", err)
+	}
+	if n := s.Hits("/api/message_optimizer"); n != 1 {
+		t.Errorf("422 sent %d times; want 1 (never retried)", n)
+	}
+
+	for i := 0; i < 3; i++ {
+		s.Fail("/api/feedback", 503, `{"error":"maintenance"}`)
+	}
+	_, err = c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
+	if !errors.Is(err, ErrServer) || !errors.As(err, &ae) || ae.Message != "maintenance" {
+		t.Fatalf("SubmitFeedback() error = %v; want ErrServer with the server's message", err)
+	}
+	if n := s.Hits("/api/feedback"); n != 3 {
+		t.Errorf("503 sent %d times; want 3 (the first attempt and 2 retries)", n)
+	}
+
+	// A revoked token is replaced and the call replayed once.
+	s.RevokeTokens()
+	if _, err := c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "m", Score: ScoreGood}}); err != nil {
+		t.Fatalf("SubmitFeedbackBulk after revocation: %v", err)
+	}
+	if n := s.Hits("/api/feedback/bulk"); n != 2 {
+		t.Errorf("bulk sent %d times; want 2 (401, then the replay)", n)
 	}
 }
