@@ -868,8 +868,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// logAttrs logs when a logger is set and enabled at level; the attributes
-// are only built by callers that pass this check.
+// logAttrs logs when a logger is set and enabled at level. Its callers are
+// off the hot path; logAttempt, which is on it, checks before building.
 func (c *Client) logAttrs(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
 	if c.log != nil && c.log.Enabled(ctx, level) {
 		c.log.LogAttrs(ctx, level, msg, attrs...)
