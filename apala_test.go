@@ -974,71 +974,213 @@ func TestRefreshRefusedFallsBackToAPIKey(t *testing.T) {
 	}
 }
 
+// TestOneFlightShared: 1,000 goroutines needing a token at once, with none
+// held or with an expired one, cause exactly one token request and all share
+// its result, its error included.
 func TestOneFlightShared(t *testing.T) {
+	tests := []struct {
+		name    string
+		expired bool // hold an expired token first: the flight is a refresh
+		fail    bool // the token request fails
+	}{
+		{"no token", false, false},
+		{"expired token", true, false},
+		{"no token, request fails", false, true},
+		{"expired token, request fails", true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := useFakeClock(t)
+			s, c := setup(t, WithMaxRetries(0))
+			path := pathToken
+			if tt.expired {
+				if _, err := c.Authenticate(ctx); err != nil {
+					t.Fatal(err)
+				}
+				clk.Advance(2 * time.Hour)
+				path = pathRefresh
+			}
+			release := make(chan struct{})
+			s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.URL.Path != path {
+					return false
+				}
+				<-release
+				if tt.fail {
+					writeJSON(w, 503, map[string]string{"error": "down"})
+					return true
+				}
+				return false
+			})
+			before := s.Hits(path)
+			const n = 1000
+			var wg sync.WaitGroup
+			toks := make([]string, n)
+			errs := make([]error, n)
+			for i := 0; i < n; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					toks[i], errs[i] = c.AccessToken(ctx)
+				}(i)
+			}
+			for s.Hits(path) == before {
+				time.Sleep(time.Millisecond)
+			}
+			close(release)
+			wg.Wait()
+			if got := s.Hits(path) - before; got != 1 {
+				t.Errorf("requests to %s = %d; want 1", path, got)
+			}
+			if tt.expired && s.Hits(pathToken) != 1 {
+				t.Errorf("API-key exchanges = %d; want only the first", s.Hits(pathToken))
+			}
+			for i := range toks {
+				if tt.fail {
+					if !errors.Is(errs[i], ErrServer) || errs[i].Error() != errs[0].Error() {
+						t.Fatalf("caller %d: error = %v; want the shared ErrServer", i, errs[i])
+					}
+					continue
+				}
+				if errs[i] != nil || toks[i] != toks[0] {
+					t.Fatalf("caller %d: error %v or a different token", i, errs[i])
+				}
+			}
+		})
+	}
+}
+
+// TestStaleWindowNobodyWaits: 1,000 goroutines calling inside the stale
+// window all return the current token while the one background refresh is
+// held by the server: none waited on the network.
+func TestStaleWindowNobodyWaits(t *testing.T) {
+	clk := useFakeClock(t)
 	s, c := setup(t)
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := c.Token().AccessToken
 	release := make(chan struct{})
 	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path == pathToken {
+		if r.URL.Path == pathRefresh {
 			<-release
 		}
 		return false
 	})
+	defer close(release)
+	clk.Advance(time.Hour - 30*time.Second) // inside the 60s margin
 	const n = 1000
 	var wg sync.WaitGroup
-	toks := make([]string, n)
-	errs := make([]error, n)
+	var wrong atomic.Int32
 	for i := 0; i < n; i++ {
 		wg.Add(1)
-		go func(i int) {
+		go func() {
 			defer wg.Done()
-			toks[i], errs[i] = c.AccessToken(ctx)
-		}(i)
+			if tok, err := c.AccessToken(ctx); err != nil || tok != old {
+				wrong.Add(1)
+			}
+		}()
 	}
-	for s.Hits(pathToken) == 0 {
+	wg.Wait() // would hang if any caller waited for the held refresh
+	if wrong.Load() != 0 {
+		t.Errorf("%d callers got an error or another token; want the current one", wrong.Load())
+	}
+	for s.Hits(pathRefresh) == 0 { // the flight may not have reached the server yet
 		time.Sleep(time.Millisecond)
 	}
-	close(release)
-	wg.Wait()
-	if got := s.Hits(pathToken); got != 1 {
-		t.Errorf("token requests = %d; want 1", got)
-	}
-	for i := range toks {
-		if errs[i] != nil || toks[i] != toks[0] {
-			t.Fatalf("caller %d: error %v or a different token", i, errs[i])
-		}
+	if got := s.Hits(pathRefresh); got != 1 {
+		t.Errorf("refresh requests = %d; want 1", got)
 	}
 }
 
-func TestOneFlightSharedError(t *testing.T) {
-	s, c := setup(t, WithMaxRetries(0))
-	release := make(chan struct{})
+// TestMany401OneNewToken: 100 goroutines all answered 401 on the same token
+// cause one new token and one replay each.
+func TestMany401OneNewToken(t *testing.T) {
+	s, c := setup(t)
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	var first sync.Once
+	old := c.Token().AccessToken
 	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		<-release
-		writeJSON(w, 401, map[string]string{"error": "invalid API key"})
-		return true
+		if r.URL.Path == "/api/feedback" && r.Header.Get("Authorization") == "Bearer "+old {
+			// Hold every call made with the old token until all n have
+			// arrived, then revoke it: each is answered 401.
+			arrived.Done()
+			arrived.Wait()
+			first.Do(s.RevokeTokens)
+		}
+		return false
 	})
-	const n = 1000
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			_, errs[i] = c.AccessToken(ctx)
+			_, errs[i] = c.SubmitFeedback(ctx, Feedback{MessageID: fmt.Sprint("m", i), Score: ScoreGood})
 		}(i)
 	}
-	for s.Hits(pathToken) == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	close(release)
 	wg.Wait()
-	if got := s.Hits(pathToken); got != 1 {
-		t.Errorf("token requests = %d; want 1 (the rest share the error or meet the cooldown)", got)
-	}
 	for i, err := range errs {
-		if !errors.Is(err, ErrUnauthorized) {
-			t.Fatalf("caller %d: error = %v; want ErrUnauthorized", i, err)
+		if err != nil {
+			t.Fatalf("caller %d: %v", i, err)
 		}
+	}
+	if got := s.Hits(pathRefresh) + s.Hits(pathToken) - 1; got != 1 {
+		t.Errorf("new tokens = %d; want 1", got)
+	}
+	if got := s.Hits("/api/feedback"); got != 2*n {
+		t.Errorf("feedback requests = %d; want %d (each call: a 401, then one replay)", got, 2*n)
+	}
+}
+
+// TestRevokedKeyUnderLoad: with the API key revoked, 16 goroutines calling
+// without pause for two simulated minutes cause no more token requests than
+// the cooldown schedule allows.
+func TestRevokedKeyUnderLoad(t *testing.T) {
+	clk := useFakeClock(t)
+	s, c := setup(t, WithMaxRetries(0))
+	s.mu.Lock()
+	s.apiKey = "another key"
+	s.mu.Unlock()
+	const step = 250 * time.Millisecond
+	var (
+		elapsed  time.Duration
+		next     time.Duration // when the schedule allows the next request
+		cooldown = time.Second
+		want     int
+	)
+	for elapsed = step; elapsed <= 2*time.Minute; elapsed += step {
+		clk.Advance(step)
+		if elapsed >= next {
+			want++
+			next = elapsed + cooldown
+			cooldown = min(2*cooldown, 30*time.Second)
+		}
+		var wg sync.WaitGroup
+		for g := 0; g < 16; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 4; i++ {
+					if _, err := c.AccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
+						t.Errorf("AccessToken() error = %v; want ErrUnauthorized", err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if got := s.Hits(pathToken); got != want {
+			t.Fatalf("after %v: token requests = %d; want %d", elapsed, got, want)
+		}
+	}
+	if want > 10 {
+		t.Errorf("schedule allowed %d requests in 2 minutes; want at most 10", want)
 	}
 }
 
