@@ -655,6 +655,10 @@ func (c *Client) attempt(ctx context.Context, rq *request, pair *tokenPair, n in
 	c.logAttempt(ctx, rq, resp.StatusCode, start, n)
 	if err != nil {
 		putBuf(buf)
+		// As net/http does for the request, so that every connection
+		// failure unwraps to a *url.Error.
+		op := rq.method[:1] + strings.ToLower(rq.method[1:])
+		err = &url.Error{Op: op, URL: c.baseStr + rq.path, Err: err}
 		return 0, nil, nil, fmt.Errorf("%w: %s %s: reading response: %w", ErrConnection, rq.method, rq.path, err)
 	}
 	if int64(buf.Len()) > limit {

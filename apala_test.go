@@ -2571,3 +2571,311 @@ func TestMessageAPIErrors(t *testing.T) {
 		t.Errorf("bulk sent %d times; want 2 (401, then the replay)", n)
 	}
 }
+
+// ---- the fault matrix ----
+
+// countingTransport counts attempts per path and response bodies not yet
+// closed. Requests for a path in refuse go to an address where nothing
+// listens, for a real "connection refused".
+type countingTransport struct {
+	base   http.RoundTripper
+	dead   string // host:port with no listener
+	refuse string // path whose requests are refused
+
+	mu       sync.Mutex
+	attempts map[string]int
+	open     atomic.Int64
+}
+
+var _ http.RoundTripper = (*countingTransport)(nil)
+
+func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	t.mu.Lock()
+	t.attempts[r.URL.Path]++
+	t.mu.Unlock()
+	if r.URL.Path == t.refuse {
+		r = r.Clone(r.Context())
+		r.URL.Host, r.Host = t.dead, ""
+	}
+	resp, err := t.base.RoundTrip(r)
+	if err != nil {
+		return nil, err
+	}
+	t.open.Add(1)
+	resp.Body = &countedBody{ReadCloser: resp.Body, open: &t.open}
+	return resp, nil
+}
+
+func (t *countingTransport) count(path string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.attempts[path]
+}
+
+type countedBody struct {
+	io.ReadCloser
+	once sync.Once
+	open *atomic.Int64
+}
+
+func (b *countedBody) Close() error {
+	b.once.Do(func() { b.open.Add(-1) })
+	return b.ReadCloser.Close()
+}
+
+// deadAddr returns an address where nothing listens.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// jwtExpiring returns an unsigned JWT whose exp claim is at.
+func jwtExpiring(at time.Time) string {
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString([]byte(`{"alg":"none"}`)) + "." +
+		enc.EncodeToString([]byte(fmt.Sprintf(`{"exp":%d}`, at.Unix()))) + ".SECRETsig"
+}
+
+// TestFaultMatrix drives each endpoint family (token, refresh, API call)
+// through each fault and checks the error kind, the number of attempts, that
+// no secret went to another host or into the error, that nothing was stored
+// from a bad answer, and that every response body was closed.
+func TestFaultMatrix(t *testing.T) {
+	type family struct {
+		name, path string
+		call       func(c *Client) error
+	}
+	families := []family{
+		{"token", pathToken, func(c *Client) error { _, err := c.Authenticate(ctx); return err }},
+		{"refresh", pathRefresh, func(c *Client) error { _, err := c.RefreshAccessToken(ctx); return err }},
+		{"api", "/api/feedback", func(c *Client) error {
+			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
+			return err
+		}},
+	}
+	const retries = 2
+	isConn := func(err error) bool { var ue *url.Error; return errors.Is(err, ErrConnection) && errors.As(err, &ue) }
+	isServer := func(err error) bool { return errors.Is(err, ErrServer) }
+	isRedirect := func(err error) bool { var ae *APIError; return errors.As(err, &ae) && ae.StatusCode/100 == 3 }
+	isMalformed := func(err error) bool {
+		var ae *APIError
+		return err != nil && !errors.As(err, &ae) && !errors.Is(err, ErrConnection) && strings.Contains(err.Error(), "malformed JSON")
+	}
+	isMissing := func(err error) bool {
+		return err != nil && (strings.Contains(err.Error(), "no valid access_token") || strings.Contains(err.Error(), "missing"))
+	}
+	isTooBig := func(err error) bool { return err != nil && strings.Contains(err.Error(), "limit") }
+
+	// body builds a fault's 200 answer per family.
+	authAnswer := func(f family, expiresIn string) string {
+		tok := jwtExpiring(time.Now().Add(30 * time.Minute))
+		fields := `"access_token":"` + tok + `","token_type":"Bearer"`
+		if expiresIn != "" {
+			fields += `,"expires_in":` + expiresIn
+		}
+		if f.path == pathToken {
+			fields += `,"refresh_token":"r-SECRET","company_id":"c","company_name":"n"`
+		}
+		return "{" + fields + "}"
+	}
+	missingFields := map[string]string{
+		pathToken:       `{"token_type":"Bearer","expires_in":3600,"company_id":"c"}`,
+		pathRefresh:     `{"token_type":"Bearer","expires_in":3600}`,
+		"/api/feedback": `{"message_id":"m","customer_responded":true}`,
+	}
+
+	type fault struct {
+		name     string
+		refuse   bool
+		once     bool // only the first attempt is faulty
+		timeout  time.Duration
+		serve    func(f family, other string, w http.ResponseWriter, r *http.Request)
+		authOnly bool // token and refresh families only
+		want     func(error) bool
+		attempts int       // on the family's path
+		expires  time.Time // for a success: the expiry Token must show (zero: unchecked)
+	}
+	status := func(code int, body string) func(family, string, http.ResponseWriter, *http.Request) {
+		return func(_ family, _ string, w http.ResponseWriter, _ *http.Request) {
+			if strings.HasPrefix(body, "<") {
+				w.Header().Set("Content-Type", "text/html")
+			} else {
+				w.Header().Set("Content-Type", "application/json")
+			}
+			w.WriteHeader(code)
+			_, _ = io.WriteString(w, body)
+		}
+	}
+	answer := func(body func(f family) string) func(family, string, http.ResponseWriter, *http.Request) {
+		return func(f family, _ string, w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, body(f))
+		}
+	}
+	redirect := func(code int) func(family, string, http.ResponseWriter, *http.Request) {
+		return func(_ family, other string, w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, other+r.URL.Path, code)
+		}
+	}
+	big := func(chunked bool) func(family, string, http.ResponseWriter, *http.Request) {
+		return func(_ family, _ string, w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			if !chunked {
+				w.Header().Set("Content-Length", fmt.Sprint(20<<20))
+			}
+			chunk := bytes.Repeat([]byte(" "), 64<<10)
+			for i := 0; i < 20<<20/len(chunk); i++ {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}
+	}
+	hour := time.Now().Add(time.Hour)
+	faults := []fault{
+		{name: "connection refused", refuse: true, want: isConn, attempts: 1 + retries},
+		{name: "reset mid-body", want: isConn, attempts: 1 + retries,
+			serve: func(_ family, _ string, w http.ResponseWriter, _ *http.Request) {
+				conn, buf, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					return
+				}
+				_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"access_token\":\"ab")
+				_ = buf.Flush()
+				if tc, ok := conn.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0) // close with RST
+				}
+				conn.Close()
+			}},
+		{name: "truncated body", want: isConn, attempts: 1 + retries,
+			serve: func(_ family, _ string, w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Length", "400")
+				_, _ = io.WriteString(w, `{"access_token":"ab`)
+				panic(http.ErrAbortHandler)
+			}},
+		{name: "hang past the per-attempt timeout", timeout: 300 * time.Millisecond, want: isConn, attempts: 1 + retries,
+			serve: func(_ family, _ string, _ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }},
+		{name: "500", serve: status(500, `{"error":"boom"}`), want: isServer, attempts: 1 + retries},
+		{name: "502", serve: status(502, `{"error":"bad gateway"}`), want: isServer, attempts: 1 + retries},
+		{name: "503", serve: status(503, `{"error":"maintenance"}`), want: isServer, attempts: 1 + retries},
+		{name: "504", serve: status(504, `{"error":"timeout"}`), want: isServer, attempts: 1 + retries},
+		{name: "429 Retry-After seconds", once: true, attempts: 2,
+			serve: func(f family, o string, w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Retry-After", "1")
+				status(429, `{"error":"slow down"}`)(f, o, w, r)
+			}},
+		{name: "429 Retry-After date", once: true, attempts: 2,
+			serve: func(f family, o string, w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Retry-After", time.Now().Add(time.Second).UTC().Format(http.TimeFormat))
+				status(429, `{"error":"slow down"}`)(f, o, w, r)
+			}},
+		{name: "307 to another host", serve: redirect(307), want: isRedirect, attempts: 1},
+		{name: "308 to another host", serve: redirect(308), want: isRedirect, attempts: 1},
+		{name: "HTML error page", serve: status(502, "<html><body>SECRET proxy error</body></html>"), want: isServer, attempts: 1 + retries},
+		{name: "HTML with 200", serve: status(200, "<html><body>login</body></html>"), want: isMalformed, attempts: 1},
+		{name: "malformed JSON", serve: status(200, `{"access_token": "abc`), want: isMalformed, attempts: 1},
+		{name: "missing required fields", serve: answer(func(f family) string { return missingFields[f.path] }), want: isMissing, attempts: 1},
+		{name: "20 MiB body", serve: big(false), want: isTooBig, attempts: 1},
+		{name: "20 MiB chunked body", serve: big(true), want: isTooBig, attempts: 1},
+		{name: "expires_in 0", authOnly: true, attempts: 1, expires: time.Now().Add(30 * time.Minute),
+			serve: answer(func(f family) string { return authAnswer(f, "0") })},
+		{name: "expires_in negative", authOnly: true, attempts: 1, expires: time.Now().Add(30 * time.Minute),
+			serve: answer(func(f family) string { return authAnswer(f, "-3600") })},
+		{name: "expires_in absent", authOnly: true, attempts: 1, expires: time.Now().Add(30 * time.Minute),
+			serve: answer(func(f family) string { return authAnswer(f, "") })},
+		{name: "expires_in absurd", authOnly: true, attempts: 1, expires: time.Now().Add(maxLifetime),
+			serve: answer(func(f family) string { return authAnswer(f, "9223372036854775807") })},
+		{name: "expires_in 3600", authOnly: true, attempts: 1, expires: hour,
+			serve: answer(func(f family) string { return authAnswer(f, "3600") })},
+	}
+
+	for _, fam := range families {
+		for _, ft := range faults {
+			if ft.authOnly && fam.path == "/api/feedback" {
+				continue
+			}
+			fam, ft := fam, ft
+			t.Run(fam.name+"/"+ft.name, func(t *testing.T) {
+				t.Parallel()
+				s := NewDemoServer()
+				defer s.Close()
+				var otherHits atomic.Int32
+				other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					otherHits.Add(1)
+				}))
+				defer other.Close()
+
+				ct := &countingTransport{base: http.DefaultTransport.(*http.Transport).Clone(), dead: deadAddr(t), attempts: map[string]int{}}
+				defer ct.base.(*http.Transport).CloseIdleConnections()
+				timeout := ft.timeout
+				if timeout == 0 {
+					timeout = time.Minute
+				}
+				c, err := NewClient(DemoAPIKey, WithBaseURL(s.URL), WithHTTPClient(&http.Client{Transport: ct}),
+					WithMaxRetries(retries), WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithTimeout(timeout))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				if fam.path != pathToken {
+					if _, err := c.Authenticate(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				before := c.Token()
+
+				var faulted atomic.Int32
+				s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+					if r.URL.Path != fam.path || ft.serve == nil || (ft.once && faulted.Add(1) > 1) {
+						return false
+					}
+					ft.serve(fam, other.URL, w, r)
+					return true
+				})
+				if ft.refuse {
+					ct.refuse = fam.path
+				}
+
+				err = fam.call(c)
+				if got := ct.count(fam.path); got != ft.attempts {
+					t.Errorf("attempts = %d; want %d", got, ft.attempts)
+				}
+				if otherHits.Load() != 0 {
+					t.Errorf("a request reached the other host")
+				}
+				after := c.Token()
+				if ft.want == nil {
+					if err != nil {
+						t.Fatalf("error = %v; want success", err)
+					}
+					if !ft.expires.IsZero() {
+						if d := after.ExpiresAt.Sub(ft.expires); d < -5*time.Second || d > 5*time.Second {
+							t.Errorf("ExpiresAt %v from the wanted %v", d, ft.expires)
+						}
+					}
+				} else {
+					if !ft.want(err) {
+						t.Errorf("error = %v; want another kind", err)
+					}
+					noSecret(t, "error", err.Error())
+					if strings.Contains(err.Error(), "<html") {
+						t.Errorf("error echoes the HTML page: %v", err)
+					}
+					if after.AccessToken != before.AccessToken {
+						t.Errorf("a token was stored from a failed answer")
+					}
+				}
+				c.Close()
+				if n := ct.open.Load(); n != 0 {
+					t.Errorf("%d response bodies left open", n)
+				}
+			})
+		}
+	}
+}
