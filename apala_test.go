@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -2877,5 +2878,396 @@ func TestFaultMatrix(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// ---- fuzzing ----
+
+// fuzzTransport answers every request in memory with one fixed response.
+type fuzzTransport struct {
+	status int
+	ctype  string
+	header http.Header
+	body   []byte
+}
+
+func (t *fuzzTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		r.Body.Close()
+	}
+	h := http.Header{"Content-Type": {t.ctype}}
+	for k, v := range t.header {
+		h[k] = v
+	}
+	return &http.Response{StatusCode: t.status, Header: h, Body: io.NopCloser(bytes.NewReader(t.body)),
+		ContentLength: -1, Request: r}, nil
+}
+
+const (
+	fuzzKey     = "fuzz-SECRET-api-key"
+	fuzzAccess  = "old-SECRET-access"
+	fuzzRefresh = "old-SECRET-refresh"
+)
+
+// fuzzClient returns a client whose every request gets tr's answer, with no
+// retries and no network.
+func fuzzClient(t *testing.T, tr *fuzzTransport) *Client {
+	t.Helper()
+	c, err := NewClient(fuzzKey, WithHTTPClient(&http.Client{Transport: tr}), WithMaxRetries(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// checkHeld fails unless the token the client holds is well formed.
+func checkHeld(t *testing.T, c *Client) {
+	t.Helper()
+	tok := c.Token()
+	if !validToken(tok.AccessToken) {
+		t.Fatalf("success with an invalid access token stored")
+	}
+	if p := c.pair.Load(); p.bearer[0] != "Bearer "+p.access || p.staleAt > p.invalidAt {
+		t.Fatalf("inconsistent token pair: stale after invalid, or a wrong header")
+	}
+}
+
+func FuzzAuthResponse(f *testing.F) {
+	for _, seed := range []string{
+		`{"access_token":"a.b.c","refresh_token":"r","token_type":"Bearer","expires_in":3600,"company_id":"x","company_name":"y"}`,
+		`{"access_token":"a.b.c","expires_in":0}`,
+		`{"access_token":"a.b.c","expires_in":-1}`,
+		`{"access_token":"a.b.c","expires_in":9223372036854775807}`,
+		`{"access_token":"` + jwtExpiring(time.Unix(1e10, 0)) + `"}`,
+		`{"access_token":"eyJhbGciOiJub25lIn0.eyJleHAiOjF9.x"}`,
+		`{"access_token":"eyJhbGciOiJub25lIn0.eyJleHAiOiJzb29uIn0.x"}`,
+		`{"access_token":""}`,
+		`{"access_token":"has space"}`,
+		`{"access_token":null,"refresh_token":"r"}`,
+		`{"access_token":"ok","refresh_token":"bad\u0000"}`,
+		`{"access_token":1}`,
+		`[]`, `null`, ``, `{`, `<html></html>`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		c := fuzzClient(t, &fuzzTransport{status: 200, ctype: "application/json", body: body})
+		defer c.Close()
+		resp, err := c.Authenticate(ctx)
+		if err != nil {
+			if c.Token().AccessToken != "" {
+				t.Fatalf("a token was stored from a refused answer")
+			}
+			if strings.Contains(err.Error(), fuzzKey) {
+				t.Fatalf("the error holds the API key")
+			}
+			return
+		}
+		if !json.Valid(body) || resp == nil || resp.AccessToken != c.Token().AccessToken {
+			t.Fatalf("success on an invalid body, or an answer that is not the stored token")
+		}
+		checkHeld(t, c)
+	})
+}
+
+func FuzzRefreshResponse(f *testing.F) {
+	for _, seed := range []string{
+		`{"access_token":"a.b.c","token_type":"Bearer","expires_in":3600}`,
+		`{"access_token":"a.b.c","expires_in":3600,"refresh_token":"rotated"}`,
+		`{"access_token":"a.b.c","refresh_token":""}`,
+		`{"access_token":"a.b.c","refresh_token":"bad token"}`,
+		`{"access_token":"` + jwtExpiring(time.Unix(1, 0)) + `"}`,
+		`{"expires_in":3600}`,
+		`{"access_token":"\u00e9"}`,
+		`{}`, `"a.b.c"`, `{"access_token":"a.b.c"}{}`, `{"access_token":"a.b.c"`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		c := fuzzClient(t, &fuzzTransport{status: 200, ctype: "application/json", body: body})
+		defer c.Close()
+		c.pair.Store(c.newPair(fuzzAccess, fuzzRefresh, "Bearer", 3600, c.mono(), c.now()))
+		resp, err := c.RefreshAccessToken(ctx)
+		if err != nil {
+			if c.Token().AccessToken != fuzzAccess {
+				t.Fatalf("the token was replaced by a refused answer")
+			}
+			noSecret(t, "error", err.Error())
+			return
+		}
+		if !json.Valid(body) || resp == nil || resp.AccessToken != c.Token().AccessToken {
+			t.Fatalf("success on an invalid body, or an answer that is not the stored token")
+		}
+		if r := c.pair.Load().refresh; !validToken(r) {
+			t.Fatalf("an invalid refresh token is held")
+		}
+		checkHeld(t, c)
+	})
+}
+
+func FuzzAPIErrorBody(f *testing.F) {
+	for _, seed := range []struct {
+		status int
+		ctype  string
+		body   string
+	}{
+		{400, "application/json", `{"error":"bad request"}`},
+		{401, "application/json", `{"errors":{"detail":"Unauthorized"}}`},
+		{422, "application/json", `{"errors":{"detail":{"field":["is invalid"]}}}`},
+		{422, "application/json", `{"detail":[{"msg":"field required"}]}`},
+		{403, "application/json", `{"message":"key ` + fuzzKey + ` lacks permissions"}`},
+		{500, "application/json", `{"error":"token ` + fuzzAccess + ` expired"}`},
+		{502, "text/html", `<html><body>` + fuzzKey + `</body></html>`},
+		{503, "", ``},
+		{429, "application/json", `{"error":null}`},
+		{404, "application/json; charset=utf-8", `"not found"`},
+	} {
+		f.Add(seed.status, seed.ctype, []byte(seed.body))
+	}
+	f.Fuzz(func(t *testing.T, status int, ctype string, body []byte) {
+		if status < 300 || status > 599 {
+			status = 300 + (status%300+300)%300
+		}
+		c := fuzzClient(t, &fuzzTransport{status: status, ctype: ctype, body: body})
+		defer c.Close()
+		c.pair.Store(c.newPair(fuzzAccess, fuzzRefresh, "Bearer", 3600, c.mono(), c.now()))
+		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{"n": 1}, nil)
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.StatusCode != status {
+			t.Fatalf("status %d: error %v is not an *APIError with that status", status, err)
+		}
+		for _, s := range []string{err.Error(), ae.Message, fmt.Sprintf("%+v", err)} {
+			for _, secret := range []string{fuzzKey, fuzzAccess, fuzzRefresh} {
+				if strings.Contains(s, secret) {
+					t.Fatalf("status %d: the error holds a secret", status)
+				}
+			}
+		}
+		if !strings.HasPrefix(err.Error(), "apala: ") {
+			t.Fatalf("error %q lacks the prefix", err)
+		}
+		if status == 401 && !errors.Is(err, ErrUnauthorized) || status >= 500 && !errors.Is(err, ErrServer) {
+			t.Fatalf("status %d: error %v does not match its sentinel", status, err)
+		}
+	})
+}
+
+func FuzzRetryAfter(f *testing.F) {
+	now := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
+	for _, seed := range []string{
+		"0", "1", "120", "-5", "99999999999999999999", " 7 ", "1.5", "",
+		"Wed, 15 Jan 2025 10:30:30 GMT", "Wed, 15 Jan 2025 09:00:00 GMT", "Monday, 15-Jan-25 10:31:00 GMT",
+		"Wed Jan 15 10:30:10 2025", "Fri, 31 Dec 9999 23:59:59 GMT", "soon",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		d := parseRetryAfter(v, now)
+		if d < 0 || d > maxRetryAfter {
+			t.Fatalf("parseRetryAfter(%q) = %v; want within [0, %v]", v, d, maxRetryAfter)
+		}
+	})
+}
+
+func FuzzBaseURL(f *testing.F) {
+	for _, seed := range []string{
+		"https://api.example.com", "https://gw.example/apala/", "http://localhost:4000", "http://127.0.0.2:1/x",
+		"http://[::1]:4000", "http://example.com", "ftp://example.com", "https://user:pw@example.com",
+		"//example.com", "/api", "", "https://", "https://exa mple.com", "https://example.com/a?b#c",
+		"http://localhost.evil.com", "http://0x7f000001", "HTTPS://EXAMPLE.COM", "http://[::ffff:127.0.0.1]",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		c, err := NewClient(fuzzKey, WithBaseURL(raw))
+		if err != nil {
+			if strings.Contains(err.Error(), fuzzKey) {
+				t.Fatalf("the error holds the API key")
+			}
+			return
+		}
+		defer c.Close()
+		u := c.base
+		switch {
+		case u.Scheme != "http" && u.Scheme != "https":
+			t.Fatalf("accepted scheme %q", u.Scheme)
+		case u.Host == "" || u.User != nil:
+			t.Fatalf("accepted a URL without a host or with user info")
+		case u.Scheme == "http" && !isLoopback(u.Hostname()):
+			t.Fatalf("accepted clear-text HTTP to a host that is not loopback")
+		case !validPath("/api/feedback") || strings.Contains(c.baseStr+"/api/feedback", "#"):
+			t.Fatalf("the base URL makes request URLs with a fragment")
+		}
+		_ = fmt.Sprint(c)
+	})
+}
+
+// ---- soak ----
+
+// soakFaults injects failures on the API paths, deciding per Idempotency-Key
+// so that it knows which calls it made fail for good: a few keys get 503 on
+// every attempt, others at most two transient 503s (which the two retries
+// absorb); it also notes calls refused 401 twice (revoked again before the
+// replay), which the one replay cannot absorb.
+type soakFaults struct {
+	s         *DemoServer
+	mu        sync.Mutex
+	rnd       *mrand.Rand
+	keys      map[string]*soakKey
+	permanent int // calls failed by design: every attempt 503
+	twice401  int // calls failed by design: 401 on the attempt and the replay
+}
+
+type soakKey struct {
+	seen      time.Time
+	n503      int
+	n401      int
+	permanent bool
+}
+
+func (f *soakFaults) hook(w http.ResponseWriter, r *http.Request) bool {
+	if !strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/api/auth/") {
+		return false
+	}
+	id := r.Header.Get("Idempotency-Key")
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	f.s.mu.Lock()
+	accepted := f.s.access[tok]
+	f.s.mu.Unlock()
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := f.keys[id]
+	if k == nil {
+		if len(f.keys) > 2000 { // forget calls long finished: memory stays flat
+			for id, old := range f.keys {
+				if time.Since(old.seen) > 10*time.Second {
+					delete(f.keys, id)
+				}
+			}
+		}
+		k = &soakKey{seen: time.Now(), permanent: f.rnd.Intn(500) == 0}
+		f.keys[id] = k
+	}
+	switch {
+	case k.permanent:
+		k.n503++
+		if k.n503 == 3 {
+			f.permanent++
+		}
+	case k.n503 < 2 && f.rnd.Intn(20) == 0:
+		k.n503++
+	default:
+		if !accepted {
+			if k.n401++; k.n401 == 2 {
+				f.twice401++
+			}
+		}
+		return false
+	}
+	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "injected"})
+	return true
+}
+
+// TestSoak drives 64 goroutines for 20s through authentication,
+// stale-window refreshes of 2-second tokens, random 503s and revocations.
+// Every failed call must be one the server failed by design, the token
+// requests stay within the refresh schedule, and memory stays flat.
+func TestSoak(t *testing.T) {
+	if testing.Short() {
+		t.Skip("soak test: runs without -short (CI runs it)")
+	}
+	const (
+		workers  = 64
+		duration = 20 * time.Second
+		lifetime = 2 * time.Second
+		revokeEvery  = 1500 * time.Millisecond
+	)
+	s := NewDemoServer()
+	defer s.Close()
+	s.SetTokenLifetime(lifetime)
+	faults := &soakFaults{s: s, rnd: mrand.New(mrand.NewSource(1)), keys: map[string]*soakKey{}}
+	s.setHook(faults.hook)
+	c := newTestClient(t, s.URL)
+
+	stop := make(chan struct{})
+	var (
+		wg               sync.WaitGroup
+		calls, failed    atomic.Int64
+		unexpected       atomic.Value
+		revocations      int
+		heap5, heapFinal uint64
+	)
+	for g := 0; g < workers; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var err error
+				if i%4 == 0 {
+					_, err = c.OptimizeMessage(ctx, MessageRequest{CustomerID: customerID, Candidate: Message{Content: "Your payment is due."}})
+				} else {
+					_, err = c.SubmitFeedback(ctx, Feedback{MessageID: fmt.Sprintf("m-%d-%d", g, i), Score: ScoreGood})
+				}
+				calls.Add(1)
+				if err != nil {
+					failed.Add(1)
+					if !errors.Is(err, ErrServer) && !errors.Is(err, ErrUnauthorized) {
+						unexpected.Store(err.Error())
+					}
+				}
+			}
+		}(g)
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	start := time.Now()
+	tick := time.NewTicker(revokeEvery)
+	defer tick.Stop()
+	for time.Since(start) < duration {
+		<-tick.C
+		s.RevokeTokens()
+		revocations++
+		if heap5 == 0 && time.Since(start) >= 5*time.Second {
+			heap5 = heap()
+		}
+	}
+	heapFinal = heap()
+	close(stop)
+	wg.Wait()
+
+	faults.mu.Lock()
+	byDesign := int64(faults.permanent + faults.twice401)
+	permanent, twice := faults.permanent, faults.twice401
+	faults.mu.Unlock()
+	refreshes, exchanges := s.Hits(pathRefresh), s.Hits(pathToken)
+	t.Logf("%d calls, %d failed (%d permanent 503s, %d revoked twice), %d refreshes, %d API-key exchanges, %d revocations, heap %d KiB at 5s, %d KiB at 20s",
+		calls.Load(), failed.Load(), permanent, twice, refreshes, exchanges, revocations, heap5>>10, heapFinal>>10)
+
+	if v := unexpected.Load(); v != nil {
+		t.Errorf("a call failed with an unexpected error: %v", v)
+	}
+	if failed.Load() != byDesign {
+		t.Errorf("failed calls = %d; want %d, the ones the server failed by design", failed.Load(), byDesign)
+	}
+	if exchanges != 1 {
+		t.Errorf("API-key exchanges = %d; want 1 (refreshes are never refused here)", exchanges)
+	}
+	// One refresh per half lifetime (the capped margin), one per revocation,
+	// and slack for the one in flight at each end.
+	if maxRefresh := int(duration/(lifetime/2)) + revocations + 2; refreshes > maxRefresh || refreshes < int(duration/lifetime) {
+		t.Errorf("refreshes = %d; want between %d and %d", refreshes, int(duration/lifetime), maxRefresh)
+	}
+	if heapFinal > heap5+4<<20 {
+		t.Errorf("heap grew from %d KiB at 5s to %d KiB at 20s; want flat (within 4 MiB)", heap5>>10, heapFinal>>10)
 	}
 }
