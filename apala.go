@@ -1259,12 +1259,31 @@ func parseTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("timestamp %q is not ISO 8601", s)
 }
 
-func (c *Client) toWire(field string, m Message, needChannel bool) (wireMessage, error) {
+// check validates m. Its errors name the field under the message, as in
+// "Channel": the caller prefixes the message's own name.
+func (m *Message) check(needChannel bool) *ValidationError {
 	if strings.TrimSpace(m.Content) == "" {
-		return wireMessage{}, &ValidationError{Field: field + ".Content", Reason: "required"}
+		return &ValidationError{Field: "Content", Reason: "required"}
 	}
-	if err := checkOneOf(field+".Channel", m.Channel, !needChannel, channels); err != nil {
-		return wireMessage{}, err
+	var ve *ValidationError
+	errors.As(checkOneOf("Channel", m.Channel, !needChannel, channels), &ve)
+	return ve
+}
+
+// within prefixes the field of e with the name of the value holding it.
+func (e *ValidationError) within(name string) error {
+	e.Field = name + "." + e.Field
+	return e
+}
+
+// toWire checks m and fills in its id and send time when unset. i is its
+// index in MessageRequest.Messages, or -1 for the candidate.
+func (c *Client) toWire(m Message, i int) (wireMessage, error) {
+	if err := m.check(true); err != nil {
+		if i < 0 {
+			return wireMessage{}, err.within("Candidate")
+		}
+		return wireMessage{}, err.within(fmt.Sprintf("Messages[%d]", i))
 	}
 	w := wireMessage{Content: m.Content, Channel: m.Channel, MessageID: m.MessageID, ReplyOrNot: strconv.FormatBool(m.ReplyOrNot)}
 	if w.MessageID == "" {
@@ -1282,8 +1301,10 @@ func (c *Client) toWire(field string, m Message, needChannel bool) (wireMessage,
 	return w, nil
 }
 
-// messageBody checks req and returns its shared parts on the wire.
-func (c *Client) messageBody(req MessageRequest, candidateNeedsChannel bool) (company string, msgs []wireMessage, cand wireMessage, err error) {
+// messageBody checks req and returns its shared parts on the wire. With
+// contentOnly (the optimizer) the candidate is only checked: its content is
+// all that is sent, and cand holds just that.
+func (c *Client) messageBody(req MessageRequest, contentOnly bool) (company string, msgs []wireMessage, cand wireMessage, err error) {
 	company = req.CompanyGUID
 	if company == "" {
 		company = c.company
@@ -1300,11 +1321,17 @@ func (c *Client) messageBody(req MessageRequest, candidateNeedsChannel bool) (co
 	}
 	msgs = make([]wireMessage, len(req.Messages))
 	for i, m := range req.Messages {
-		if msgs[i], err = c.toWire(fmt.Sprintf("Messages[%d]", i), m, true); err != nil {
+		if msgs[i], err = c.toWire(m, i); err != nil {
 			return "", nil, cand, err
 		}
 	}
-	cand, err = c.toWire("Candidate", req.Candidate, candidateNeedsChannel)
+	if contentOnly {
+		if err := req.Candidate.check(false); err != nil {
+			return "", nil, cand, err.within("Candidate")
+		}
+		return company, msgs, wireMessage{Content: req.Candidate.Content}, nil
+	}
+	cand, err = c.toWire(req.Candidate, -1)
 	return company, msgs, cand, err
 }
 
@@ -1369,7 +1396,7 @@ func missing(path, field string) error {
 // *ValidationError means nothing was sent. req.Metadata is not sent.
 func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*ProcessingResponse, error) {
 	const path = "/api/message_processing"
-	company, msgs, cand, err := c.messageBody(req, true)
+	company, msgs, cand, err := c.messageBody(req, false)
 	if err == nil {
 		err = req.Metadata.check()
 	}
@@ -1404,7 +1431,7 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*Proce
 // unset. req is checked first: a *ValidationError means nothing was sent.
 func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest) (*OptimizationResponse, error) {
 	const path = "/api/message_optimizer"
-	company, msgs, cand, err := c.messageBody(req, false)
+	company, msgs, cand, err := c.messageBody(req, true)
 	if err == nil {
 		err = req.Metadata.check()
 	}

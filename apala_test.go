@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -3178,10 +3179,10 @@ func TestSoak(t *testing.T) {
 		t.Skip("soak test: runs without -short (CI runs it)")
 	}
 	const (
-		workers  = 64
-		duration = 20 * time.Second
-		lifetime = 2 * time.Second
-		revokeEvery  = 1500 * time.Millisecond
+		workers     = 64
+		duration    = 20 * time.Second
+		lifetime    = 2 * time.Second
+		revokeEvery = 1500 * time.Millisecond
 	)
 	s := NewDemoServer()
 	defer s.Close()
@@ -3270,4 +3271,96 @@ func TestSoak(t *testing.T) {
 	if heapFinal > heap5+4<<20 {
 		t.Errorf("heap grew from %d KiB at 5s to %d KiB at 20s; want flat (within 4 MiB)", heap5>>10, heapFinal>>10)
 	}
+}
+
+var optimizeReply = []byte(`{"message_id":"msg-0001","optimized_message":"Your payment is due on Friday - reply YES and we will call you today.","recommended_channel":"SMS","original_message":"Your payment is due on Friday."}`)
+
+// BenchmarkOptimizeMessage compares OptimizeMessage, validation included,
+// with a hand-written client doing the same marshalling (a three-message
+// conversation, flat metadata, string reply_or_not, RFC 3339 times), the
+// same headers and the same decoding, through an in-memory transport.
+func BenchmarkOptimizeMessage(b *testing.B) {
+	t0 := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
+	req := MessageRequest{
+		CustomerID: customerID,
+		Messages: []Message{
+			{Content: "Hi, is my loan approved?", Channel: ChannelSMS, MessageID: "m-1", SendTimestamp: t0, ReplyOrNot: true},
+			{Content: "We are reviewing your application.", Channel: ChannelSMS, MessageID: "m-2", SendTimestamp: t0},
+			{Content: "Thanks, let me know.", Channel: ChannelSMS, MessageID: "m-3", SendTimestamp: t0, ReplyOrNot: true},
+		},
+		Candidate: Message{Content: "Your payment is due on Friday."},
+		Metadata:  &CustomerMetadata{StateID: intp(5), CreditScoreBin: CreditScore650To700, AgeBin: Age25To30},
+	}
+	hc := &http.Client{Transport: cannedTransport{body: optimizeReply}}
+	b.Run("apala", func(b *testing.B) {
+		c, err := NewClient("k", WithHTTPClient(hc), WithCompanyGUID(DemoCompanyGUID))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 3600, c.mono(), c.now()))
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := c.OptimizeMessage(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline", func(b *testing.B) {
+		type msg struct {
+			Content       string `json:"content"`
+			Channel       string `json:"channel"`
+			MessageID     string `json:"message_id"`
+			SendTimestamp string `json:"send_timestamp"`
+			ReplyOrNot    string `json:"reply_or_not"`
+		}
+		type body struct {
+			Company          string `json:"company"`
+			CustomerID       string `json:"customer_id"`
+			Messages         []msg  `json:"messages"`
+			CandidateMessage string `json:"candidate_message"`
+			StateID          *int   `json:"state_id,omitempty"`
+			CreditScoreBin   string `json:"credit_score_bin,omitempty"`
+			AgeBin           string `json:"age_bin,omitempty"`
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			in := body{Company: DemoCompanyGUID, CustomerID: req.CustomerID, CandidateMessage: req.Candidate.Content,
+				StateID: req.Metadata.StateID, CreditScoreBin: string(req.Metadata.CreditScoreBin), AgeBin: string(req.Metadata.AgeBin)}
+			in.Messages = make([]msg, len(req.Messages))
+			for j, m := range req.Messages {
+				in.Messages[j] = msg{m.Content, string(m.Channel), m.MessageID, m.SendTimestamp.Format(time.RFC3339), strconv.FormatBool(m.ReplyOrNot)}
+			}
+			data, err := json.Marshal(&in)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var key [16]byte
+			_, _ = rand.Read(key[:])
+			rctx, cancel := context.WithTimeout(ctx, time.Minute)
+			r, err := http.NewRequestWithContext(rctx, "POST", "http://localhost:4000/api/message_optimizer", bytes.NewReader(data))
+			if err != nil {
+				b.Fatal(err)
+			}
+			r.Header.Set("Accept", "application/json")
+			r.Header.Set("User-Agent", userAgent)
+			r.Header.Set("Content-Type", "application/json")
+			r.Header.Set("Authorization", "Bearer a.b.c")
+			r.Header.Set("Idempotency-Key", hex.EncodeToString(key[:]))
+			resp, err := hc.Do(r)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var out OptimizationResponse
+			err = json.NewDecoder(resp.Body).Decode(&out)
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			cancel()
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
