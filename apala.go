@@ -1265,8 +1265,7 @@ func (m *Message) check(needChannel bool) *ValidationError {
 	if strings.TrimSpace(m.Content) == "" {
 		return &ValidationError{Field: "Content", Reason: "required"}
 	}
-	var ve *ValidationError
-	errors.As(checkOneOf("Channel", m.Channel, !needChannel, channels), &ve)
+	ve, _ := checkOneOf("Channel", m.Channel, !needChannel, channels).(*ValidationError)
 	return ve
 }
 
