@@ -1240,9 +1240,18 @@ type wireFeedbackResponse struct {
 	InsertedAt        *string          `json:"inserted_at"`
 }
 
-// wireTime is the request timestamp layout: RFC 3339 with a numeric offset
-// and at most microseconds, as in 2025-01-15T10:30:00+00:00.
-const wireTime = "2006-01-02T15:04:05.999999-07:00"
+// wireTime formats a request timestamp as RFC 3339 with a numeric offset and
+// at most microseconds, as Python's isoformat writes it and every server
+// version reads it: 2025-01-15T10:30:00+00:00. It goes through the
+// standard library's fast RFC 3339 path, then spells UTC as +00:00.
+func wireTime(t time.Time) string {
+	var buf [40]byte
+	b := t.Truncate(time.Microsecond).AppendFormat(buf[:0], time.RFC3339Nano)
+	if n := len(b) - 1; b[n] == 'Z' {
+		b = append(b[:n], "+00:00"...)
+	}
+	return string(b)
+}
 
 // parseTime reads a response timestamp leniently: RFC 3339 with Z or an
 // offset, with or without fractional seconds, or with no offset (UTC), as
@@ -1296,7 +1305,7 @@ func (c *Client) toWire(m Message, i int) (wireMessage, error) {
 	if ts.IsZero() {
 		ts = c.now().UTC()
 	}
-	w.SendTimestamp = ts.Format(wireTime)
+	w.SendTimestamp = wireTime(ts)
 	return w, nil
 }
 
@@ -1489,10 +1498,10 @@ func (fb Feedback) toWire(field string) (wireFeedback, error) {
 	w := wireFeedback{MessageID: fb.MessageID, CustomerResponded: fb.CustomerResponded, Score: fb.Score,
 		ActualSentMessage: fb.ActualSentMessage, PositiveRewards: fb.PositiveRewards}
 	if !fb.SendTimestamp.IsZero() {
-		w.SendTimestamp = fb.SendTimestamp.Format(wireTime)
+		w.SendTimestamp = wireTime(fb.SendTimestamp)
 	}
 	if !fb.ReplyTimestamp.IsZero() {
-		w.ReplyTimestamp = fb.ReplyTimestamp.Format(wireTime)
+		w.ReplyTimestamp = wireTime(fb.ReplyTimestamp)
 	}
 	return w, nil
 }

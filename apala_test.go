@@ -2229,6 +2229,37 @@ func TestProcessMessage(t *testing.T) {
 	}
 }
 
+func TestWireTime(t *testing.T) {
+	ist := time.FixedZone("IST", 5*3600+1800)
+	tests := []struct {
+		in   time.Time
+		want string
+	}{
+		{t0, "2025-01-15T10:30:00+00:00"},
+		{t1, "2025-01-15T11:45:30.25-05:00"},
+		{time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.UTC), "2025-01-15T10:30:00.123456+00:00"},
+		{time.Date(2025, 1, 15, 10, 30, 0, 999, ist), "2025-01-15T10:30:00+05:30"},
+		{time.Date(1999, 12, 31, 23, 59, 59, 1000, time.UTC), "1999-12-31T23:59:59.000001+00:00"},
+	}
+	for _, tt := range tests {
+		if got := wireTime(tt.in); got != tt.want {
+			t.Errorf("wireTime(%v) = %q; want %q", tt.in, got, tt.want)
+		}
+	}
+	// The same as the layout it stands for, on any time and zone.
+	rnd := mrand.New(mrand.NewSource(7))
+	for i := 0; i < 10000; i++ {
+		zone := time.FixedZone("", (rnd.Intn(28*60)-14*60)*60)
+		tm := time.Unix(rnd.Int63n(4e9), rnd.Int63n(1e9)).In(zone)
+		if i%3 == 0 {
+			tm = tm.UTC()
+		}
+		if got, want := wireTime(tm), tm.Format("2006-01-02T15:04:05.999999-07:00"); got != want {
+			t.Fatalf("wireTime(%v) = %q; want %q", tm, got, want)
+		}
+	}
+}
+
 // TestMessageDefaults checks what is filled in: a message id of 32 lowercase
 // hex characters from crypto/rand, the current UTC time, the client's
 // company GUID, and no zip_code when none is given.
