@@ -141,6 +141,22 @@ func (s *DemoServer) lastHeader(path string) http.Header {
 	return s.headers[path]
 }
 
+// hold makes requests to path wait until the returned function is called,
+// or the test ends.
+func (s *DemoServer) hold(tb testing.TB, path string) (release func()) {
+	ch := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	tb.Cleanup(release)
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == path {
+			<-ch
+		}
+		return false
+	})
+	return release
+}
+
 func (s *DemoServer) setHook(h func(w http.ResponseWriter, r *http.Request) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1062,14 +1078,7 @@ func TestStaleWindowNobodyWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := c.Token().AccessToken
-	release := make(chan struct{})
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path == pathRefresh {
-			<-release
-		}
-		return false
-	})
-	defer close(release)
+	s.hold(t, pathRefresh)
 	clk.Advance(time.Hour - 30*time.Second) // inside the 60s margin
 	const n = 1000
 	var wg sync.WaitGroup
@@ -1104,14 +1113,7 @@ func TestTokenPathsTakeNoLock(t *testing.T) {
 	if _, err := c.Authenticate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	release := make(chan struct{})
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path == pathRefresh {
-			<-release
-		}
-		return false
-	})
-	defer close(release)
+	s.hold(t, pathRefresh)
 	get := func(what string) {
 		t.Helper()
 		c.mu.Lock()
@@ -1941,12 +1943,9 @@ func benchClient(b *testing.B, s *DemoServer, opts ...Option) *Client {
 	return c
 }
 
-// BenchmarkAccessToken measures the fresh-token path: one atomic load and a
-// monotonic clock read.
-func BenchmarkAccessToken(b *testing.B) {
-	s := NewDemoServer()
-	defer s.Close()
-	c := benchClient(b, s)
+// benchTokenReads measures AccessToken from one goroutine, then from
+// GOMAXPROCS goroutines at once.
+func benchTokenReads(b *testing.B, c *Client) {
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
@@ -1966,6 +1965,15 @@ func BenchmarkAccessToken(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkAccessToken measures the fresh-token path: one atomic load and a
+// monotonic clock read.
+func BenchmarkAccessToken(b *testing.B) {
+	s := NewDemoServer()
+	defer s.Close()
+	c := benchClient(b, s)
+	benchTokenReads(b, c)
 	// The clock read alone, for scale: the rest of the fresh path is one
 	// atomic load and two comparisons.
 	b.Run("clock-only", func(b *testing.B) {
@@ -1982,14 +1990,7 @@ func BenchmarkAccessToken(b *testing.B) {
 func BenchmarkAccessTokenStale(b *testing.B) {
 	s := NewDemoServer()
 	defer s.Close()
-	release := make(chan struct{})
-	defer close(release) // before s.Close, which waits for the held handler
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path == pathRefresh {
-			<-release
-		}
-		return false
-	})
+	defer s.hold(b, pathRefresh)() // released before s.Close, which waits for the held handler
 	// A 2-minute token sent 65s ago on the real clock: past its stale
 	// point (60s: the margin capped at half the lifetime), 45s before its
 	// leeway. The first call starts the refresh, which the server holds.
@@ -2001,25 +2002,7 @@ func BenchmarkAccessTokenStale(b *testing.B) {
 	if c.flight.Load() == nil {
 		b.Fatal("no background refresh in flight")
 	}
-	b.Run("serial", func(b *testing.B) {
-		b.ReportAllocs()
-		for i := 0; i < b.N; i++ {
-			if _, err := c.AccessToken(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := c.AccessToken(ctx); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	})
+	benchTokenReads(b, c)
 }
 
 var benchReply = []byte(`{"id":"fb-0001","message_id":"m1","customer_responded":true,"score":"good","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T10:30:00.123456"}`)
@@ -2060,6 +2043,18 @@ type benchStored struct {
 	InsertedAt        string   `json:"inserted_at"`
 }
 
+// clientWithToken returns a client already holding an hour-long token, so
+// that a benchmark measures calls, not authentication.
+func clientWithToken(b *testing.B, opts ...Option) *Client {
+	c, err := NewClient("k", opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 3600, c.mono(), c.now()))
+	return c
+}
+
 // cannedTransport answers every request in memory with the same JSON body,
 // so that a benchmark through it measures the client alone.
 type cannedTransport struct{ body []byte }
@@ -2075,6 +2070,35 @@ func (t cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		Body:          io.NopCloser(bytes.NewReader(t.body)),
 		ContentLength: int64(len(t.body)), Request: r,
 	}, nil
+}
+
+// handPost is the baselines' hand-written round trip: the request Do puts
+// on the wire (the same headers, a random Idempotency-Key, a per-request
+// timeout), written with net/http and encoding/json alone.
+func handPost(b *testing.B, hc *http.Client, url string, body []byte, out any) {
+	var key [16]byte
+	_, _ = rand.Read(key[:])
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, "POST", url, bytes.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", userAgent)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer a.b.c")
+	req.Header.Set("Idempotency-Key", hex.EncodeToString(key[:]))
+	resp, err := hc.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(out)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		b.Fatal(err, resp.StatusCode)
+	}
 }
 
 // BenchmarkDo compares a Do round trip with the same round trip written by
@@ -2097,12 +2121,7 @@ func BenchmarkDo(b *testing.B) {
 		hc   func() *http.Client
 	}{{"loopback", loopback}, {"inmemory", inMemory}} {
 		b.Run(tr.name+"/apala", func(b *testing.B) {
-			c, err := NewClient("k", WithBaseURL(srv.URL), WithHTTPClient(tr.hc()))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 3600, c.mono(), c.now()))
+			c := clientWithToken(b, WithBaseURL(srv.URL), WithHTTPClient(tr.hc()))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -2112,12 +2131,8 @@ func BenchmarkDo(b *testing.B) {
 				}
 			}
 		})
-		// The baseline puts the same request on the wire as Do (the same
-		// headers, a random Idempotency-Key, the per-request timeout), the
-		// way a careful hand-written client would.
 		b.Run(tr.name+"/baseline", func(b *testing.B) {
 			hc := tr.hc()
-			bearer := "Bearer a.b.c"
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -2125,30 +2140,8 @@ func BenchmarkDo(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				var key [16]byte
-				_, _ = rand.Read(key[:])
-				rctx, cancel := context.WithTimeout(ctx, time.Minute)
-				req, err := http.NewRequestWithContext(rctx, "POST", srv.URL+"/api/feedback", bytes.NewReader(body))
-				if err != nil {
-					b.Fatal(err)
-				}
-				req.Header.Set("Accept", "application/json")
-				req.Header.Set("User-Agent", userAgent)
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("Authorization", bearer)
-				req.Header.Set("Idempotency-Key", hex.EncodeToString(key[:]))
-				resp, err := hc.Do(req)
-				if err != nil {
-					b.Fatal(err)
-				}
 				var out benchStored
-				err = json.NewDecoder(resp.Body).Decode(&out)
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				cancel()
-				if err != nil || resp.StatusCode != 200 {
-					b.Fatal(err, resp.StatusCode)
-				}
+				handPost(b, hc, srv.URL+"/api/feedback", body, &out)
 			}
 		})
 	}
@@ -2201,6 +2194,12 @@ func conversation() MessageRequest {
 	}
 }
 
+// conversationWire is conversation().Messages as API.md puts them on the
+// wire: reply_or_not as strings, times with their offsets.
+const conversationWire = `[
+	{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},
+	{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.25-05:00", "reply_or_not": "false"}]`
+
 func intp(n int) *int { return &n }
 
 func TestProcessMessage(t *testing.T) {
@@ -2213,10 +2212,7 @@ func TestProcessMessage(t *testing.T) {
 		"company": "`+DemoCompanyGUID+`",
 		"customer_id": "`+customerID+`",
 		"zip_code": "90210",
-		"messages": [
-			{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},
-			{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.25-05:00", "reply_or_not": "false"}
-		],
+		"messages": `+conversationWire+`,
 		"candidate_message": {"content": "Please upload your bank statement.", "channel": "OTHER", "message_id": "m-3", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "false"}
 	}`)
 	want := &ProcessingResponse{Company: DemoCompanyGUID, CustomerID: customerID,
@@ -2325,10 +2321,7 @@ func TestOptimizeMessage(t *testing.T) {
 		"company": "`+DemoCompanyGUID+`",
 		"customer_id": "`+customerID+`",
 		"zip_code": "90210",
-		"messages": [
-			{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},
-			{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.25-05:00", "reply_or_not": "false"}
-		],
+		"messages": `+conversationWire+`,
 		"candidate_message": "Please upload your bank statement.",
 		"is_repeat_borrower": 0,
 		"state_id": 5,
@@ -3373,12 +3366,7 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 	}
 	hc := &http.Client{Transport: cannedTransport{body: optimizeReply}}
 	b.Run("apala", func(b *testing.B) {
-		c, err := NewClient("k", WithHTTPClient(hc), WithCompanyGUID(DemoCompanyGUID))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 3600, c.mono(), c.now()))
+		c := clientWithToken(b, WithHTTPClient(hc), WithCompanyGUID(DemoCompanyGUID))
 		b.ReportAllocs()
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
@@ -3417,30 +3405,8 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			var key [16]byte
-			_, _ = rand.Read(key[:])
-			rctx, cancel := context.WithTimeout(ctx, time.Minute)
-			r, err := http.NewRequestWithContext(rctx, "POST", "http://localhost:4000/api/message_optimizer", bytes.NewReader(data))
-			if err != nil {
-				b.Fatal(err)
-			}
-			r.Header.Set("Accept", "application/json")
-			r.Header.Set("User-Agent", userAgent)
-			r.Header.Set("Content-Type", "application/json")
-			r.Header.Set("Authorization", "Bearer a.b.c")
-			r.Header.Set("Idempotency-Key", hex.EncodeToString(key[:]))
-			resp, err := hc.Do(r)
-			if err != nil {
-				b.Fatal(err)
-			}
 			var out OptimizationResponse
-			err = json.NewDecoder(resp.Body).Decode(&out)
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			cancel()
-			if err != nil {
-				b.Fatal(err)
-			}
+			handPost(b, hc, "http://localhost:4000/api/message_optimizer", data, &out)
 		}
 	})
 }
