@@ -252,9 +252,7 @@ type Client struct {
 	cooldown time.Duration // the current failure cooldown; 0 after a success
 	lastErr  error         // the error of the last failed automatic flight
 
-	ctx    context.Context // cancelled by Close; parent of the flights
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the flights' goroutines
+	wg sync.WaitGroup // the flights' goroutines
 }
 
 // NewClient returns a client that authenticates with apiKey. It sends
@@ -332,7 +330,6 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		}
 	}
 	c.hc.CheckRedirect = noRedirects
-	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
 
@@ -443,8 +440,10 @@ func (c *Client) Close() error {
 	c.mu.Lock()
 	c.closed = true
 	c.pair.Store(closedPair)
+	if f := c.flight.Load(); f != nil {
+		f.cancel()
+	}
 	c.mu.Unlock()
-	c.cancel()
 	c.wg.Wait()
 	if c.ownRT != nil {
 		c.ownRT.CloseIdleConnections()

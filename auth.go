@@ -291,8 +291,9 @@ const (
 // flight is one token request in progress. Its result fields are written
 // once, before done is closed, and only read after.
 type flight struct {
-	kind flightKind
-	done chan struct{}
+	kind   flightKind
+	done   chan struct{}
+	cancel context.CancelFunc // ends the flight's requests; called by Close
 
 	pair    *tokenPair
 	auth    *AuthResponse
@@ -446,23 +447,20 @@ func (c *Client) explicit(ctx context.Context, kind flightKind) (*flight, error)
 
 // launch starts a flight. c.mu must be held, and no flight be in progress.
 func (c *Client) launch(kind flightKind) *flight {
-	f := &flight{kind: kind, done: make(chan struct{})}
+	// The flight's context belongs to no caller, so that none can cancel
+	// it for the others; Close cancels it through f.cancel.
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &flight{kind: kind, done: make(chan struct{}), cancel: cancel}
 	c.flight.Store(f)
 	c.wg.Add(1)
-	go c.fly(f)
+	go c.fly(ctx, f)
 	return f
 }
 
-// fly runs flight f on a context detached from every caller (values kept,
-// cancellation not) that Close cancels, then publishes its result.
-func (c *Client) fly(f *flight) {
+// fly runs flight f, then publishes its result.
+func (c *Client) fly(ctx context.Context, f *flight) {
 	defer c.wg.Done()
-	ctx, cancel := context.WithCancel(context.WithoutCancel(c.ctx))
-	stop := context.AfterFunc(c.ctx, cancel)
-	defer func() {
-		stop()
-		cancel()
-	}()
+	defer f.cancel()
 
 	switch f.kind {
 	case flightAuth:
