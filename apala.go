@@ -1283,15 +1283,9 @@ func (e *ValidationError) within(name string) error {
 	return e
 }
 
-// toWire checks m and fills in its id and send time when unset. i is its
-// index in MessageRequest.Messages, or -1 for the candidate.
-func (c *Client) toWire(m Message, i int) (wireMessage, error) {
-	if err := m.check(true); err != nil {
-		if i < 0 {
-			return wireMessage{}, err.within("Candidate")
-		}
-		return wireMessage{}, err.within(fmt.Sprintf("Messages[%d]", i))
-	}
+// toWire puts a checked m on the wire, with its id and send time filled in
+// when unset.
+func (c *Client) toWire(m Message) (wireMessage, error) {
 	w := wireMessage{Content: m.Content, Channel: m.Channel, MessageID: m.MessageID, ReplyOrNot: strconv.FormatBool(m.ReplyOrNot)}
 	if w.MessageID == "" {
 		id, err := newID()
@@ -1308,7 +1302,8 @@ func (c *Client) toWire(m Message, i int) (wireMessage, error) {
 	return w, nil
 }
 
-// messageBody checks req and returns its shared parts on the wire. With
+// messageBody checks all of req, metadata included, before any work, and
+// returns its shared parts on the wire. With
 // contentOnly (the optimizer) the candidate is only checked: its content is
 // all that is sent, and cand holds just that.
 func (c *Client) messageBody(req MessageRequest, contentOnly bool) (company string, msgs []wireMessage, cand wireMessage, err error) {
@@ -1326,19 +1321,27 @@ func (c *Client) messageBody(req MessageRequest, contentOnly bool) (company stri
 	case req.ZipCode != "" && !isZip(req.ZipCode):
 		return "", nil, cand, &ValidationError{Field: "ZipCode", Reason: "want exactly 5 digits"}
 	}
+	for i := range req.Messages {
+		if err := req.Messages[i].check(true); err != nil {
+			return "", nil, cand, err.within(fmt.Sprintf("Messages[%d]", i))
+		}
+	}
+	if err := req.Candidate.check(!contentOnly); err != nil {
+		return "", nil, cand, err.within("Candidate")
+	}
+	if err := req.Metadata.check(); err != nil {
+		return "", nil, cand, err
+	}
 	msgs = make([]wireMessage, len(req.Messages))
 	for i, m := range req.Messages {
-		if msgs[i], err = c.toWire(m, i); err != nil {
+		if msgs[i], err = c.toWire(m); err != nil {
 			return "", nil, cand, err
 		}
 	}
 	if contentOnly {
-		if err := req.Candidate.check(false); err != nil {
-			return "", nil, cand, err.within("Candidate")
-		}
 		return company, msgs, wireMessage{Content: req.Candidate.Content}, nil
 	}
-	cand, err = c.toWire(req.Candidate, -1)
+	cand, err = c.toWire(req.Candidate)
 	return company, msgs, cand, err
 }
 
@@ -1404,9 +1407,6 @@ func missing(path, field string) error {
 func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*ProcessingResponse, error) {
 	const path = "/api/message_processing"
 	company, msgs, cand, err := c.messageBody(req, false)
-	if err == nil {
-		err = req.Metadata.check()
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -1439,9 +1439,6 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*Proce
 func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest) (*OptimizationResponse, error) {
 	const path = "/api/message_optimizer"
 	company, msgs, cand, err := c.messageBody(req, true)
-	if err == nil {
-		err = req.Metadata.check()
-	}
 	if err != nil {
 		return nil, err
 	}
