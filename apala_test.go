@@ -145,8 +145,7 @@ func (s *DemoServer) lastHeader(path string) http.Header {
 // without a request: for tests whose client must send nothing else first.
 func (s *DemoServer) grant(c *Client) {
 	s.mu.Lock()
-	at, rt := s.issue("access", 3600), s.issue("refresh", 7*24*3600)
-	s.access[at], s.refresh[rt] = true, true
+	at, rt := s.newPair(3600)
 	s.mu.Unlock()
 	p := c.newPair(at, rt, "Bearer", 3600, c.mono(), c.now())
 	p.companyID, p.companyName = DemoCompanyID, DemoCompanyName
@@ -182,6 +181,14 @@ func (s *DemoServer) issue(kind string, life int) string {
 	enc := base64.RawURLEncoding
 	return enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." +
 		enc.EncodeToString([]byte(claims)) + "." + secretMarker + fmt.Sprint(s.serial)
+}
+
+// newPair issues an access token living life seconds and a week-long
+// refresh token, both accepted from now on. s.mu must be held.
+func (s *DemoServer) newPair(life int) (access, refresh string) {
+	access, refresh = s.issue("access", life), s.issue("refresh", 7*24*3600)
+	s.access[access], s.refresh[refresh] = true, true
+	return access, refresh
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -275,8 +282,7 @@ func (s *DemoServer) serveToken(w http.ResponseWriter, r *http.Request, body []b
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid API key"})
 		return
 	}
-	at, rt := s.issue("access", s.expiresIn), s.issue("refresh", 7*24*3600)
-	s.access[at], s.refresh[rt] = true, true
+	at, rt := s.newPair(s.expiresIn)
 	out := map[string]any{
 		"access_token": at, "refresh_token": rt, "token_type": "Bearer",
 		"company_id": DemoCompanyID, "company_name": DemoCompanyName,
@@ -497,7 +503,7 @@ func setup(t *testing.T, opts ...Option) (*DemoServer, *Client) {
 	return s, c
 }
 
-func newTestClient(t *testing.T, baseURL string, opts ...Option) *Client {
+func newTestClient(t testing.TB, baseURL string, opts ...Option) *Client {
 	t.Helper()
 	all := append([]Option{WithBaseURL(baseURL), WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithCompanyGUID(DemoCompanyGUID)}, opts...)
 	c, err := NewClient(DemoAPIKey, all...)
@@ -1520,14 +1526,8 @@ func TestRetryAfterPastDeadline(t *testing.T) {
 }
 
 func TestConnectionRefused(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	c := newTestClient(t, "http://"+addr, WithMaxRetries(1))
-	_, err = c.AccessToken(ctx)
+	c := newTestClient(t, "http://"+deadAddr(t), WithMaxRetries(1))
+	_, err := c.AccessToken(ctx)
 	var ue *url.Error
 	if !errors.Is(err, ErrConnection) || !errors.As(err, &ue) {
 		t.Fatalf("AccessToken() error = %v; want ErrConnection wrapping *url.Error", err)
@@ -1939,20 +1939,6 @@ func TestHTTPClient(t *testing.T) {
 
 // ---- benchmarks ----
 
-// benchClient returns an authenticated client for s.
-func benchClient(b *testing.B, s *DemoServer, opts ...Option) *Client {
-	b.Helper()
-	c, err := NewClient(DemoAPIKey, append([]Option{WithBaseURL(s.URL), WithCompanyGUID(DemoCompanyGUID)}, opts...)...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
-	if _, err := c.Authenticate(ctx); err != nil {
-		b.Fatal(err)
-	}
-	return c
-}
-
 // benchTokenReads measures AccessToken from one goroutine, then from
 // GOMAXPROCS goroutines at once.
 func benchTokenReads(b *testing.B, c *Client) {
@@ -1982,7 +1968,8 @@ func benchTokenReads(b *testing.B, c *Client) {
 func BenchmarkAccessToken(b *testing.B) {
 	s := NewDemoServer()
 	defer s.Close()
-	c := benchClient(b, s)
+	c := newTestClient(b, s.URL)
+	s.grant(c)
 	benchTokenReads(b, c)
 	// The clock read alone, for scale: the rest of the fresh path is one
 	// atomic load and two comparisons.
@@ -2004,7 +1991,7 @@ func BenchmarkAccessTokenStale(b *testing.B) {
 	// A 2-minute token sent 65s ago on the real clock: past its stale
 	// point (60s: the margin capped at half the lifetime), 45s before its
 	// leeway. The first call starts the refresh, which the server holds.
-	c := benchClient(b, s)
+	c := newTestClient(b, s.URL)
 	c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 120, c.mono()-65*time.Second, c.now().Add(-65*time.Second)))
 	if _, err := c.AccessToken(ctx); err != nil {
 		b.Fatal(err)
@@ -2021,14 +2008,9 @@ var benchReply = []byte(`{"id":"fb-0001","message_id":"m1","customer_responded":
 // POST with a fixed feedback entry, so that the client's cost dominates.
 func benchEcho(b *testing.B) *httptest.Server {
 	b.Helper()
-	auth := []byte(`{"access_token":"a.b.c","refresh_token":"r","token_type":"Bearer","expires_in":3600,"company_id":"x","company_name":"y"}`)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
-		if r.URL.Path == pathToken {
-			_, _ = w.Write(auth)
-			return
-		}
 		_, _ = w.Write(benchReply)
 	}))
 	b.Cleanup(srv.Close)
@@ -2065,18 +2047,29 @@ func clientWithToken(b *testing.B, opts ...Option) *Client {
 	return c
 }
 
-// cannedTransport answers every request in memory with the same JSON body,
-// so that a benchmark through it measures the client alone.
-type cannedTransport struct{ body []byte }
+// cannedTransport answers every request in memory with one fixed response
+// (status 0 means 200), so that a benchmark through it measures the client
+// alone and a fuzz target runs without a network.
+type cannedTransport struct {
+	status int
+	header http.Header
+	body   []byte
+}
 
-func (t cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+var jsonHeader = http.Header{"Content-Type": {"application/json"}}
+
+func (t *cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.Body != nil {
 		_, _ = io.Copy(io.Discard, r.Body)
 		r.Body.Close()
 	}
+	status := t.status
+	if status == 0 {
+		status = http.StatusOK
+	}
 	return &http.Response{
-		StatusCode: 200, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header:        http.Header{"Content-Type": {"application/json"}},
+		StatusCode: status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        t.header.Clone(), // a new one per answer, as from a real transport
 		Body:          io.NopCloser(bytes.NewReader(t.body)),
 		ContentLength: int64(len(t.body)), Request: r,
 	}, nil
@@ -2124,7 +2117,7 @@ func BenchmarkDo(b *testing.B) {
 		return &http.Client{Transport: t}
 	}
 	inMemory := func() *http.Client {
-		return &http.Client{Transport: cannedTransport{body: benchReply}}
+		return &http.Client{Transport: &cannedTransport{header: jsonHeader, body: benchReply}}
 	}
 	for _, tr := range []struct {
 		name string
@@ -2965,26 +2958,6 @@ func TestFaultMatrix(t *testing.T) {
 
 // ---- fuzzing ----
 
-// fuzzTransport answers every request in memory with one fixed response.
-type fuzzTransport struct {
-	status int
-	ctype  string
-	header http.Header
-	body   []byte
-}
-
-func (t *fuzzTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Body != nil {
-		r.Body.Close()
-	}
-	h := http.Header{"Content-Type": {t.ctype}}
-	for k, v := range t.header {
-		h[k] = v
-	}
-	return &http.Response{StatusCode: t.status, Header: h, Body: io.NopCloser(bytes.NewReader(t.body)),
-		ContentLength: -1, Request: r}, nil
-}
-
 const (
 	fuzzKey     = "fuzz-SECRET-api-key"
 	fuzzAccess  = "old-SECRET-access"
@@ -2993,7 +2966,7 @@ const (
 
 // fuzzClient returns a client whose every request gets tr's answer, with no
 // retries and no network.
-func fuzzClient(t *testing.T, tr *fuzzTransport) *Client {
+func fuzzClient(t *testing.T, tr *cannedTransport) *Client {
 	t.Helper()
 	c, err := NewClient(fuzzKey, WithHTTPClient(&http.Client{Transport: tr}), WithMaxRetries(0))
 	if err != nil {
@@ -3033,7 +3006,7 @@ func FuzzAuthResponse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		c := fuzzClient(t, &fuzzTransport{status: 200, ctype: "application/json", body: body})
+		c := fuzzClient(t, &cannedTransport{header: jsonHeader, body: body})
 		defer c.Close()
 		resp, err := c.Authenticate(ctx)
 		if err != nil {
@@ -3066,7 +3039,7 @@ func FuzzRefreshResponse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		c := fuzzClient(t, &fuzzTransport{status: 200, ctype: "application/json", body: body})
+		c := fuzzClient(t, &cannedTransport{header: jsonHeader, body: body})
 		defer c.Close()
 		c.pair.Store(c.newPair(fuzzAccess, fuzzRefresh, "Bearer", 3600, c.mono(), c.now()))
 		resp, err := c.RefreshAccessToken(ctx)
@@ -3110,7 +3083,7 @@ func FuzzAPIErrorBody(f *testing.F) {
 		if status < 300 || status > 599 {
 			status = 300 + (status%300+300)%300
 		}
-		c := fuzzClient(t, &fuzzTransport{status: status, ctype: ctype, body: body})
+		c := fuzzClient(t, &cannedTransport{status: status, header: http.Header{"Content-Type": {ctype}}, body: body})
 		defer c.Close()
 		c.pair.Store(c.newPair(fuzzAccess, fuzzRefresh, "Bearer", 3600, c.mono(), c.now()))
 		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{"n": 1}, nil)
@@ -3372,7 +3345,7 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 		Candidate: Message{Content: "Your payment is due on Friday."},
 		Metadata:  &CustomerMetadata{StateID: intp(5), CreditScoreBin: CreditScore650To700, AgeBin: Age25To30},
 	}
-	hc := &http.Client{Transport: cannedTransport{body: optimizeReply}}
+	hc := &http.Client{Transport: &cannedTransport{header: jsonHeader, body: optimizeReply}}
 	b.Run("apala", func(b *testing.B) {
 		c := clientWithToken(b, WithHTTPClient(hc), WithCompanyGUID(DemoCompanyGUID))
 		b.ReportAllocs()
