@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -21,6 +23,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Defaults and the environment variables read by NewClientFromEnv.
@@ -74,7 +77,14 @@ var (
 	ErrMissingAPIKey = errors.New("apala: missing API key")
 	// ErrClosed is returned by every call made after Close.
 	ErrClosed = errors.New("apala: client closed")
+	// ErrPartial matches the error of SubmitFeedbackBulk when the server
+	// reported a failure or stored fewer entries than were sent; the
+	// server's full answer is returned with it.
+	ErrPartial = errors.New("apala: partial success")
 )
+
+// errNilContext is returned, instead of a panic, for a nil context.
+var errNilContext = errors.New("apala: nil context")
 
 // APIError is the error for every answer of the server outside 2xx. Match
 // its kind with errors.Is and ErrUnauthorized, ErrForbidden, ErrRateLimited
@@ -410,27 +420,30 @@ func origin(u *url.URL) string {
 // none: from WithCompanyGUID or APALA_COMPANY_GUID, or "" when unset.
 func (c *Client) CompanyGUID() string { return c.company }
 
-// String describes the client without its secrets.
-func (c *Client) String() string {
+// printable lists what the client shows of itself: its base URL, never
+// its secrets.
+func (c *Client) printable() []slog.Attr {
 	if c == nil {
-		return "apala.Client(nil)"
+		return nil
 	}
-	return fmt.Sprintf("apala.Client{BaseURL:%s APIKey:[REDACTED]}", c.baseStr)
+	return []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", redact(c.apiKey))}
 }
 
-// GoString is String: %#v must not show the secrets either.
+// String describes the client without its secrets.
+func (c *Client) String() string { return describe("apala.Client", c.printable()) }
+
+// GoString is String, for code that asks for it by name; fmt's %#v goes
+// through Format.
 func (c *Client) GoString() string { return c.String() }
 
-// Format implements fmt.Formatter so that no verb can print a secret.
+// Format implements fmt.Formatter: every verb prints String.
 func (c *Client) Format(f fmt.State, verb rune) { formatRedacted(f, verb, c.String()) }
 
 // LogValue implements slog.LogValuer, leaving the secrets out.
-func (c *Client) LogValue() slog.Value {
-	if c == nil {
-		return slog.StringValue("apala.Client(nil)")
-	}
-	return slog.GroupValue(slog.String("base_url", c.baseStr))
-}
+func (c *Client) LogValue() slog.Value { return slog.GroupValue(c.printable()...) }
+
+// MarshalJSON encodes the client's description, without its secrets.
+func (c *Client) MarshalJSON() ([]byte, error) { return marshalAttrs(c.printable()) }
 
 // Close ends the client: it cancels and waits for a token request in
 // progress, closes the idle connections of the transport the client made,
@@ -458,6 +471,29 @@ type request struct {
 	body    []byte // marshalled once, replayed from bytes
 	auth    bool   // attach the access token, replay once on 401
 	idemKey string // Idempotency-Key, the same for every attempt
+
+	// pairs are the token pairs whose secrets the request carried (the
+	// access tokens its attempts were sent with, the refresh token of a
+	// refresh), so that they are scrubbed from the server's answer even
+	// after the client replaced them. pairBuf spares an allocation.
+	pairs   []*tokenPair
+	pairBuf [2]*tokenPair
+}
+
+// carried records that rq carries the secrets of p.
+func (rq *request) carried(p *tokenPair) {
+	if p == nil {
+		return
+	}
+	for _, q := range rq.pairs {
+		if q == p {
+			return
+		}
+	}
+	if rq.pairs == nil {
+		rq.pairs = rq.pairBuf[:0]
+	}
+	rq.pairs = append(rq.pairs, p)
 }
 
 // sendTime is when the attempt that succeeded was sent, on both clocks.
@@ -480,6 +516,10 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // when the server answers 401. A POST carries an Idempotency-Key that stays
 // the same across its retries and replay.
 //
+// path must stay under the base URL: a dot segment ("..", escaped or not) is
+// a *ValidationError and nothing is sent. A 204 No Content answer leaves out
+// untouched.
+//
 // Errors are *APIError for answers outside 2xx, and match ErrConnection for
 // network failures; a decoding failure names the path.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
@@ -487,7 +527,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		method = http.MethodGet
 	}
 	if !validPath(path) {
-		return &ValidationError{Field: "path", Reason: "want an absolute path such as /api/feedback"}
+		return &ValidationError{Field: "path", Reason: "want an absolute path under the base URL, such as /api/feedback, without dot segments"}
 	}
 	rq := &request{method: method, path: path, auth: true}
 	if in != nil {
@@ -519,6 +559,18 @@ func validPath(p string) bool {
 			return false
 		}
 	}
+	// No dot segment, escaped or not: a path must not climb out of the
+	// base URL's prefix.
+	path, _, _ := strings.Cut(p, "?")
+	dec, err := url.PathUnescape(path)
+	if err != nil {
+		return false
+	}
+	for _, seg := range strings.FieldsFunc(dec, func(r rune) bool { return r == '/' || r == '\\' }) {
+		if seg == "." || seg == ".." {
+			return false
+		}
+	}
 	return true
 }
 
@@ -538,7 +590,7 @@ func newID() (string, error) {
 // and decoding into out. It returns when the successful attempt was sent.
 func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, error) {
 	if ctx == nil {
-		return sendTime{}, errors.New("apala: nil context")
+		return sendTime{}, errNilContext
 	}
 	var (
 		pair     *tokenPair
@@ -552,13 +604,14 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 				return sendTime{}, err
 			}
 			pair = p
+			rq.carried(p)
 		} else if c.isClosed() {
 			return sendTime{}, ErrClosed
 		}
 		sent := sendTime{mono: c.mono(), wall: c.now()}
 		status, hdr, buf, err := c.attempt(ctx, rq, pair, attempt)
 		if err == nil && status >= 200 && status < 300 {
-			err = decode(rq, status, hdr, buf, out)
+			err = c.decode(rq, status, hdr, buf, out)
 			putBuf(buf)
 			return sent, err
 		}
@@ -679,8 +732,8 @@ func putBuf(b *bytes.Buffer) {
 
 // decode reads a success body into out. An empty or malformed body is an
 // error when out wants one; the error names the content type, never the body.
-func decode(rq *request, status int, hdr http.Header, buf *bytes.Buffer, out any) error {
-	if out == nil {
+func (c *Client) decode(rq *request, status int, hdr http.Header, buf *bytes.Buffer, out any) error {
+	if out == nil || status == http.StatusNoContent {
 		return nil
 	}
 	data := bytes.TrimSpace(buf.Bytes())
@@ -688,13 +741,13 @@ func decode(rq *request, status int, hdr http.Header, buf *bytes.Buffer, out any
 		return fmt.Errorf("apala: %s %s: %d response has an empty body", rq.method, rq.path, status)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("apala: %s %s: malformed JSON response (%s): %w", rq.method, rq.path, contentType(hdr), err)
+		return fmt.Errorf("apala: %s %s: malformed JSON response (%s): %w", rq.method, rq.path, c.mediaType(rq, hdr), err)
 	}
 	return nil
 }
 
-func contentType(h http.Header) string {
-	ct := h.Get("Content-Type")
+// contentType names the media type of a Content-Type header value.
+func contentType(ct string) string {
 	if mt, _, err := mime.ParseMediaType(ct); err == nil {
 		return mt
 	}
@@ -705,57 +758,77 @@ func contentType(h http.Header) string {
 }
 
 // apiError builds the *APIError for a non-2xx answer. The message comes only
-// from a JSON body, with every secret of the client's scrubbed out.
+// from a JSON body, with every secret of the client and of rq scrubbed out.
 func (c *Client) apiError(rq *request, status int, hdr http.Header, buf *bytes.Buffer) *APIError {
 	e := &APIError{StatusCode: status, Method: rq.method, Path: rq.path, RetryAfter: parseRetryAfter(hdr.Get("Retry-After"), c.now())}
-	if buf != nil {
-		e.Message = errorMessage(buf.Bytes())
+	if buf == nil || buf.Len() == 0 {
+		return e
 	}
-	if e.Message == "" && buf != nil && buf.Len() > 0 {
-		e.contentType = contentType(hdr)
+	if v := errorValue(buf.Bytes()); v != nil {
+		e.Message = c.serverText(rq, v, maxMessage)
 	}
-	e.Message = c.scrub(e.Message)
+	if e.Message == "" {
+		e.contentType = c.mediaType(rq, hdr)
+	}
 	return e
 }
 
-// errorMessage finds the server's error text in a JSON body: "error",
-// "message", "detail", or Phoenix's {"errors": {"detail": ...}}.
-func errorMessage(body []byte) string {
-	var v struct {
-		Error   json.RawMessage `json:"error"`
-		Message json.RawMessage `json:"message"`
-		Detail  json.RawMessage `json:"detail"`
-		Errors  json.RawMessage `json:"errors"`
-	}
-	if json.Unmarshal(body, &v) != nil {
-		return ""
-	}
-	for _, raw := range []json.RawMessage{v.Error, v.Message, v.Detail} {
-		if s := textOf(raw); s != "" {
-			return s
-		}
-	}
-	var nested struct {
-		Detail json.RawMessage `json:"detail"`
-	}
-	if json.Unmarshal(v.Errors, &nested) == nil {
-		if s := textOf(nested.Detail); s != "" {
-			return s
-		}
-	}
-	return textOf(v.Errors)
+// mediaType names the media type of an answer for an error, scrubbed: the
+// header is the server's text too.
+func (c *Client) mediaType(rq *request, hdr http.Header) string {
+	return c.serverText(rq, contentType(c.scrub(rq, hdr.Get("Content-Type"))), 100)
 }
 
-// textOf returns a JSON string's text, or a compact rendering of any other
-// non-null value, bounded in length and stripped of control characters.
-func textOf(raw json.RawMessage) string {
-	if len(raw) == 0 || string(raw) == "null" {
-		return ""
+// maxMessage bounds the server's text kept in an error, in bytes.
+const maxMessage = 512
+
+// errorValue finds the server's error value in a JSON body: "error",
+// "message", "detail", or Phoenix's {"errors": {"detail": ...}}. It is
+// decoded, so that no JSON escape can hide a secret from the scrubbing.
+func errorValue(body []byte) any {
+	var v struct {
+		Error   any `json:"error"`
+		Message any `json:"message"`
+		Detail  any `json:"detail"`
+		Errors  any `json:"errors"`
 	}
+	if json.Unmarshal(body, &v) != nil {
+		return nil
+	}
+	for _, x := range []any{v.Error, v.Message, v.Detail} {
+		if present(x) {
+			return x
+		}
+	}
+	if m, ok := v.Errors.(map[string]any); ok && present(m["detail"]) {
+		return m["detail"]
+	}
+	if present(v.Errors) {
+		return v.Errors
+	}
+	return nil
+}
+
+// present reports whether a decoded JSON value carries any text.
+func present(v any) bool {
+	s, ok := v.(string)
+	return v != nil && (!ok || strings.TrimSpace(s) != "")
+}
+
+// serverText renders a decoded JSON value the server sent as one line of
+// at most max bytes: secrets scrubbed first (in every string of a nested
+// value, then in the whole), control characters blanked, and the cut made
+// last, on a character boundary.
+func (c *Client) serverText(rq *request, v any, max int) string {
 	var s string
-	if json.Unmarshal(raw, &s) != nil {
+	switch v := v.(type) {
+	case string:
+		s = v
+	default:
 		var b bytes.Buffer
-		if json.Compact(&b, raw) != nil {
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		if enc.Encode(c.scrubValue(rq, v)) != nil {
 			return ""
 		}
 		s = b.String()
@@ -765,15 +838,52 @@ func textOf(raw json.RawMessage) string {
 			return ' '
 		}
 		return r
-	}, strings.TrimSpace(s))
-	if len(s) > 512 {
-		s = s[:512] + "..."
-	}
-	return s
+	}, c.scrub(rq, s))
+	return truncate(strings.TrimSpace(s), max)
 }
 
-// scrub removes the client's secrets from text that came from the server.
-func (c *Client) scrub(s string) string {
+// scrubValue returns v, a decoded JSON value, with every string in it (map
+// keys included) scrubbed.
+func (c *Client) scrubValue(rq *request, v any) any {
+	switch v := v.(type) {
+	case string:
+		return c.scrub(rq, v)
+	case []any:
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = c.scrubValue(rq, x)
+		}
+		return out
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, x := range v {
+			out[c.scrub(rq, k)] = c.scrubValue(rq, x)
+		}
+		return out
+	}
+	return v
+}
+
+// truncate cuts s to at most max bytes and marks the cut, never splitting
+// a UTF-8 character.
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+// scrub removes from s, text that came from the server, every secret the
+// client holds or rq carried: the API key, the current token pair and the
+// pairs rq was sent with. Each secret is looked for raw, JSON-escaped (with
+// and without HTML escaping) and URL-escaped, and not only whole: any run
+// of 8 or more bytes of one is redacted, so that a server that cuts or
+// splits a secret cannot leak a part of it either.
+func (c *Client) scrub(rq *request, s string) string {
 	if s == "" {
 		return s
 	}
@@ -781,12 +891,76 @@ func (c *Client) scrub(s string) string {
 	if p := c.pair.Load(); p != nil {
 		secrets = append(secrets, p.access, p.refresh)
 	}
-	for _, v := range secrets {
-		if len(v) >= 4 {
-			s = strings.ReplaceAll(s, v, "[REDACTED]")
+	if rq != nil {
+		for _, p := range rq.pairs {
+			secrets = append(secrets, p.access, p.refresh)
 		}
 	}
-	return s
+	const run = 8
+	windows := map[string]bool{}
+	for _, secret := range secrets {
+		if len(secret) < 4 {
+			continue // too short to reveal anything; replacing it would garble the text
+		}
+		for _, form := range secretForms(secret) {
+			if len(form) < run {
+				s = strings.ReplaceAll(s, form, "[REDACTED]")
+				continue
+			}
+			for i := 0; i+run <= len(form); i++ {
+				windows[form[i:i+run]] = true
+			}
+		}
+	}
+	if len(windows) == 0 || len(s) < run {
+		return s
+	}
+	// Mark every byte covered by a window of a secret, then replace each
+	// marked stretch.
+	var marked []bool
+	for i := 0; i+run <= len(s); i++ {
+		if windows[s[i:i+run]] {
+			if marked == nil {
+				marked = make([]bool, len(s))
+			}
+			for j := i; j < i+run; j++ {
+				marked[j] = true
+			}
+		}
+	}
+	if marked == nil {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		if !marked[i] {
+			b.WriteByte(s[i])
+			i++
+			continue
+		}
+		b.WriteString("[REDACTED]")
+		for i < len(s) && marked[i] {
+			i++
+		}
+	}
+	return b.String()
+}
+
+// secretForms returns secret as the server's text may carry it: raw,
+// JSON-escaped with and without HTML escaping, and URL-escaped.
+func secretForms(secret string) []string {
+	forms := []string{secret, url.QueryEscape(secret), url.PathEscape(secret)}
+	if b, err := json.Marshal(secret); err == nil {
+		forms = append(forms, string(b[1:len(b)-1]))
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if enc.Encode(secret) == nil {
+		quoted := strings.TrimSuffix(b.String(), "\n")
+		forms = append(forms, quoted[1:len(quoted)-1])
+	}
+	return forms
 }
 
 // parseRetryAfter reads Retry-After as seconds or an HTTP date, capped at
@@ -823,12 +997,26 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 func retryable(status int, err error) bool {
 	switch status {
 	case 0:
-		return errors.Is(err, ErrConnection)
+		return errors.Is(err, ErrConnection) && !permanent(err)
 	case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError,
 		http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return true
 	}
 	return false
+}
+
+// permanent reports whether a connection error is one that no retry can
+// fix: the server's certificate failed verification.
+func permanent(err error) bool {
+	var (
+		verify    *tls.CertificateVerificationError
+		authority x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		roots     x509.SystemRootsError
+	)
+	return errors.As(err, &verify) || errors.As(err, &authority) || errors.As(err, &hostname) ||
+		errors.As(err, &invalid) || errors.As(err, &roots)
 }
 
 func retryReason(status int) string {
@@ -892,7 +1080,9 @@ func (c *Client) logAttempt(ctx context.Context, rq *request, status int, start 
 // HTTPClient returns an *http.Client that attaches the access token to every
 // request for the base URL's origin, and to no other, for calls this package
 // does not wrap. When the server answers such a request with 401, the token
-// is renewed and a request whose body can be replayed is sent once more.
+// is dropped and a request whose body can be replayed (GetBody set) is sent
+// once more with a new one; otherwise the 401 is returned and the next
+// request gets a new token. After Close, every request fails with ErrClosed.
 func (c *Client) HTTPClient() *http.Client {
 	return &http.Client{
 		Transport:     &bearerTransport{c: c},
@@ -916,6 +1106,12 @@ func (t *bearerTransport) base() http.RoundTripper {
 
 // RoundTrip implements http.RoundTripper. It never modifies req.
 func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.c.isClosed() {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, ErrClosed
+	}
 	if req.URL == nil || origin(req.URL) != t.c.origin {
 		return t.base().RoundTrip(req)
 	}
@@ -930,10 +1126,13 @@ func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
+	// The server refused p: whatever follows, the next request gets a new
+	// token (compare-and-swap: one refreshed meanwhile is kept).
+	t.c.reject(p)
 	var body io.ReadCloser
 	if req.Body != nil && req.Body != http.NoBody {
 		if req.GetBody == nil {
-			return resp, nil
+			return resp, nil // cannot replay: the 401 is the answer
 		}
 		if body, err = req.GetBody(); err != nil {
 			return resp, nil
@@ -941,7 +1140,6 @@ func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	_, _ = io.CopyN(io.Discard, resp.Body, maxErrorBody)
 	resp.Body.Close()
-	t.c.reject(p)
 	if p, err = t.c.token(req.Context()); err != nil {
 		if body != nil {
 			body.Close()
@@ -1166,7 +1364,8 @@ type ProcessingResponse struct {
 
 // OptimizationResponse is the answer of OptimizeMessage: a better wording of
 // the candidate and the channel to send it on. Report how it fared with
-// SubmitFeedback, quoting MessageID.
+// SubmitFeedback, quoting MessageID. RecommendedChannel is kept as the
+// server sent it, also when it is none of the Channel constants.
 type OptimizationResponse struct {
 	MessageID          string  `json:"message_id"`
 	OptimizedMessage   string  `json:"optimized_message"`
@@ -1264,7 +1463,8 @@ func parseTime(s string) (time.Time, error) {
 			return t, nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("timestamp %q is not ISO 8601", s)
+	// The value is the server's text: named, never quoted.
+	return time.Time{}, errors.New("not an ISO 8601 timestamp")
 }
 
 // check validates m. Its errors name the field under the message, as in
@@ -1457,8 +1657,9 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest) (*Opti
 		return nil, missing(path, "message_id")
 	case out.OptimizedMessage == "":
 		return nil, missing(path, "optimized_message")
-	case checkOneOf("recommended_channel", out.RecommendedChannel, false, channels) != nil:
-		return nil, missing(path, "a valid recommended_channel")
+	case out.RecommendedChannel == "":
+		// A channel this version does not know is kept as sent.
+		return nil, missing(path, "recommended_channel")
 	}
 	return &out, nil
 }
@@ -1567,7 +1768,7 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback) (*FeedbackResp
 //
 // The answer is never silently partial: when the server reports a failure or
 // stored fewer entries than were sent, SubmitFeedbackBulk returns its answer
-// together with an error saying so.
+// together with an error matching ErrPartial.
 func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback) (*BulkFeedbackResponse, error) {
 	const path = "/api/feedback/bulk"
 	if len(items) == 0 {
@@ -1607,9 +1808,9 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback) (*Bul
 	}
 	switch {
 	case !r.Success:
-		return r, fmt.Errorf("apala: POST %s: the server reported failure (count %d of %d)", path, r.Count, len(items))
+		return r, fmt.Errorf("%w: POST %s: the server reported failure (count %d of %d)", ErrPartial, path, r.Count, len(items))
 	case r.Count != len(items) || len(r.Feedback) != len(items):
-		return r, fmt.Errorf("apala: POST %s: the server stored %d of %d entries (%d returned)", path, r.Count, len(items), len(r.Feedback))
+		return r, fmt.Errorf("%w: POST %s: the server stored %d of %d entries (%d returned)", ErrPartial, path, r.Count, len(items), len(r.Feedback))
 	}
 	return r, nil
 }

@@ -8,12 +8,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	mrand "math/rand"
 	"net"
@@ -28,6 +30,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // Demo credentials. Every secret the fake server hands out contains
@@ -1071,11 +1074,16 @@ func TestOneFlightShared(t *testing.T) {
 			if tt.expired && s.Hits(pathToken) != 1 {
 				t.Errorf("API-key exchanges = %d; want only the first", s.Hits(pathToken))
 			}
+			var first *APIError
 			for i := range toks {
 				if tt.fail {
-					if !errors.Is(errs[i], ErrServer) || errs[i].Error() != errs[0].Error() {
+					// The flight's own error, or the same one served from
+					// the cooldown to a caller that came after it ended.
+					var ae *APIError
+					if !errors.As(errs[i], &ae) || (first != nil && ae != first) || !errors.Is(errs[i], ErrServer) {
 						t.Fatalf("caller %d: error = %v; want the shared ErrServer", i, errs[i])
 					}
+					first = ae
 					continue
 				}
 				if errs[i] != nil || toks[i] != toks[0] {
@@ -2471,7 +2479,7 @@ func TestMissingResponseFields(t *testing.T) {
 			func(c *Client) (any, error) { return c.ProcessMessage(ctx, conversation()) }},
 		{"optimizer message_id", "/api/message_optimizer", `{"optimized_message":"x","recommended_channel":"SMS"}`, "message_id",
 			func(c *Client) (any, error) { return c.OptimizeMessage(ctx, conversation()) }},
-		{"optimizer channel", "/api/message_optimizer", `{"message_id":"m","optimized_message":"x","recommended_channel":"FAX"}`, "recommended_channel",
+		{"optimizer channel", "/api/message_optimizer", `{"message_id":"m","optimized_message":"x"}`, "missing recommended_channel",
 			func(c *Client) (any, error) { return c.OptimizeMessage(ctx, conversation()) }},
 		{"feedback id", "/api/feedback", `{` + fb + `}`, "id",
 			func(c *Client) (any, error) { return c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}) }},
@@ -3390,4 +3398,470 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 			handPost(b, hc, "http://localhost:4000/api/message_optimizer", data, &out)
 		}
 	})
+}
+
+// ---- hostile servers ----
+
+// TestScrubsTokenTheCallWasSentWith: a server that echoes the bearer it got
+// after the client replaced that token (an Authenticate or a refresh during
+// the call) still has it scrubbed from the error.
+func TestScrubsTokenTheCallWasSentWith(t *testing.T) {
+	for _, renew := range []string{"Authenticate", "RefreshAccessToken"} {
+		t.Run(renew, func(t *testing.T) {
+			s, c := setup(t)
+			if _, err := c.Authenticate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			old := c.Token().AccessToken
+			s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.URL.Path != "/api/feedback" {
+					return false
+				}
+				var err error
+				if renew == "Authenticate" {
+					_, err = c.Authenticate(context.Background())
+				} else {
+					_, err = c.RefreshAccessToken(context.Background())
+				}
+				if err != nil {
+					t.Errorf("%s() inside the call: %v", renew, err)
+				}
+				bearer := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+				writeJSON(w, 403, map[string]string{"error": "token " + bearer + " lacks the feedback scope"})
+				return true
+			})
+			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
+			if !errors.Is(err, ErrForbidden) {
+				t.Fatalf("SubmitFeedback() error = %v; want ErrForbidden", err)
+			}
+			if c.Token().AccessToken == old {
+				t.Fatalf("the token was not replaced during the call")
+			}
+			noSecret(t, "error", err.Error())
+			if !strings.Contains(err.Error(), "token [REDACTED] lacks the feedback scope") {
+				t.Errorf("error does not carry the server's text with the token redacted (withheld)")
+			}
+		})
+	}
+}
+
+// unreplayable is a request body without GetBody: http.NewRequest cannot
+// tell how to read it again.
+type unreplayable struct{ io.Reader }
+
+// TestHTTPClientRefusedTokenDropped: a 401 on a request that cannot be
+// replayed is returned, and the refused token is dropped all the same, so
+// the next request gets a new one.
+func TestHTTPClientRefusedTokenDropped(t *testing.T) {
+	s, c := setup(t)
+	hc := c.HTTPClient()
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := c.Token().AccessToken
+	s.RevokeTokens()
+	body := unreplayable{strings.NewReader(`{"message_id":"m1","customer_responded":true,"score":"good"}`)}
+	req, _ := http.NewRequest("POST", s.URL+"/api/feedback", body)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", "k1")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("status = %d; want the 401", resp.StatusCode)
+	}
+	if c.Token().Valid() {
+		t.Errorf("the refused token is still held")
+	}
+	tok, err := c.AccessToken(ctx)
+	if err != nil || tok == old {
+		t.Errorf("AccessToken() after the 401: error %v, or the refused token again", err)
+	}
+}
+
+// TestHTTPClientAfterClose: after Close every request fails with ErrClosed,
+// to any origin, and nothing is sent.
+func TestHTTPClientAfterClose(t *testing.T) {
+	s, c := setup(t)
+	var hits atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer other.Close()
+	hc := c.HTTPClient()
+	c.Close()
+	for _, u := range []string{s.URL + "/api/feedback", other.URL + "/x"} {
+		if resp, err := hc.Get(u); !errors.Is(err, ErrClosed) {
+			if resp != nil {
+				resp.Body.Close()
+			}
+			t.Errorf("Get(%s) after Close: error = %v; want ErrClosed", u, err)
+		}
+	}
+	if n := s.totalHits() + int(hits.Load()); n != 0 {
+		t.Errorf("requests after Close = %d; want 0", n)
+	}
+}
+
+// TestServerTextCut: the server's text is cut at 512 bytes after the
+// scrubbing, never inside a UTF-8 character.
+func TestServerTextCut(t *testing.T) {
+	s, c := setup(t, WithMaxRetries(0))
+	c.pair.Store(nil)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for pad := 500; pad < 512; pad++ {
+		s.Fail("/api/feedback", 400, `{"error":"`+strings.Repeat("x", pad)+DemoAPIKey+`"}`)
+		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
+		if err == nil {
+			t.Fatal("want an error")
+		}
+		noSecret(t, fmt.Sprintf("error with %d bytes before the key", pad), err.Error())
+		if run := secretRun(err.Error(), DemoAPIKey); run != "" {
+			t.Fatalf("error with %d bytes before the key holds a part of it", pad)
+		}
+	}
+	for pad := 0; pad < 4; pad++ {
+		s.Fail("/api/feedback", 400, `{"error":"`+strings.Repeat("x", pad)+strings.Repeat("é€😀", 200)+`"}`)
+		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
+		var ae *APIError
+		if !errors.As(err, &ae) || !utf8.ValidString(ae.Message) || !strings.HasSuffix(ae.Message, "...") || len(ae.Message) > 512+3 {
+			t.Errorf("pad %d: message of %d bytes, valid UTF-8 %v; want at most 515 bytes of valid UTF-8 ending in ...", pad, len(ae.Message), utf8.ValidString(ae.Message))
+		}
+	}
+}
+
+// secretRun returns a run of 8 bytes of one of secrets found in s, compared
+// without case, or "" when there is none. It never returns the run itself
+// to a failure message: callers only test it for "".
+func secretRun(s string, secrets ...string) string {
+	s = strings.ToLower(s)
+	for _, secret := range secrets {
+		secret = strings.ToLower(secret)
+		for i := 0; i+8 <= len(secret); i++ {
+			if strings.Contains(s, secret[i:i+8]) {
+				return secret[i : i+8]
+			}
+		}
+	}
+	return ""
+}
+
+// TestTimestampValueNotQuoted: a malformed response timestamp is named, not
+// quoted: the value is the server's text.
+func TestTimestampValueNotQuoted(t *testing.T) {
+	s, c := setup(t)
+	s.Fail("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"when `+DemoAPIKey+`"}`)
+	_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
+	if err == nil || !strings.Contains(err.Error(), "inserted_at: not an ISO 8601 timestamp") {
+		t.Fatalf("error does not name inserted_at (withheld: it may quote the secret)")
+	}
+	noSecret(t, "error", err.Error())
+	if strings.Contains(err.Error(), "when") {
+		t.Errorf("error quotes the server's value")
+	}
+}
+
+// TestNoSecretRunInServerText is a property test: the server puts each
+// secret the client holds into its error text in every form it can take
+// (plain, JSON-escaped, \u-escaped, nested in objects and arrays, as a key,
+// in a header, cut or straddling the 512-byte cut), and no run of 8 bytes of
+// any secret reaches an error string, fmt output or a log record.
+func TestNoSecretRunInServerText(t *testing.T) {
+	const key = `k/ey"<&>\SECRET-0123456789abcdef/xyz-é`
+	type answer struct {
+		status int
+		header map[string]string
+		body   string
+	}
+	noHTML := func(v any) string {
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(v)
+		return strings.TrimSpace(b.String())
+	}
+	mustJSON := func(v any) string { b, _ := json.Marshal(v); return string(b) }
+	forms := map[string]func(s string) answer{
+		"plain":          func(s string) answer { return answer{body: mustJSON(map[string]string{"error": "bad " + s + " here"})} },
+		"no HTML escape": func(s string) answer { return answer{body: noHTML(map[string]string{"error": s})} },
+		"slash escaped": func(s string) answer {
+			return answer{body: `{"error":"x ` + strings.ReplaceAll(strings.Trim(noHTML(s), `"`), "/", `\/`) + ` y"}`}
+		},
+		"u escaped": func(s string) answer {
+			var b strings.Builder
+			for _, r := range s {
+				fmt.Fprintf(&b, `\u%04x`, r)
+			}
+			return answer{body: `{"message":"` + b.String() + `"}`}
+		},
+		"detail": func(s string) answer { return answer{body: mustJSON(map[string]string{"detail": s})} },
+		"phoenix": func(s string) answer {
+			return answer{body: mustJSON(map[string]any{"errors": map[string]string{"detail": s}})}
+		},
+		"errors object": func(s string) answer {
+			return answer{body: mustJSON(map[string]any{"errors": map[string][]string{"field": {s}}})}
+		},
+		"nested": func(s string) answer {
+			return answer{body: mustJSON(map[string]any{"error": map[string]any{"a": map[string]any{"b": []any{1, s, true}}}})}
+		},
+		"as a key": func(s string) answer {
+			return answer{body: mustJSON(map[string]any{"error": map[string]string{s: "x"}})}
+		},
+		"array": func(s string) answer { return answer{body: mustJSON(map[string]any{"error": []string{s, s}})} },
+		"twice": func(s string) answer { return answer{body: mustJSON(map[string]string{"error": s + s})} },
+		"half":  func(s string) answer { return answer{body: mustJSON(map[string]string{"error": "x" + s[:len(s)/2]})} },
+		"line breaks": func(s string) answer {
+			return answer{body: mustJSON(map[string]string{"error": s[:10] + "\n" + s[10:]})}
+		},
+		"url escaped": func(s string) answer { return answer{body: mustJSON(map[string]string{"error": url.QueryEscape(s)})} },
+		"content type": func(s string) answer {
+			return answer{header: map[string]string{"Content-Type": "text/" + s}, body: "<html>" + s + "</html>"}
+		},
+		"200 content type": func(s string) answer {
+			return answer{status: 200, header: map[string]string{"Content-Type": "application/" + s}, body: "not JSON " + s}
+		},
+	}
+	for cut := 1; cut < 48; cut++ {
+		cut := cut
+		forms[fmt.Sprintf("straddling the cut by %d", cut)] = func(s string) answer {
+			return answer{body: mustJSON(map[string]string{"error": strings.Repeat("x", 512-cut) + s})}
+		}
+		forms[fmt.Sprintf("straddling the cut by %d after UTF-8", cut)] = func(s string) answer {
+			return answer{body: mustJSON(map[string]string{"error": strings.Repeat("é", 256-cut) + "x" + s})}
+		}
+	}
+
+	var (
+		mu       sync.Mutex
+		serial   int
+		issued   = []string{key}
+		current  string // path answering with the case
+		which    string // the secret it echoes: key, access or refresh
+		form     func(string) answer
+		refresh  string
+		sentWith string
+	)
+	issue := func(kind string) string {
+		serial++
+		tok := fmt.Sprintf(`%s/%d"<&>\SECRET-%016x-tail`, kind, serial, mrand.Uint64())
+		issued = append(issued, tok)
+		return tok
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.URL.Path == current {
+			secret := map[string]string{"key": key, "access": strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "), "refresh": refresh}[which]
+			sentWith = secret
+			a := form(secret)
+			for k, v := range a.header {
+				w.Header().Set(k, v)
+			}
+			if a.status == 0 {
+				a.status = 400
+				if which == "refresh" {
+					a.status = 503
+				}
+			}
+			w.WriteHeader(a.status)
+			_, _ = io.WriteString(w, a.body)
+			return
+		}
+		switch r.URL.Path {
+		case pathToken:
+			refresh = issue("ref")
+			writeJSON(w, 200, map[string]any{"access_token": issue("acc"), "refresh_token": refresh, "expires_in": 3600})
+		case pathRefresh:
+			writeJSON(w, 200, map[string]any{"access_token": issue("acc"), "expires_in": 3600})
+		default:
+			writeJSON(w, 200, map[string]any{})
+		}
+	}))
+	defer srv.Close()
+
+	var logs logBuffer
+	c, err := NewClient(key, WithBaseURL(srv.URL), WithMaxRetries(0), WithLogger(newJSONLogger(&logs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	calls := map[string]struct {
+		path string
+		call func() error
+	}{
+		"key":     {pathToken, func() error { _, err := c.Authenticate(ctx); return err }},
+		"access":  {"/api/echo", func() error { return c.Do(ctx, "POST", "/api/echo", map[string]int{}, &struct{}{}) }},
+		"refresh": {pathRefresh, func() error { _, err := c.RefreshAccessToken(ctx); return err }},
+	}
+	n := 0
+	for name, f := range forms {
+		for w, call := range calls {
+			mu.Lock()
+			current, which, form, sentWith = call.path, w, f, ""
+			mu.Unlock()
+			err := call.call()
+			mu.Lock()
+			echoed := sentWith
+			secrets := append([]string(nil), issued...)
+			mu.Unlock()
+			if err == nil || echoed == "" {
+				t.Fatalf("%s in %s: no error (%v), or the server did not answer the case", w, name, err == nil)
+			}
+			n++
+			for _, out := range []string{err.Error(), fmt.Sprintf("%v|%+v|%#v|%s|%q", err, err, err, err, err)} {
+				if secretRun(out, secrets...) != "" {
+					t.Errorf("%s in %s: a run of 8 bytes of a secret reached the error (withheld)", w, name)
+				}
+			}
+		}
+	}
+	mu.Lock()
+	secrets := append([]string(nil), issued...)
+	mu.Unlock()
+	if secretRun(logs.String(), secrets...) != "" {
+		t.Errorf("a run of 8 bytes of a secret reached the log (withheld)")
+	}
+	if n < 200 {
+		t.Errorf("cases = %d; want hundreds", n)
+	}
+}
+
+// TestCertificateErrorNotRetried: a certificate that fails verification is
+// returned at once: no retry can fix it.
+func TestCertificateErrorNotRetried(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	var conns atomic.Int32
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	c, err := NewClient(DemoAPIKey, WithBaseURL(srv.URL), WithMaxRetries(2), WithRetryBackoff(time.Millisecond, time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.AccessToken(ctx)
+	var cve *tls.CertificateVerificationError
+	if !errors.Is(err, ErrConnection) || !errors.As(err, &cve) {
+		t.Fatalf("error = %v; want ErrConnection with the certificate error", err)
+	}
+	if got := conns.Load(); got != 1 {
+		t.Errorf("connections = %d; want 1 (no retry)", got)
+	}
+}
+
+// TestUnknownEnumsKept: a channel, score or reward this version does not
+// know is kept as the server sent it; only a missing field is an error.
+func TestUnknownEnumsKept(t *testing.T) {
+	for _, ch := range []Channel{"WHATSAPP", "sms"} {
+		s, c := setup(t)
+		s.Fail("/api/message_optimizer", 200, `{"message_id":"m-1","optimized_message":"x","recommended_channel":"`+string(ch)+`"}`)
+		got, err := c.OptimizeMessage(ctx, conversation())
+		if err != nil || got.RecommendedChannel != ch || got.MessageID != "m-1" {
+			t.Errorf("OptimizeMessage() with channel %q = %+v, %v; want it kept", ch, got, err)
+		}
+	}
+	s, c := setup(t)
+	s.Fail("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"excellent","positive_rewards":["paid_early"],"inserted_at":"2025-01-15T10:30:00"}`)
+	got, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
+	if err != nil || got.Score != "excellent" || len(got.PositiveRewards) != 1 || got.PositiveRewards[0] != "paid_early" {
+		t.Errorf("SubmitFeedback() = %+v, %v; want the unknown score and reward kept", got, err)
+	}
+}
+
+// TestBulkPartialMatchesErrPartial: a partial bulk answer is an error that
+// matches ErrPartial, returned with the server's full answer.
+func TestBulkPartialMatchesErrPartial(t *testing.T) {
+	const item = `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00"}`
+	for _, body := range []string{
+		`{"success":false,"count":0,"feedback":[]}`,
+		`{"success":true,"count":1,"feedback":[` + item + `]}`,
+	} {
+		s, c := setup(t)
+		s.Fail("/api/feedback/bulk", 200, body)
+		got, err := c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "m", Score: ScoreGood}, {MessageID: "n", Score: ScoreBad}})
+		if !errors.Is(err, ErrPartial) || got == nil {
+			t.Errorf("SubmitFeedbackBulk() on %s = %v, %v; want the answer and ErrPartial", body, got, err)
+		}
+	}
+}
+
+// TestDoPathStaysUnderBase: a path with dot segments, escaped or not, is
+// refused before anything is sent.
+func TestDoPathStaysUnderBase(t *testing.T) {
+	s, c := setup(t)
+	for _, p := range []string{"/api/../admin", "/api/./x", "/..", "/api/%2e%2e/admin", "/api/%2E%2e", "/api/.%2e/x", "/api/%2e", "/api/%2e%2e%2fadmin", "/api/x/..?q=1", "/api/%zz"} {
+		err := c.Do(ctx, "GET", p, nil, nil)
+		var ve *ValidationError
+		if !errors.As(err, &ve) || ve.Field != "path" {
+			t.Errorf("Do(%q) error = %v; want a *ValidationError for path", p, err)
+		}
+	}
+	if n := s.totalHits(); n != 0 {
+		t.Errorf("requests = %d; want 0", n)
+	}
+	for _, p := range []string{"/api/feedback", "/api/a..b", "/api/.well-known", "/api/x?q=../y"} {
+		if err := c.Do(ctx, "GET", p, nil, nil); err != nil && errors.As(err, new(*ValidationError)) {
+			t.Errorf("Do(%q) error = %v; want the path accepted", p, err)
+		}
+	}
+}
+
+// TestDoNoContent: a 204 leaves out untouched and is no error.
+func TestDoNoContent(t *testing.T) {
+	s, c := setup(t)
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/api/empty" {
+			return false
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return true
+	})
+	out := map[string]string{"kept": "yes"}
+	if err := c.Do(ctx, "POST", "/api/empty", map[string]int{}, &out); err != nil {
+		t.Fatalf("Do() on a 204 = %v; want nil", err)
+	}
+	if len(out) != 1 || out["kept"] != "yes" {
+		t.Errorf("out = %v; want it untouched", out)
+	}
+}
+
+// TestExpiresInIntegralFloat: expires_in sent as 3600.0 is read as an hour,
+// from the token and the refresh endpoints.
+func TestExpiresInIntegralFloat(t *testing.T) {
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		switch r.URL.Path {
+		case pathToken:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"access_token":"a.b.c","refresh_token":"r-1","expires_in":3600.0}`)
+		case pathRefresh:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"access_token":"d.e.f","expires_in":1.8e3}`)
+		default:
+			return false
+		}
+		return true
+	})
+	ar, err := c.Authenticate(ctx)
+	if err != nil || ar.ExpiresIn != 3600 {
+		t.Fatalf("Authenticate() = %v, %v; want ExpiresIn 3600", ar, err)
+	}
+	if got, want := c.Token().ExpiresAt, clk.Now().Add(time.Hour); !got.Equal(want) {
+		t.Errorf("ExpiresAt = %v; want %v", got, want)
+	}
+	rr, err := c.RefreshAccessToken(ctx)
+	if err != nil || rr.ExpiresIn != 1800 {
+		t.Fatalf("RefreshAccessToken() = %v, %v; want ExpiresIn 1800", rr, err)
+	}
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -31,8 +33,9 @@ const (
 // Token is a snapshot of the access token the client holds. It never holds
 // the refresh token or the API key.
 //
-// Formatting a Token with fmt, or logging it with log/slog, never shows the
-// access token; read the AccessToken field to use it.
+// Formatting a Token with fmt, logging it with log/slog or encoding it with
+// encoding/json never shows the access token; read the AccessToken field to
+// use it.
 type Token struct {
 	AccessToken string
 	TokenType   string
@@ -46,36 +49,38 @@ func (t Token) Valid() bool {
 	return t.AccessToken != "" && (t.ExpiresAt.IsZero() || timeNow().Before(t.ExpiresAt))
 }
 
-// String describes the token without its value.
-func (t Token) String() string {
-	exp := "unknown"
-	if !t.ExpiresAt.IsZero() {
-		exp = t.ExpiresAt.UTC().Format(time.RFC3339)
-	}
-	return fmt.Sprintf("apala.Token{AccessToken:%s TokenType:%q ExpiresAt:%s CompanyID:%q CompanyName:%q}",
-		redact(t.AccessToken), t.TokenType, exp, t.CompanyID, t.CompanyName)
-}
-
-// GoString is String: %#v must not show the token either.
-func (t Token) GoString() string { return t.String() }
-
-// Format implements fmt.Formatter so that no verb, %x and %d included, can
-// print the token's value.
-func (t Token) Format(f fmt.State, verb rune) { formatRedacted(f, verb, t.String()) }
-
-// LogValue implements slog.LogValuer, leaving the token's value out.
-func (t Token) LogValue() slog.Value {
-	return slog.GroupValue(
+// printable lists t's fields for printing, the access token redacted.
+func (t Token) printable() []slog.Attr {
+	return []slog.Attr{
 		slog.String("access_token", redact(t.AccessToken)),
 		slog.String("token_type", t.TokenType),
 		slog.Time("expires_at", t.ExpiresAt),
 		slog.String("company_id", t.CompanyID),
 		slog.String("company_name", t.CompanyName),
-	)
+	}
 }
 
+// String describes the token without its value.
+func (t Token) String() string { return describe("apala.Token", t.printable()) }
+
+// GoString is String, for code that asks for it by name; fmt's %#v goes
+// through Format.
+func (t Token) GoString() string { return t.String() }
+
+// Format implements fmt.Formatter: every verb (%v, %#v, %x, %d, ...)
+// prints String, so none can print the token's value.
+func (t Token) Format(f fmt.State, verb rune) { formatRedacted(f, verb, t.String()) }
+
+// LogValue implements slog.LogValuer, leaving the token's value out.
+func (t Token) LogValue() slog.Value { return slog.GroupValue(t.printable()...) }
+
+// MarshalJSON encodes the token's description, its value redacted, so that
+// a Token inside a slice or map logged with slog's JSON handler stays safe.
+func (t Token) MarshalJSON() ([]byte, error) { return marshalAttrs(t.printable()) }
+
 // AuthResponse is the server's answer to an API-key exchange
-// (POST /api/auth/token). Formatting or logging it never shows the tokens.
+// (POST /api/auth/token). Formatting, logging or JSON-encoding it never
+// shows the tokens; read the fields to use them.
 type AuthResponse struct {
 	AccessToken  string `json:"access_token"`
 	RefreshToken string `json:"refresh_token"`
@@ -85,73 +90,125 @@ type AuthResponse struct {
 	CompanyName  string `json:"company_name"`
 }
 
-// String describes the response without its tokens.
-func (r AuthResponse) String() string {
-	return fmt.Sprintf("apala.AuthResponse{AccessToken:%s RefreshToken:%s TokenType:%q ExpiresIn:%d CompanyID:%q CompanyName:%q}",
-		redact(r.AccessToken), redact(r.RefreshToken), r.TokenType, r.ExpiresIn, r.CompanyID, r.CompanyName)
-}
-
-// GoString is String: %#v must not show the tokens either.
-func (r AuthResponse) GoString() string { return r.String() }
-
-// Format implements fmt.Formatter so that no verb can print the tokens.
-func (r AuthResponse) Format(f fmt.State, verb rune) { formatRedacted(f, verb, r.String()) }
-
-// LogValue implements slog.LogValuer, leaving the tokens out.
-func (r AuthResponse) LogValue() slog.Value {
-	return slog.GroupValue(
+// printable lists r's fields for printing, the tokens redacted.
+func (r AuthResponse) printable() []slog.Attr {
+	return []slog.Attr{
 		slog.String("access_token", redact(r.AccessToken)),
 		slog.String("refresh_token", redact(r.RefreshToken)),
 		slog.String("token_type", r.TokenType),
 		slog.Int("expires_in", r.ExpiresIn),
 		slog.String("company_id", r.CompanyID),
 		slog.String("company_name", r.CompanyName),
-	)
+	}
 }
 
-// RefreshResponse is the server's answer to a refresh (POST /api/auth/refresh).
-// Formatting or logging it never shows the token.
+// String describes the response without its tokens.
+func (r AuthResponse) String() string { return describe("apala.AuthResponse", r.printable()) }
+
+// GoString is String, for code that asks for it by name; fmt's %#v goes
+// through Format.
+func (r AuthResponse) GoString() string { return r.String() }
+
+// Format implements fmt.Formatter: every verb prints String.
+func (r AuthResponse) Format(f fmt.State, verb rune) { formatRedacted(f, verb, r.String()) }
+
+// LogValue implements slog.LogValuer, leaving the tokens out.
+func (r AuthResponse) LogValue() slog.Value { return slog.GroupValue(r.printable()...) }
+
+// MarshalJSON encodes the response with its tokens redacted.
+func (r AuthResponse) MarshalJSON() ([]byte, error) { return marshalAttrs(r.printable()) }
+
+// RefreshResponse is the server's answer to a refresh (POST
+// /api/auth/refresh). Formatting, logging or JSON-encoding it never shows
+// the token; read the fields to use it.
 type RefreshResponse struct {
 	AccessToken string `json:"access_token"`
 	TokenType   string `json:"token_type"`
 	ExpiresIn   int    `json:"expires_in"`
 }
 
-// String describes the response without its token.
-func (r RefreshResponse) String() string {
-	return fmt.Sprintf("apala.RefreshResponse{AccessToken:%s TokenType:%q ExpiresIn:%d}",
-		redact(r.AccessToken), r.TokenType, r.ExpiresIn)
-}
-
-// GoString is String: %#v must not show the token either.
-func (r RefreshResponse) GoString() string { return r.String() }
-
-// Format implements fmt.Formatter so that no verb can print the token.
-func (r RefreshResponse) Format(f fmt.State, verb rune) { formatRedacted(f, verb, r.String()) }
-
-// LogValue implements slog.LogValuer, leaving the token out.
-func (r RefreshResponse) LogValue() slog.Value {
-	return slog.GroupValue(
+// printable lists r's fields for printing, the token redacted.
+func (r RefreshResponse) printable() []slog.Attr {
+	return []slog.Attr{
 		slog.String("access_token", redact(r.AccessToken)),
 		slog.String("token_type", r.TokenType),
 		slog.Int("expires_in", r.ExpiresIn),
-	)
+	}
 }
+
+// String describes the response without its token.
+func (r RefreshResponse) String() string { return describe("apala.RefreshResponse", r.printable()) }
+
+// GoString is String, for code that asks for it by name; fmt's %#v goes
+// through Format.
+func (r RefreshResponse) GoString() string { return r.String() }
+
+// Format implements fmt.Formatter: every verb prints String.
+func (r RefreshResponse) Format(f fmt.State, verb rune) { formatRedacted(f, verb, r.String()) }
+
+// LogValue implements slog.LogValuer, leaving the token out.
+func (r RefreshResponse) LogValue() slog.Value { return slog.GroupValue(r.printable()...) }
+
+// MarshalJSON encodes the response with its token redacted.
+func (r RefreshResponse) MarshalJSON() ([]byte, error) { return marshalAttrs(r.printable()) }
+
+// Printing a value that holds a secret: its type lists its fields once,
+// secrets redacted, in a printable method, and String, Format, LogValue and
+// MarshalJSON all print that list. So no route through fmt, log/slog or
+// encoding/json shows a secret, a value nested in a slice or a map included
+// (slog's handlers print those with fmt or encoding/json).
 
 // redact stands for a secret in printed output: whether one is held, never what.
 func redact(s string) string {
 	if s == "" {
-		return `""`
+		return ""
 	}
 	return "[REDACTED]"
+}
+
+// describe prints attrs as name{key:value ...}.
+func describe(name string, attrs []slog.Attr) string {
+	var b strings.Builder
+	b.WriteString(name)
+	b.WriteByte('{')
+	for i, a := range attrs {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(a.Key)
+		b.WriteByte(':')
+		b.WriteString(a.Value.String())
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// marshalAttrs encodes attrs as a JSON object, in order.
+func marshalAttrs(attrs []slog.Attr) ([]byte, error) {
+	b := []byte{'{'}
+	for i, a := range attrs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		k, err := json.Marshal(a.Key)
+		if err != nil {
+			return nil, err
+		}
+		v, err := json.Marshal(a.Value.Any())
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(append(b, k...), ':'), v...)
+	}
+	return append(b, '}'), nil
 }
 
 // formatRedacted prints the redacted description s for any verb; %q quotes it.
 func formatRedacted(f fmt.State, verb rune, s string) {
 	if verb == 'q' {
-		s = fmt.Sprintf("%q", s)
+		s = strconv.Quote(s)
 	}
-	_, _ = f.Write([]byte(s))
+	_, _ = io.WriteString(f, s)
 }
 
 // tokenPair is one immutable generation of credentials. The client holds the
@@ -188,6 +245,14 @@ func (p *tokenPair) rejected() *tokenPair {
 		staleAt:     math.MinInt64,
 		invalidAt:   math.MinInt64,
 	}
+}
+
+// withoutRefresh returns a copy of p without its refresh token, after the
+// server refused it.
+func (p *tokenPair) withoutRefresh() *tokenPair {
+	np := *p
+	np.refresh = ""
+	return &np
 }
 
 // newPair builds a token pair from a server answer. sentMono and sentWall are
@@ -238,6 +303,26 @@ func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sentM
 	p.invalidAt = expires - leeway
 	p.expiresAt = sentWall.Add(life)
 	return p
+}
+
+// seconds reads expires_in: an integer, or a float such as 3600.0 (a
+// fraction is dropped), clamped to what an int holds on every platform. 0
+// when absent or unreadable, which means unknown.
+func seconds(n json.Number) int {
+	if n == "" {
+		return 0
+	}
+	f, err := strconv.ParseFloat(string(n), 64)
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return 0
+	}
+	switch {
+	case f >= math.MaxInt32:
+		return math.MaxInt32
+	case f <= math.MinInt32:
+		return math.MinInt32
+	}
+	return int(f)
 }
 
 // jwtExpiry reads the exp claim of a JWT without verifying it: the client only
@@ -309,6 +394,9 @@ type flight struct {
 //
 // Most callers never need it: every API call attaches the token itself.
 func (c *Client) AccessToken(ctx context.Context) (string, error) {
+	if ctx == nil {
+		return "", errNilContext
+	}
 	p, err := c.token(ctx)
 	if err != nil {
 		return "", err
@@ -387,8 +475,8 @@ func (c *Client) waitToken(ctx context.Context) (*tokenPair, error) {
 		}
 		f := c.flight.Load()
 		if f == nil {
-			if c.mono() < time.Duration(c.cooldownUntil.Load()) {
-				err := c.lastErr
+			if now, until := c.mono(), time.Duration(c.cooldownUntil.Load()); now < until {
+				err := &cachedError{err: c.lastErr, until: c.now().Add(until - now)}
 				c.mu.Unlock()
 				return nil, err
 			}
@@ -404,18 +492,44 @@ func (c *Client) waitToken(ctx context.Context) (*tokenPair, error) {
 		if f.err == nil {
 			return f.pair, nil
 		}
-		if f.kind == flightAuto {
+		// Every waiter shares the flight's error, with one exception: an
+		// explicit refresh the server refused says nothing about the
+		// automatic path, which may still fall back to the API key (fly
+		// dropped the refused refresh token, so it goes straight there).
+		if f.kind != flightRefresh || !refused(f.err) {
 			return nil, f.err
 		}
-		// An explicit refresh the server refused says nothing about the
-		// automatic path, which may still fall back to the API key.
 	}
 }
+
+// refused reports whether err is the server refusing a token request's
+// credentials (400, 401, 403), as opposed to a transient failure.
+func refused(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && (ae.StatusCode == 400 || ae.StatusCode == 401 || ae.StatusCode == 403)
+}
+
+// cachedError is the error of the last failed flight, served again during
+// the failure cooldown without a request. It matches what the original
+// matched (errors.Is, errors.As) and says that nothing was sent.
+type cachedError struct {
+	err   error
+	until time.Time // when the cooldown ends
+}
+
+func (e *cachedError) Error() string {
+	return e.err.Error() + " (cached: no new token request until " + e.until.UTC().Format(time.RFC3339) + ")"
+}
+
+func (e *cachedError) Unwrap() error { return e.err }
 
 // explicit runs a flight of the given kind for Authenticate or
 // RefreshAccessToken: it joins one of the same kind already in progress,
 // waits out one of another kind, and ignores the failure cooldown.
 func (c *Client) explicit(ctx context.Context, kind flightKind) (*flight, error) {
+	if ctx == nil {
+		return nil, errNilContext
+	}
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -457,20 +571,25 @@ func (c *Client) launch(kind flightKind) *flight {
 	return f
 }
 
-// fly runs flight f, then publishes its result.
+// fly runs flight f, then publishes its result. Every failed flight starts
+// the failure cooldown, explicit ones included, except an explicit refresh
+// the server refused: that only drops the refused refresh token, so that the
+// automatic path may still fall back to the API key.
 func (c *Client) fly(ctx context.Context, f *flight) {
 	defer c.wg.Done()
 	defer f.cancel()
 
+	old := c.pair.Load()
 	switch f.kind {
 	case flightAuth:
 		f.auth, f.pair, f.err = c.exchange(ctx)
 	case flightRefresh:
-		f.refresh, f.pair, f.err = c.refresh(ctx, c.pair.Load())
+		f.refresh, f.pair, f.err = c.refresh(ctx, old)
 	default:
 		f.pair, f.err = c.obtain(ctx)
 	}
 
+	var cooldown time.Duration
 	c.mu.Lock()
 	switch {
 	case c.closed:
@@ -480,17 +599,24 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 		c.cooldown = 0
 		c.cooldownUntil.Store(0)
 		c.lastErr = nil
-	case f.kind == flightAuto:
+	case f.kind == flightRefresh && refused(f.err):
+		c.pair.CompareAndSwap(old, old.withoutRefresh())
+	default:
 		if c.cooldown == 0 {
 			c.cooldown = minCooldown
 		} else if c.cooldown *= 2; c.cooldown > maxCooldown {
 			c.cooldown = maxCooldown
 		}
+		cooldown = c.cooldown
 		c.cooldownUntil.Store(int64(c.mono() + c.cooldown))
 		c.lastErr = f.err
 	}
 	c.flight.Store(nil)
 	c.mu.Unlock()
+	if f.err != nil && f.kind == flightAuto && !errors.Is(f.err, ErrClosed) {
+		c.logAttrs(ctx, slog.LevelWarn, "apala: token request failed",
+			slog.String("error", f.err.Error()), slog.Duration("cooldown", cooldown))
+	}
 	close(f.done)
 }
 
@@ -502,10 +628,11 @@ func (c *Client) obtain(ctx context.Context) (*tokenPair, error) {
 		if err == nil {
 			return np, nil
 		}
-		var ae *APIError
-		if !errors.As(err, &ae) || (ae.StatusCode != 400 && ae.StatusCode != 401 && ae.StatusCode != 403) {
+		if !refused(err) {
 			return nil, err
 		}
+		var ae *APIError
+		errors.As(err, &ae)
 		c.logAttrs(ctx, slog.LevelWarn, "apala: refresh refused; exchanging the API key",
 			slog.Int("status", ae.StatusCode))
 	}
@@ -515,11 +642,16 @@ func (c *Client) obtain(ctx context.Context) (*tokenPair, error) {
 
 // exchange trades the API key for a token pair (POST /api/auth/token).
 func (c *Client) exchange(ctx context.Context) (*AuthResponse, *tokenPair, error) {
-	var ar AuthResponse
-	sent, err := c.send(ctx, &request{method: "POST", path: pathToken, body: c.authBody}, &ar)
+	var w struct {
+		AuthResponse
+		ExpiresIn json.Number `json:"expires_in"` // an integral float (3600.0) too
+	}
+	sent, err := c.send(ctx, &request{method: "POST", path: pathToken, body: c.authBody}, &w)
 	if err != nil {
 		return nil, nil, err
 	}
+	ar := w.AuthResponse
+	ar.ExpiresIn = seconds(w.ExpiresIn)
 	if !validToken(ar.AccessToken) {
 		return nil, nil, fmt.Errorf("apala: POST %s: response has no valid access_token", pathToken)
 	}
@@ -550,12 +682,16 @@ func (c *Client) refresh(ctx context.Context, old *tokenPair) (*RefreshResponse,
 	}
 	var rr struct {
 		RefreshResponse
-		RefreshToken string `json:"refresh_token"`
+		ExpiresIn    json.Number `json:"expires_in"` // an integral float (3600.0) too
+		RefreshToken string      `json:"refresh_token"`
 	}
-	sent, err := c.send(ctx, &request{method: "POST", path: pathRefresh, body: body}, &rr)
+	rq := &request{method: "POST", path: pathRefresh, body: body}
+	rq.carried(old)
+	sent, err := c.send(ctx, rq, &rr)
 	if err != nil {
 		return nil, nil, err
 	}
+	rr.RefreshResponse.ExpiresIn = seconds(rr.ExpiresIn)
 	if !validToken(rr.AccessToken) {
 		return nil, nil, fmt.Errorf("apala: POST %s: response has no valid access_token", pathRefresh)
 	}
@@ -566,10 +702,10 @@ func (c *Client) refresh(ctx context.Context, old *tokenPair) (*RefreshResponse,
 		}
 		refresh = rr.RefreshToken
 	}
-	p := c.newPair(rr.AccessToken, refresh, rr.TokenType, rr.ExpiresIn, sent.mono, sent.wall)
+	p := c.newPair(rr.AccessToken, refresh, rr.TokenType, rr.RefreshResponse.ExpiresIn, sent.mono, sent.wall)
 	p.companyID, p.companyName = old.companyID, old.companyName
 	c.logAttrs(ctx, slog.LevelInfo, "apala: token refreshed",
-		slog.Duration("expires_in", time.Duration(rr.ExpiresIn)*time.Second))
+		slog.Duration("expires_in", time.Duration(rr.RefreshResponse.ExpiresIn)*time.Second))
 	resp := rr.RefreshResponse
 	return &resp, p, nil
 }

@@ -33,8 +33,9 @@
 //
 // Refreshing uses the refresh token (POST /api/auth/refresh); when the server
 // refuses it (400, 401 or 403) the client exchanges the API key again. After
-// a failed attempt no new one starts for a cooldown (1s doubling to 30s):
-// callers get the last error at once. When an API call is answered 401, the
+// a failed token request, automatic or explicit, no automatic one starts for
+// a cooldown (1s doubling to 30s): callers get the last error at once, marked
+// "(cached: no new token request until ...)". When an API call is answered 401, the
 // token is dropped unless another caller has already replaced it, a new one
 // is obtained, and the call is replayed once.
 //
@@ -52,16 +53,24 @@
 //     [*net/url.Error] underneath;
 //   - the caller's context ending unwraps to [context.Canceled] or
 //     [context.DeadlineExceeded];
-//   - input refused before sending is a [*ValidationError] naming the field.
+//   - input refused before sending is a [*ValidationError] naming the field;
+//   - a bulk feedback answer that stored fewer entries than were sent
+//     matches [ErrPartial], and comes with the server's full answer.
+//
+// Answers are read leniently: a channel, score or reward this version does
+// not know is kept as sent; only a missing required field is an error.
 //
 // Connection errors and 408, 429, 500, 502, 503 and 504 answers are retried
 // with jittered exponential backoff ([WithMaxRetries], [WithRetryBackoff]),
 // honouring Retry-After up to 60s, and never sleeping past the caller's
-// deadline. Each POST carries an Idempotency-Key that stays the same across
-// its retries. Redirects are never followed.
+// deadline. A certificate that fails verification is not retried. Each POST
+// carries an Idempotency-Key that stays the same across its retries.
+// Redirects are never followed.
 //
-// No error, log record or formatted value of this package ever holds the API
-// key, the access token or the refresh token.
+// No error, log record, formatted or JSON-encoded value of this package ever
+// holds the API key, the access token or the refresh token, nor any run of 8
+// bytes of one: server text is scrubbed of every secret the call carried, in
+// any encoding, before it is cut to length.
 //
 // # Concurrency
 //
@@ -76,6 +85,6 @@
 // Nothing is logged unless [WithLogger] is given an [*log/slog.Logger]. At
 // Debug, each HTTP attempt (method, path, status, duration, attempt number);
 // at Info, authentication (company, lifetime) and refreshes; at Warn, a
-// scheduled retry (reason, delay) and a refused refresh falling back to the
-// API key.
+// scheduled retry (reason, delay), a refused refresh falling back to the
+// API key, and a failed automatic token request (the error, the cooldown).
 package apala

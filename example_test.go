@@ -79,7 +79,7 @@ func ExampleNewClientFromEnv() {
 	// Output:
 	// company GUID: 550e8400-e29b-41d4-a716-446655440000
 	// company: Acme Lending
-	// apala.Client{BaseURL:$APALA_BASE_URL APIKey:[REDACTED]}
+	// apala.Client{base_url:$APALA_BASE_URL api_key:[REDACTED]}
 }
 
 // A manual refresh. The client refreshes by itself inside the refresh margin
@@ -163,16 +163,16 @@ func Example_errorHandling() {
 	fmt.Println("401 unauthorized:", errors.Is(err, apala.ErrUnauthorized))
 	fmt.Println("  ", err)
 
-	c, _ := apala.NewClient(apala.DemoAPIKey, apala.WithBaseURL(srv.URL), fast)
-	defer c.Close()
-
 	// 403: the key lacks a permission. Not retried.
 	srv.Fail("/api/auth/token", http.StatusForbidden, `{"error":"key lacks permissions"}`)
-	_, err = c.Authenticate(ctx)
+	_, err = bad.Authenticate(ctx)
 	var apiErr *apala.APIError
 	if errors.As(err, &apiErr) {
 		fmt.Println("403 forbidden:", errors.Is(err, apala.ErrForbidden), apiErr.StatusCode, apiErr.Message)
 	}
+
+	c, _ := apala.NewClient(apala.DemoAPIKey, apala.WithBaseURL(srv.URL), fast)
+	defer c.Close()
 
 	// 5xx: retried (twice by default), then reported.
 	for i := 0; i < 3; i++ {
