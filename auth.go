@@ -659,10 +659,14 @@ func (c *Client) exchange(ctx context.Context) (*AuthResponse, *tokenPair, error
 		return nil, nil, fmt.Errorf("apala: POST %s: response has a malformed refresh_token", pathToken)
 	}
 	p := c.newPair(ar.AccessToken, ar.RefreshToken, ar.TokenType, ar.ExpiresIn, sent.mono, sent.wall)
-	p.companyID, p.companyName = ar.CompanyID, ar.CompanyName
+	// The company is the server's text, printed with the Token and logged:
+	// scrubbed like any, of the new tokens too.
+	fresh := &request{}
+	fresh.carried(p)
+	p.companyID, p.companyName = c.scrub(fresh, ar.CompanyID), c.scrub(fresh, ar.CompanyName)
 	c.logAttrs(ctx, slog.LevelInfo, "apala: authenticated",
-		slog.String("company_id", ar.CompanyID),
-		slog.String("company_name", ar.CompanyName),
+		slog.String("company_id", p.companyID),
+		slog.String("company_name", p.companyName),
 		slog.Duration("expires_in", time.Duration(ar.ExpiresIn)*time.Second))
 	return &ar, p, nil
 }

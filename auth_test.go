@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -199,5 +200,28 @@ func TestNestedValuesRedacted(t *testing.T) {
 	b, _ := json.Marshal(tok)
 	if want := `{"access_token":"[REDACTED]","token_type":"Bearer","expires_at":"2025-01-15T11:00:00Z","company_id":"","company_name":"Acme"}`; string(b) != want {
 		t.Errorf("json.Marshal(Token) = %s; want %s", b, want)
+	}
+}
+
+// TestCompanyTextScrubbed: a server that puts a secret into the company name
+// cannot have it printed with the Token or logged.
+func TestCompanyTextScrubbed(t *testing.T) {
+	var logs logBuffer
+	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != pathToken {
+			return false
+		}
+		writeJSON(w, 200, map[string]any{"access_token": "acc-SECRET-0123456789", "refresh_token": "ref-SECRET-0123456789",
+			"expires_in": 3600, "company_id": "ref-SECRET-0123456789", "company_name": "Acme " + DemoAPIKey})
+		return true
+	})
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	noSecret(t, "Token", fmt.Sprint(c.Token()))
+	noSecret(t, "log output", logs.String())
+	if got := c.Token().CompanyName; got != "Acme [REDACTED]" {
+		t.Errorf("CompanyName = %q; want %q", got, "Acme [REDACTED]")
 	}
 }
