@@ -1,3 +1,9 @@
+// This file holds, in this order, the Client and its options, the HTTP
+// round trip (attempts, retries, the one 401 replay, errors and the scrubbing
+// of server text), and the message and feedback calls with their checks and
+// wire types. The token lifecycle is in auth.go; the fake server for tests in
+// fake.go.
+
 package apala
 
 import (
@@ -21,19 +27,26 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
 
 // Defaults and the environment variables read by NewClientFromEnv.
 const (
-	DefaultBaseURL       = "http://localhost:4000" // the Apala server's address when none is given
-	DefaultRefreshMargin = 60 * time.Second        // how long before expiry a token is refreshed
+	// DefaultBaseURL is the server's address when none is given: a server
+	// on this machine, as in development.
+	DefaultBaseURL = "http://localhost:4000"
+	// DefaultRefreshMargin is how long before expiry a token is refreshed.
+	DefaultRefreshMargin = 60 * time.Second
 
-	EnvAPIKey      = "APALA_API_KEY"      // the API key (required by NewClientFromEnv)
-	EnvBaseURL     = "APALA_BASE_URL"     // the base URL (optional)
-	EnvCompanyGUID = "APALA_COMPANY_GUID" // the company GUID sent as "company" (optional)
+	// EnvAPIKey names the variable holding the API key, required by
+	// NewClientFromEnv.
+	EnvAPIKey = "APALA_API_KEY"
+	// EnvBaseURL names the variable holding the base URL (optional).
+	EnvBaseURL = "APALA_BASE_URL"
+	// EnvCompanyGUID names the variable holding the company GUID sent as
+	// "company" (optional).
+	EnvCompanyGUID = "APALA_COMPANY_GUID"
 )
 
 const (
@@ -48,6 +61,16 @@ const (
 	maxDrain      = 1 << 20  // bytes drained past that so the connection is reused
 
 	userAgent = "apala-go/1"
+)
+
+// The API's endpoints, every one a POST (API.md).
+const (
+	pathToken        = "/api/auth/token"
+	pathRefresh      = "/api/auth/refresh"
+	pathProcess      = "/api/message_processing"
+	pathOptimize     = "/api/message_optimizer"
+	pathFeedback     = "/api/feedback"
+	pathFeedbackBulk = "/api/feedback/bulk"
 )
 
 // Clocks, replaced by tests so that expiry tests never sleep. A client reads
@@ -90,11 +113,20 @@ var errNilContext = errors.New("apala: nil context")
 // its kind with errors.Is and ErrUnauthorized, ErrForbidden, ErrRateLimited
 // or ErrServer, or read it with errors.As.
 type APIError struct {
+	// StatusCode is the answer's HTTP status.
 	StatusCode int
-	Method     string
-	Path       string
-	Message    string        // the server's error text, when it sent one
-	RetryAfter time.Duration // from Retry-After, when present
+	// Method is the request's method, as in "POST".
+	Method string
+	// Path is the request's path under the base URL, as in "/api/feedback".
+	Path string
+	// Message is the server's error text, from a JSON body's "error",
+	// "message" or "detail" (Phoenix's {"errors": {"detail": ...}}
+	// included), scrubbed of every secret and cut to 512 bytes; empty when
+	// the body was not JSON.
+	Message string
+	// RetryAfter is the wait the server asked for in Retry-After (seconds
+	// or an HTTP date), capped at 60s; 0 when absent.
+	RetryAfter time.Duration
 
 	contentType string // named in Error when the body was not JSON
 }
@@ -139,6 +171,14 @@ type ValidationError struct{ Field, Reason string }
 // Error names the field and the reason.
 func (e *ValidationError) Error() string {
 	return "apala: invalid " + e.Field + ": " + e.Reason
+}
+
+// within names e's field under the value holding it, as in
+// "Messages[2].Channel": every check returns a field relative to the value
+// it checks, and its caller places it.
+func (e *ValidationError) within(name string) *ValidationError {
+	e.Field = name + "." + e.Field
+	return e
 }
 
 // Option configures a Client. Options are made only by the With* functions
@@ -228,41 +268,18 @@ func WithInsecureHTTP() Option {
 // and share it. Close it when done to stop its background work and release
 // its idle connections.
 type Client struct {
+	cfg      config // the options, checked; fixed after NewClient
 	apiKey   string
 	authBody []byte // {"api_key": ...}, marshalled once
-	base     *url.URL
 	baseStr  string // base URL without a trailing slash
 	origin   string // scheme://host:port of the base URL
-	company  string
 	hc       *http.Client
 	ownRT    *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
-	log      *slog.Logger
-	margin   time.Duration
-	retries  int
-	minBack  time.Duration
-	maxBack  time.Duration
-	timeout  time.Duration
 	since    func(time.Time) time.Duration
 	now      func() time.Time
 	baseTime time.Time // the zero of the monotonic clock
 
-	// pair is the current token pair; read without a lock.
-	pair atomic.Pointer[tokenPair]
-	// flight is the token request in progress, nil when none; written
-	// under mu, read without it.
-	flight atomic.Pointer[flight]
-	// cooldownUntil is the monotonic time before which no automatic flight
-	// starts after a failure; written under mu, read without it.
-	cooldownUntil atomic.Int64
-
-	// mu guards closed, cooldown and lastErr, and serialises the start
-	// and the end of flights.
-	mu       sync.Mutex
-	closed   bool
-	cooldown time.Duration // the current failure cooldown; 0 after a success
-	lastErr  error         // the error of the last failed automatic flight
-
-	wg sync.WaitGroup // the flights' goroutines
+	tokenState // the token lifecycle (auth.go)
 }
 
 // NewClient returns a client that authenticates with apiKey. It sends
@@ -311,18 +328,11 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 	}
 
 	c := &Client{
+		cfg:      cfg,
 		apiKey:   apiKey,
 		authBody: authBody,
-		base:     base,
 		baseStr:  strings.TrimSuffix(base.String(), "/"),
 		origin:   origin(base),
-		company:  cfg.company,
-		log:      cfg.logger,
-		margin:   cfg.margin,
-		retries:  cfg.maxRetries,
-		minBack:  cfg.minBackoff,
-		maxBack:  cfg.maxBackoff,
-		timeout:  cfg.timeout,
 		since:    timeSince,
 		now:      timeNow,
 	}
@@ -418,7 +428,7 @@ func origin(u *url.URL) string {
 
 // CompanyGUID returns the company GUID the client sends when a request names
 // none: from WithCompanyGUID or APALA_COMPANY_GUID, or "" when unset.
-func (c *Client) CompanyGUID() string { return c.company }
+func (c *Client) CompanyGUID() string { return c.cfg.company }
 
 // printable lists what the client shows of itself: its base URL, never
 // its secrets.
@@ -450,14 +460,7 @@ func (c *Client) MarshalJSON() ([]byte, error) { return marshalAttrs(c.printable
 // and makes later calls fail with ErrClosed. It is idempotent and always
 // returns nil.
 func (c *Client) Close() error {
-	c.mu.Lock()
-	c.closed = true
-	c.pair.Store(closedPair)
-	if f := c.flight.Load(); f != nil {
-		f.cancel()
-	}
-	c.mu.Unlock()
-	c.wg.Wait()
+	c.closeFlights()
 	if c.ownRT != nil {
 		c.ownRT.CloseIdleConnections()
 	}
@@ -468,32 +471,29 @@ func (c *Client) Close() error {
 type request struct {
 	method  string
 	path    string
-	body    []byte // marshalled once, replayed from bytes
-	auth    bool   // attach the access token, replay once on 401
-	idemKey string // Idempotency-Key, the same for every attempt
-
-	// pairs are the token pairs whose secrets the request carried (the
-	// access tokens its attempts were sent with, the refresh token of a
-	// refresh), so that they are scrubbed from the server's answer even
-	// after the client replaced them. pairBuf spares an allocation.
-	pairs   []*tokenPair
-	pairBuf [2]*tokenPair
+	body    []byte     // marshalled once, replayed from bytes
+	auth    bool       // attach the access token, replay once on 401
+	idemKey string     // Idempotency-Key, the same for every attempt
+	carries *tokenPair // the pair whose refresh token the body carries (a refresh)
 }
 
-// carried records that rq carries the secrets of p.
-func (rq *request) carried(p *tokenPair) {
-	if p == nil {
-		return
+// apiCall is a request to an API endpoint: a POST with the access token.
+func apiCall(path string) *request {
+	return &request{method: http.MethodPost, path: path, auth: true}
+}
+
+// errorf returns an error about rq, prefixed "apala: METHOD PATH: "; with
+// kind non-nil the prefix is kind's text, and the error matches kind.
+func (rq *request) errorf(kind error, format string, args ...any) error {
+	if kind == nil {
+		return fmt.Errorf("apala: %s %s: "+format, append([]any{rq.method, rq.path}, args...)...)
 	}
-	for _, q := range rq.pairs {
-		if q == p {
-			return
-		}
-	}
-	if rq.pairs == nil {
-		rq.pairs = rq.pairBuf[:0]
-	}
-	rq.pairs = append(rq.pairs, p)
+	return fmt.Errorf("%w: %s %s: "+format, append([]any{kind, rq.method, rq.path}, args...)...)
+}
+
+// missing is the error for an answer without a required field.
+func (rq *request) missing(field string) error {
+	return rq.errorf(nil, "response is missing %s", field)
 }
 
 // sendTime is when the attempt that succeeded was sent, on both clocks.
@@ -529,15 +529,21 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	if !validPath(path) {
 		return &ValidationError{Field: "path", Reason: "want an absolute path under the base URL, such as /api/feedback, without dot segments"}
 	}
-	rq := &request{method: method, path: path, auth: true}
+	return c.call(ctx, &request{method: method, path: path, auth: true}, in, out)
+}
+
+// call sends rq with in as its JSON body, marshalled once, and an
+// Idempotency-Key when it is a POST to an API endpoint, and decodes the
+// answer into out.
+func (c *Client) call(ctx context.Context, rq *request, in, out any) error {
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("apala: %s %s: encoding request: %w", method, path, err)
+			return rq.errorf(nil, "encoding request: %w", err)
 		}
 		rq.body = b
 	}
-	if method == http.MethodPost && !strings.HasPrefix(path, "/api/auth/") {
+	if rq.method == http.MethodPost && !strings.HasPrefix(rq.path, "/api/auth/") {
 		k, err := newID()
 		if err != nil {
 			return err
@@ -563,10 +569,12 @@ func validPath(p string) bool {
 	// base URL's prefix.
 	path, _, _ := strings.Cut(p, "?")
 	dec, err := url.PathUnescape(path)
-	if err != nil {
+	if err != nil || strings.Contains(dec, "\\") {
 		return false
 	}
-	for _, seg := range strings.FieldsFunc(dec, func(r rune) bool { return r == '/' || r == '\\' }) {
+	for rest := dec; rest != ""; {
+		var seg string
+		seg, rest, _ = strings.Cut(rest, "/")
 		if seg == "." || seg == ".." {
 			return false
 		}
@@ -592,42 +600,46 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 	if ctx == nil {
 		return sendTime{}, errNilContext
 	}
-	var (
-		pair     *tokenPair
-		replayed bool
-		retries  int
-	)
-	for attempt := 1; ; attempt++ {
+	b := bearer{c: c}
+	retries := 0
+	// carried are the pairs whose secrets the call carried: the access
+	// tokens its attempts were sent with, the refresh token of a refresh.
+	// They are scrubbed from the server's answers even after the client
+	// replaced them. buf keeps them off the heap.
+	var buf [2]*tokenPair
+	carried := append(buf[:0], rq.carries)
+	for n := 1; ; n++ {
+		var pair *tokenPair
 		if rq.auth {
-			p, err := c.token(ctx)
+			p, err := b.token(ctx)
 			if err != nil {
 				return sendTime{}, err
 			}
 			pair = p
-			rq.carried(p)
+			if carried[len(carried)-1] != p {
+				carried = append(carried, p)
+			}
 		} else if c.isClosed() {
 			return sendTime{}, ErrClosed
 		}
 		sent := sendTime{mono: c.mono(), wall: c.now()}
-		status, hdr, buf, err := c.attempt(ctx, rq, pair, attempt)
-		if err == nil && status >= 200 && status < 300 {
-			err = c.decode(rq, status, hdr, buf, out)
-			putBuf(buf)
+		resp, err := c.attempt(ctx, rq, pair, n)
+		if err == nil && resp.ok() {
+			err = c.decode(rq, resp, out, carried)
+			resp.release()
 			return sent, err
 		}
 		if err == nil {
-			err = c.apiError(rq, status, hdr, buf)
-			putBuf(buf)
+			err = c.apiError(rq, resp, carried)
+			resp.release()
 		}
 		if ctx.Err() != nil {
-			return sendTime{}, fmt.Errorf("apala: %s %s: %w", rq.method, rq.path, ctx.Err())
+			return sendTime{}, rq.errorf(nil, "%w", ctx.Err())
 		}
-		if status == http.StatusUnauthorized && rq.auth && !replayed {
-			replayed = true
-			c.reject(pair)
+		if rq.auth && b.refused(resp.status, true) {
 			continue
 		}
-		if !retryable(status, err) || retries >= c.retries {
+		if !retryable(resp.status, err) || retries >= c.cfg.maxRetries {
 			return sendTime{}, err
 		}
 		retries++
@@ -641,27 +653,70 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 		}
 		c.logAttrs(ctx, slog.LevelWarn, "apala: retrying",
 			slog.String("method", rq.method), slog.String("path", rq.path),
-			slog.String("reason", retryReason(status)), slog.Duration("delay", delay),
-			slog.Int("attempt", attempt+1))
+			slog.String("reason", retryReason(resp.status)), slog.Duration("delay", delay),
+			slog.Int("attempt", n+1))
 		if err := sleep(ctx, delay); err != nil {
-			return sendTime{}, fmt.Errorf("apala: %s %s: %w", rq.method, rq.path, err)
+			return sendTime{}, rq.errorf(nil, "%w", err)
 		}
 	}
 }
 
-func (c *Client) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
+// bearer attaches the access token to the attempts of one request and holds
+// the one rule for a 401: the first time the server refuses the token, it
+// is dropped (compare-and-swap: a token refreshed meanwhile is kept), and
+// the request may go once more with a new one; never a second time. send
+// and HTTPClient's transport both go through it.
+type bearer struct {
+	c        *Client
+	pair     *tokenPair // the token of the last attempt
+	replayed bool
 }
 
-// attempt sends one HTTP request and reads its answer into a pooled buffer:
-// a success body up to maxBody, an error body up to maxErrorBody, drained
-// past that. A status of 0 comes with a non-nil error.
-func (c *Client) attempt(ctx context.Context, rq *request, pair *tokenPair, n int) (int, http.Header, *bytes.Buffer, error) {
-	if c.timeout > 0 {
+// token returns a usable token for the next attempt, waiting for one when
+// none is held.
+func (b *bearer) token(ctx context.Context) (*tokenPair, error) {
+	p, err := b.c.usablePair(ctx)
+	if err == nil {
+		b.pair = p
+	}
+	return p, err
+}
+
+// refused applies the 401 rule to an answer with status, and reports
+// whether to send the request once more; only a request that can be
+// replayed is.
+func (b *bearer) refused(status int, replayable bool) bool {
+	if status != http.StatusUnauthorized || b.replayed {
+		return false
+	}
+	b.replayed = true
+	b.c.reject(b.pair)
+	return replayable
+}
+
+// response is one answer of the server, read. Its body is pooled: release
+// it when done.
+type response struct {
+	status int // 0 when no answer came
+	header http.Header
+	body   *bytes.Buffer
+}
+
+func (r *response) ok() bool { return r.status >= 200 && r.status < 300 }
+
+func (r *response) release() {
+	if b := r.body; b != nil && b.Cap() <= 1<<20 {
+		bufPool.Put(b)
+	}
+	r.body = nil
+}
+
+// attempt sends one HTTP request and reads its answer: a success body up to
+// maxBody, an error body up to maxErrorBody, drained past that.
+func (c *Client) attempt(ctx context.Context, rq *request, pair *tokenPair, n int) (response, error) {
+	if c.cfg.timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.timeout)
 		defer cancel()
 	}
 	var body io.Reader
@@ -670,7 +725,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, pair *tokenPair, n in
 	}
 	req, err := http.NewRequestWithContext(ctx, rq.method, c.baseStr+rq.path, body)
 	if err != nil {
-		return 0, nil, nil, fmt.Errorf("apala: %s %s: %w", rq.method, rq.path, err)
+		return response{}, rq.errorf(nil, "%w", err)
 	}
 	h := req.Header
 	h["Accept"] = hdrJSON
@@ -689,61 +744,79 @@ func (c *Client) attempt(ctx context.Context, rq *request, pair *tokenPair, n in
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		c.logAttempt(ctx, rq, 0, start, n)
-		return 0, nil, nil, fmt.Errorf("%w: %s %s: %w", ErrConnection, rq.method, rq.path, err)
+		return response{}, rq.errorf(ErrConnection, "%w", err)
 	}
 	defer resp.Body.Close()
-	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
+	r := response{status: resp.StatusCode, header: resp.Header}
 	limit := int64(maxErrorBody)
-	if ok {
+	if r.ok() {
 		limit = maxBody
 		if resp.ContentLength > maxBody {
-			c.logAttempt(ctx, rq, resp.StatusCode, start, n)
-			return 0, nil, nil, fmt.Errorf("apala: %s %s: response body of %d bytes exceeds the %d-byte limit", rq.method, rq.path, resp.ContentLength, maxBody)
+			c.logAttempt(ctx, rq, r.status, start, n)
+			return response{}, rq.errorf(nil, "response body of %d bytes exceeds the %d-byte limit", resp.ContentLength, maxBody)
 		}
 	}
-	buf := bufPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	_, err = buf.ReadFrom(io.LimitReader(resp.Body, limit+1))
-	c.logAttempt(ctx, rq, resp.StatusCode, start, n)
+	r.body = bufPool.Get().(*bytes.Buffer)
+	r.body.Reset()
+	_, err = r.body.ReadFrom(io.LimitReader(resp.Body, limit+1))
+	c.logAttempt(ctx, rq, r.status, start, n)
 	if err != nil {
-		putBuf(buf)
+		r.release()
 		// As net/http does for the request, so that every connection
 		// failure unwraps to a *url.Error.
 		op := rq.method[:1] + strings.ToLower(rq.method[1:])
 		err = &url.Error{Op: op, URL: c.baseStr + rq.path, Err: err}
-		return 0, nil, nil, fmt.Errorf("%w: %s %s: reading response: %w", ErrConnection, rq.method, rq.path, err)
+		return response{}, rq.errorf(ErrConnection, "reading response: %w", err)
 	}
-	if int64(buf.Len()) > limit {
-		if ok {
-			putBuf(buf)
-			return 0, nil, nil, fmt.Errorf("apala: %s %s: response body exceeds the %d-byte limit", rq.method, rq.path, maxBody)
+	if int64(r.body.Len()) > limit {
+		if r.ok() {
+			r.release()
+			return response{}, rq.errorf(nil, "response body exceeds the %d-byte limit", maxBody)
 		}
-		buf.Truncate(int(limit))
+		r.body.Truncate(int(limit))
 		_, _ = io.CopyN(io.Discard, resp.Body, maxDrain)
 	}
-	return resp.StatusCode, resp.Header, buf, nil
-}
-
-func putBuf(b *bytes.Buffer) {
-	if b != nil && b.Cap() <= 1<<20 {
-		bufPool.Put(b)
-	}
+	return r, nil
 }
 
 // decode reads a success body into out. An empty or malformed body is an
-// error when out wants one; the error names the content type, never the body.
-func (c *Client) decode(rq *request, status int, hdr http.Header, buf *bytes.Buffer, out any) error {
-	if out == nil || status == http.StatusNoContent {
+// error when out wants one; the error names the content type, never the
+// body. A 204 leaves out untouched.
+func (c *Client) decode(rq *request, r response, out any, carried []*tokenPair) error {
+	if out == nil || r.status == http.StatusNoContent {
 		return nil
 	}
-	data := bytes.TrimSpace(buf.Bytes())
+	data := bytes.TrimSpace(r.body.Bytes())
 	if len(data) == 0 {
-		return fmt.Errorf("apala: %s %s: %d response has an empty body", rq.method, rq.path, status)
+		return rq.errorf(nil, "%d response has an empty body", r.status)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("apala: %s %s: malformed JSON response (%s): %w", rq.method, rq.path, c.mediaType(rq, hdr), err)
+		return rq.errorf(nil, "malformed JSON response (%s): %w", c.mediaType(r.header, carried), err)
 	}
 	return nil
+}
+
+// apiError builds the *APIError for a non-2xx answer. The message comes only
+// from a JSON body, with every secret of the client and of carried scrubbed
+// out.
+func (c *Client) apiError(rq *request, r response, carried []*tokenPair) *APIError {
+	e := &APIError{StatusCode: r.status, Method: rq.method, Path: rq.path, RetryAfter: parseRetryAfter(r.header.Get("Retry-After"), c.now())}
+	if r.body == nil || r.body.Len() == 0 {
+		return e
+	}
+	if v := errorValue(r.body.Bytes()); v != nil {
+		e.Message = c.serverText(v, maxMessage, carried)
+	}
+	if e.Message == "" {
+		e.contentType = c.mediaType(r.header, carried)
+	}
+	return e
+}
+
+// mediaType names the media type of an answer for an error, scrubbed: the
+// header is the server's text too.
+func (c *Client) mediaType(hdr http.Header, carried []*tokenPair) string {
+	return c.serverText(contentType(c.scrub(hdr.Get("Content-Type"), carried)), 100, carried)
 }
 
 // contentType names the media type of a Content-Type header value.
@@ -755,28 +828,6 @@ func contentType(ct string) string {
 		return "no content type"
 	}
 	return "invalid content type"
-}
-
-// apiError builds the *APIError for a non-2xx answer. The message comes only
-// from a JSON body, with every secret of the client and of rq scrubbed out.
-func (c *Client) apiError(rq *request, status int, hdr http.Header, buf *bytes.Buffer) *APIError {
-	e := &APIError{StatusCode: status, Method: rq.method, Path: rq.path, RetryAfter: parseRetryAfter(hdr.Get("Retry-After"), c.now())}
-	if buf == nil || buf.Len() == 0 {
-		return e
-	}
-	if v := errorValue(buf.Bytes()); v != nil {
-		e.Message = c.serverText(rq, v, maxMessage)
-	}
-	if e.Message == "" {
-		e.contentType = c.mediaType(rq, hdr)
-	}
-	return e
-}
-
-// mediaType names the media type of an answer for an error, scrubbed: the
-// header is the server's text too.
-func (c *Client) mediaType(rq *request, hdr http.Header) string {
-	return c.serverText(rq, contentType(c.scrub(rq, hdr.Get("Content-Type"))), 100)
 }
 
 // maxMessage bounds the server's text kept in an error, in bytes.
@@ -819,7 +870,7 @@ func present(v any) bool {
 // at most max bytes: secrets scrubbed first (in every string of a nested
 // value, then in the whole), control characters blanked, and the cut made
 // last, on a character boundary.
-func (c *Client) serverText(rq *request, v any, max int) string {
+func (c *Client) serverText(v any, max int, carried []*tokenPair) string {
 	var s string
 	switch v := v.(type) {
 	case string:
@@ -828,7 +879,7 @@ func (c *Client) serverText(rq *request, v any, max int) string {
 		var b bytes.Buffer
 		enc := json.NewEncoder(&b)
 		enc.SetEscapeHTML(false)
-		if enc.Encode(c.scrubValue(rq, v)) != nil {
+		if enc.Encode(c.scrubValue(v, carried)) != nil {
 			return ""
 		}
 		s = b.String()
@@ -838,26 +889,26 @@ func (c *Client) serverText(rq *request, v any, max int) string {
 			return ' '
 		}
 		return r
-	}, c.scrub(rq, s))
+	}, c.scrub(s, carried))
 	return truncate(strings.TrimSpace(s), max)
 }
 
 // scrubValue returns v, a decoded JSON value, with every string in it (map
 // keys included) scrubbed.
-func (c *Client) scrubValue(rq *request, v any) any {
+func (c *Client) scrubValue(v any, carried []*tokenPair) any {
 	switch v := v.(type) {
 	case string:
-		return c.scrub(rq, v)
+		return c.scrub(v, carried)
 	case []any:
 		out := make([]any, len(v))
 		for i, x := range v {
-			out[i] = c.scrubValue(rq, x)
+			out[i] = c.scrubValue(x, carried)
 		}
 		return out
 	case map[string]any:
 		out := make(map[string]any, len(v))
 		for k, x := range v {
-			out[c.scrub(rq, k)] = c.scrubValue(rq, x)
+			out[c.scrub(k, carried)] = c.scrubValue(x, carried)
 		}
 		return out
 	}
@@ -878,12 +929,12 @@ func truncate(s string, max int) string {
 }
 
 // scrub removes from s, text that came from the server, every secret the
-// client holds or rq carried: the API key, the current token pair and the
-// pairs rq was sent with. Each secret is looked for raw, JSON-escaped (with
+// client holds or a call carried: the API key, the current token pair and
+// the pairs in carried. Each secret is looked for raw, JSON-escaped (with
 // and without HTML escaping) and URL-escaped, and not only whole: any run
 // of 8 or more bytes of one is redacted, so that a server that cuts or
 // splits a secret cannot leak a part of it either.
-func (c *Client) scrub(rq *request, s string) string {
+func (c *Client) scrub(s string, carried []*tokenPair) string {
 	if s == "" {
 		return s
 	}
@@ -891,8 +942,8 @@ func (c *Client) scrub(rq *request, s string) string {
 	if p := c.pair.Load(); p != nil {
 		secrets = append(secrets, p.access, p.refresh)
 	}
-	if rq != nil {
-		for _, p := range rq.pairs {
+	for _, p := range carried {
+		if p != nil {
 			secrets = append(secrets, p.access, p.refresh)
 		}
 	}
@@ -1029,17 +1080,17 @@ func retryReason(status int) string {
 // backoff is the wait before retry n (1-based): min·2^(n-1), plus up to half
 // of that again as jitter, within [min, max].
 func (c *Client) backoff(n int) time.Duration {
-	d := c.maxBack
+	d := c.cfg.maxBackoff
 	if n-1 < 32 {
-		if b := c.minBack << (n - 1); b > 0 && b < c.maxBack {
+		if b := c.cfg.minBackoff << (n - 1); b > 0 && b < c.cfg.maxBackoff {
 			d = b
 		}
 	}
 	if half := int64(d / 2); half > 0 {
 		d += time.Duration(mrand.Int63n(half))
 	}
-	if d > c.maxBack {
-		d = c.maxBack
+	if d > c.cfg.maxBackoff {
+		d = c.cfg.maxBackoff
 	}
 	return d
 }
@@ -1062,16 +1113,16 @@ func sleep(ctx context.Context, d time.Duration) error {
 // logAttrs logs when a logger is set and enabled at level. Its callers are
 // off the hot path; logAttempt, which is on it, checks before building.
 func (c *Client) logAttrs(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
-	if c.log != nil && c.log.Enabled(ctx, level) {
-		c.log.LogAttrs(ctx, level, msg, attrs...)
+	if c.cfg.logger != nil && c.cfg.logger.Enabled(ctx, level) {
+		c.cfg.logger.LogAttrs(ctx, level, msg, attrs...)
 	}
 }
 
 func (c *Client) logAttempt(ctx context.Context, rq *request, status int, start time.Time, n int) {
-	if c.log == nil || !c.log.Enabled(ctx, slog.LevelDebug) {
+	if c.cfg.logger == nil || !c.cfg.logger.Enabled(ctx, slog.LevelDebug) {
 		return
 	}
-	c.log.LogAttrs(ctx, slog.LevelDebug, "apala: http attempt",
+	c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "apala: http attempt",
 		slog.String("method", rq.method), slog.String("path", rq.path),
 		slog.Int("status", status), slog.Duration("duration", time.Since(start)),
 		slog.Int("attempt", n))
@@ -1107,46 +1158,42 @@ func (t *bearerTransport) base() http.RoundTripper {
 // RoundTrip implements http.RoundTripper. It never modifies req.
 func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.c.isClosed() {
-		if req.Body != nil {
-			req.Body.Close()
-		}
+		closeBody(req.Body)
 		return nil, ErrClosed
 	}
 	if req.URL == nil || origin(req.URL) != t.c.origin {
 		return t.base().RoundTrip(req)
 	}
-	p, err := t.c.token(req.Context())
-	if err != nil {
-		if req.Body != nil {
-			req.Body.Close()
+	b := bearer{c: t.c}
+	body := req.Body
+	for {
+		p, err := b.token(req.Context())
+		if err != nil {
+			closeBody(body)
+			return nil, err
 		}
-		return nil, err
-	}
-	resp, err := t.base().RoundTrip(withBearer(req, p, req.Body))
-	if err != nil || resp.StatusCode != http.StatusUnauthorized {
-		return resp, err
-	}
-	// The server refused p: whatever follows, the next request gets a new
-	// token (compare-and-swap: one refreshed meanwhile is kept).
-	t.c.reject(p)
-	var body io.ReadCloser
-	if req.Body != nil && req.Body != http.NoBody {
-		if req.GetBody == nil {
-			return resp, nil // cannot replay: the 401 is the answer
+		resp, err := t.base().RoundTrip(withBearer(req, p, body))
+		if err != nil {
+			return resp, err
 		}
-		if body, err = req.GetBody(); err != nil {
+		hasBody := req.Body != nil && req.Body != http.NoBody
+		if !b.refused(resp.StatusCode, !hasBody || req.GetBody != nil) {
 			return resp, nil
 		}
-	}
-	_, _ = io.CopyN(io.Discard, resp.Body, maxErrorBody)
-	resp.Body.Close()
-	if p, err = t.c.token(req.Context()); err != nil {
-		if body != nil {
-			body.Close()
+		if body = nil; hasBody {
+			if body, err = req.GetBody(); err != nil {
+				return resp, nil
+			}
 		}
-		return nil, err
+		_, _ = io.CopyN(io.Discard, resp.Body, maxErrorBody)
+		resp.Body.Close()
 	}
-	return t.base().RoundTrip(withBearer(req, p, body))
+}
+
+func closeBody(b io.ReadCloser) {
+	if b != nil {
+		b.Close()
+	}
 }
 
 func withBearer(req *http.Request, p *tokenPair, body io.ReadCloser) *http.Request {
@@ -1156,37 +1203,16 @@ func withBearer(req *http.Request, p *tokenPair, body io.ReadCloser) *http.Reque
 	return r
 }
 
-// isUUID reports whether s is a UUID in its canonical 8-4-4-4-12 hex form.
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		switch i {
-		case 8, 13, 18, 23:
-			if s[i] != '-' {
-				return false
-			}
-		default:
-			if !isHex(s[i]) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func isHex(b byte) bool {
-	return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F'
-}
-
 // Channel is the channel a message travels on.
 type Channel string
 
 // Channels.
 const (
-	ChannelSMS   Channel = "SMS"
+	// ChannelSMS is a text message.
+	ChannelSMS Channel = "SMS"
+	// ChannelEmail is an email.
 	ChannelEmail Channel = "EMAIL"
+	// ChannelOther is any other channel.
 	ChannelOther Channel = "OTHER"
 )
 
@@ -1195,8 +1221,11 @@ type Score string
 
 // Scores.
 const (
-	ScoreGood    Score = "good"
-	ScoreBad     Score = "bad"
+	// ScoreGood marks a message that worked.
+	ScoreGood Score = "good"
+	// ScoreBad marks a message that did not.
+	ScoreBad Score = "bad"
+	// ScoreNeutral marks a message that made no difference.
 	ScoreNeutral Score = "neutral"
 )
 
@@ -1205,10 +1234,14 @@ type PositiveReward string
 
 // Positive rewards.
 const (
-	RewardUpdatingAccountNumber    PositiveReward = "updating_account_number"
+	// RewardUpdatingAccountNumber is the customer updating their account number.
+	RewardUpdatingAccountNumber PositiveReward = "updating_account_number"
+	// RewardSendingPDFBankStatements is the customer sending bank statements as PDF.
 	RewardSendingPDFBankStatements PositiveReward = "sending_pdf_bank_statements"
-	RewardLinkingChirp             PositiveReward = "linking_chirp"
-	RewardSigningLoanAgreement     PositiveReward = "signing_loan_agreement"
+	// RewardLinkingChirp is the customer linking Chirp.
+	RewardLinkingChirp PositiveReward = "linking_chirp"
+	// RewardSigningLoanAgreement is the customer signing the loan agreement.
+	RewardSigningLoanAgreement PositiveReward = "signing_loan_agreement"
 )
 
 // CreditScoreBin is the customer's credit score range.
@@ -1216,14 +1249,22 @@ type CreditScoreBin string
 
 // Credit score ranges.
 const (
+	// CreditScore500To550 is a credit score from 500 up to 550.
 	CreditScore500To550 CreditScoreBin = "SCORE_500_550"
+	// CreditScore550To600 is a credit score from 550 up to 600.
 	CreditScore550To600 CreditScoreBin = "SCORE_550_600"
+	// CreditScore600To650 is a credit score from 600 up to 650.
 	CreditScore600To650 CreditScoreBin = "SCORE_600_650"
+	// CreditScore650To700 is a credit score from 650 up to 700.
 	CreditScore650To700 CreditScoreBin = "SCORE_650_700"
+	// CreditScore700To750 is a credit score from 700 up to 750.
 	CreditScore700To750 CreditScoreBin = "SCORE_700_750"
+	// CreditScore750To800 is a credit score from 750 up to 800.
 	CreditScore750To800 CreditScoreBin = "SCORE_750_800"
-	CreditScore800Plus  CreditScoreBin = "SCORE_800_PLUS"
-	CreditScoreUnknown  CreditScoreBin = "UNKNOWN"
+	// CreditScore800Plus is a credit score of 800 or more.
+	CreditScore800Plus CreditScoreBin = "SCORE_800_PLUS"
+	// CreditScoreUnknown is a credit score that is not known.
+	CreditScoreUnknown CreditScoreBin = "UNKNOWN"
 )
 
 // LoanAmountBin is the range of the loan amount the customer asked for.
@@ -1231,12 +1272,18 @@ type LoanAmountBin string
 
 // Loan amount ranges.
 const (
-	LoanAmount0To500      LoanAmountBin = "AMOUNT_0_500"
-	LoanAmount500To1000   LoanAmountBin = "AMOUNT_500_1000"
-	LoanAmount1000To2000  LoanAmountBin = "AMOUNT_1000_2000"
-	LoanAmount2000To5000  LoanAmountBin = "AMOUNT_2000_5000"
+	// LoanAmount0To500 is a requested amount from 0 up to 500.
+	LoanAmount0To500 LoanAmountBin = "AMOUNT_0_500"
+	// LoanAmount500To1000 is a requested amount from 500 up to 1,000.
+	LoanAmount500To1000 LoanAmountBin = "AMOUNT_500_1000"
+	// LoanAmount1000To2000 is a requested amount from 1,000 up to 2,000.
+	LoanAmount1000To2000 LoanAmountBin = "AMOUNT_1000_2000"
+	// LoanAmount2000To5000 is a requested amount from 2,000 up to 5,000.
+	LoanAmount2000To5000 LoanAmountBin = "AMOUNT_2000_5000"
+	// LoanAmount5000To10000 is a requested amount from 5,000 up to 10,000.
 	LoanAmount5000To10000 LoanAmountBin = "AMOUNT_5000_10000"
-	LoanAmount10000Plus   LoanAmountBin = "AMOUNT_10000_PLUS"
+	// LoanAmount10000Plus is a requested amount of 10,000 or more.
+	LoanAmount10000Plus LoanAmountBin = "AMOUNT_10000_PLUS"
 )
 
 // AgeBin is the customer's age range.
@@ -1244,14 +1291,23 @@ type AgeBin string
 
 // Age ranges.
 const (
+	// Age18To25 is an age from 18 up to 25.
 	Age18To25 AgeBin = "AGE_18_25"
+	// Age25To30 is an age from 25 up to 30.
 	Age25To30 AgeBin = "AGE_25_30"
+	// Age30To35 is an age from 30 up to 35.
 	Age30To35 AgeBin = "AGE_30_35"
+	// Age35To40 is an age from 35 up to 40.
 	Age35To40 AgeBin = "AGE_35_40"
+	// Age40To45 is an age from 40 up to 45.
 	Age40To45 AgeBin = "AGE_40_45"
+	// Age45To50 is an age from 45 up to 50.
 	Age45To50 AgeBin = "AGE_45_50"
+	// Age50To55 is an age from 50 up to 55.
 	Age50To55 AgeBin = "AGE_50_55"
+	// Age55To60 is an age from 55 up to 60.
 	Age55To60 AgeBin = "AGE_55_60"
+	// Age60Plus is an age of 60 or more.
 	Age60Plus AgeBin = "AGE_60_PLUS"
 )
 
@@ -1260,14 +1316,22 @@ type MonthlyIncomeBin string
 
 // Monthly income ranges.
 const (
-	MonthlyIncome0To2000     MonthlyIncomeBin = "INCOME_0_2000"
-	MonthlyIncome2000To3000  MonthlyIncomeBin = "INCOME_2000_3000"
-	MonthlyIncome3000To4000  MonthlyIncomeBin = "INCOME_3000_4000"
-	MonthlyIncome4000To5000  MonthlyIncomeBin = "INCOME_4000_5000"
-	MonthlyIncome5000To6000  MonthlyIncomeBin = "INCOME_5000_6000"
-	MonthlyIncome6000To8000  MonthlyIncomeBin = "INCOME_6000_8000"
+	// MonthlyIncome0To2000 is a monthly income from 0 up to 2,000.
+	MonthlyIncome0To2000 MonthlyIncomeBin = "INCOME_0_2000"
+	// MonthlyIncome2000To3000 is a monthly income from 2,000 up to 3,000.
+	MonthlyIncome2000To3000 MonthlyIncomeBin = "INCOME_2000_3000"
+	// MonthlyIncome3000To4000 is a monthly income from 3,000 up to 4,000.
+	MonthlyIncome3000To4000 MonthlyIncomeBin = "INCOME_3000_4000"
+	// MonthlyIncome4000To5000 is a monthly income from 4,000 up to 5,000.
+	MonthlyIncome4000To5000 MonthlyIncomeBin = "INCOME_4000_5000"
+	// MonthlyIncome5000To6000 is a monthly income from 5,000 up to 6,000.
+	MonthlyIncome5000To6000 MonthlyIncomeBin = "INCOME_5000_6000"
+	// MonthlyIncome6000To8000 is a monthly income from 6,000 up to 8,000.
+	MonthlyIncome6000To8000 MonthlyIncomeBin = "INCOME_6000_8000"
+	// MonthlyIncome8000To10000 is a monthly income from 8,000 up to 10,000.
 	MonthlyIncome8000To10000 MonthlyIncomeBin = "INCOME_8000_10000"
-	MonthlyIncome10000Plus   MonthlyIncomeBin = "INCOME_10000_PLUS"
+	// MonthlyIncome10000Plus is a monthly income of 10,000 or more.
+	MonthlyIncome10000Plus MonthlyIncomeBin = "INCOME_10000_PLUS"
 )
 
 // ApplicationReason is why the customer applied for the loan (1.x servers).
@@ -1275,46 +1339,29 @@ type ApplicationReason string
 
 // Application reasons.
 const (
+	// ReasonDebtConsolidation is debt consolidation.
 	ReasonDebtConsolidation ApplicationReason = "DEBT_CONSOLIDATION"
-	ReasonHomeImprovement   ApplicationReason = "HOME_IMPROVEMENT"
-	ReasonMedicalEmergency  ApplicationReason = "MEDICAL_EMERGENCY"
-	ReasonCarRepair         ApplicationReason = "CAR_REPAIR"
-	ReasonMovingExpenses    ApplicationReason = "MOVING_EXPENSES"
-	ReasonEducation         ApplicationReason = "EDUCATION"
-	ReasonBusinessExpenses  ApplicationReason = "BUSINESS_EXPENSES"
+	// ReasonHomeImprovement is home improvement.
+	ReasonHomeImprovement ApplicationReason = "HOME_IMPROVEMENT"
+	// ReasonMedicalEmergency is medical emergency.
+	ReasonMedicalEmergency ApplicationReason = "MEDICAL_EMERGENCY"
+	// ReasonCarRepair is car repair.
+	ReasonCarRepair ApplicationReason = "CAR_REPAIR"
+	// ReasonMovingExpenses is moving expenses.
+	ReasonMovingExpenses ApplicationReason = "MOVING_EXPENSES"
+	// ReasonEducation is education.
+	ReasonEducation ApplicationReason = "EDUCATION"
+	// ReasonBusinessExpenses is business expenses.
+	ReasonBusinessExpenses ApplicationReason = "BUSINESS_EXPENSES"
+	// ReasonEmergencyExpenses is emergency expenses.
 	ReasonEmergencyExpenses ApplicationReason = "EMERGENCY_EXPENSES"
-	ReasonVacation          ApplicationReason = "VACATION"
-	ReasonWedding           ApplicationReason = "WEDDING"
-	ReasonOther             ApplicationReason = "OTHER"
+	// ReasonVacation is vacation.
+	ReasonVacation ApplicationReason = "VACATION"
+	// ReasonWedding is wedding.
+	ReasonWedding ApplicationReason = "WEDDING"
+	// ReasonOther is any other reason.
+	ReasonOther ApplicationReason = "OTHER"
 )
-
-var (
-	channels     = []Channel{ChannelSMS, ChannelEmail, ChannelOther}
-	scores       = []Score{ScoreGood, ScoreBad, ScoreNeutral}
-	rewards      = []PositiveReward{RewardUpdatingAccountNumber, RewardSendingPDFBankStatements, RewardLinkingChirp, RewardSigningLoanAgreement}
-	creditScores = []CreditScoreBin{CreditScore500To550, CreditScore550To600, CreditScore600To650, CreditScore650To700, CreditScore700To750, CreditScore750To800, CreditScore800Plus, CreditScoreUnknown}
-	loanAmounts  = []LoanAmountBin{LoanAmount0To500, LoanAmount500To1000, LoanAmount1000To2000, LoanAmount2000To5000, LoanAmount5000To10000, LoanAmount10000Plus}
-	ages         = []AgeBin{Age18To25, Age25To30, Age30To35, Age35To40, Age40To45, Age45To50, Age50To55, Age55To60, Age60Plus}
-	incomes      = []MonthlyIncomeBin{MonthlyIncome0To2000, MonthlyIncome2000To3000, MonthlyIncome3000To4000, MonthlyIncome4000To5000, MonthlyIncome5000To6000, MonthlyIncome6000To8000, MonthlyIncome8000To10000, MonthlyIncome10000Plus}
-	reasons      = []ApplicationReason{ReasonDebtConsolidation, ReasonHomeImprovement, ReasonMedicalEmergency, ReasonCarRepair, ReasonMovingExpenses, ReasonEducation, ReasonBusinessExpenses, ReasonEmergencyExpenses, ReasonVacation, ReasonWedding, ReasonOther}
-)
-
-// checkOneOf returns a *ValidationError unless v is in set; empty is allowed
-// when optional.
-func checkOneOf[T ~string](field string, v T, optional bool, set []T) error {
-	if v == "" && optional {
-		return nil
-	}
-	for _, s := range set {
-		if v == s {
-			return nil
-		}
-	}
-	if v == "" {
-		return &ValidationError{Field: field, Reason: "required"}
-	}
-	return &ValidationError{Field: field, Reason: fmt.Sprintf("%q is not one of %v", string(v), set)}
-}
 
 // Message is one message of a conversation with a customer.
 type Message struct {
@@ -1404,13 +1451,161 @@ type BulkFeedbackResponse struct {
 	Feedback []FeedbackResponse
 }
 
-// wireMessage is a Message as API.md puts it on the wire.
+var (
+	channels     = []Channel{ChannelSMS, ChannelEmail, ChannelOther}
+	scores       = []Score{ScoreGood, ScoreBad, ScoreNeutral}
+	rewards      = []PositiveReward{RewardUpdatingAccountNumber, RewardSendingPDFBankStatements, RewardLinkingChirp, RewardSigningLoanAgreement}
+	creditScores = []CreditScoreBin{CreditScore500To550, CreditScore550To600, CreditScore600To650, CreditScore650To700, CreditScore700To750, CreditScore750To800, CreditScore800Plus, CreditScoreUnknown}
+	loanAmounts  = []LoanAmountBin{LoanAmount0To500, LoanAmount500To1000, LoanAmount1000To2000, LoanAmount2000To5000, LoanAmount5000To10000, LoanAmount10000Plus}
+	ages         = []AgeBin{Age18To25, Age25To30, Age30To35, Age35To40, Age40To45, Age45To50, Age50To55, Age55To60, Age60Plus}
+	incomes      = []MonthlyIncomeBin{MonthlyIncome0To2000, MonthlyIncome2000To3000, MonthlyIncome3000To4000, MonthlyIncome4000To5000, MonthlyIncome5000To6000, MonthlyIncome6000To8000, MonthlyIncome8000To10000, MonthlyIncome10000Plus}
+	reasons      = []ApplicationReason{ReasonDebtConsolidation, ReasonHomeImprovement, ReasonMedicalEmergency, ReasonCarRepair, ReasonMovingExpenses, ReasonEducation, ReasonBusinessExpenses, ReasonEmergencyExpenses, ReasonVacation, ReasonWedding, ReasonOther}
+)
+
+// Checks. Each returns a *ValidationError naming the field relative to the
+// value it checks; the caller places it with within.
+
+// checkOneOf returns a *ValidationError unless v is in set; empty is allowed
+// when optional.
+func checkOneOf[T ~string](field string, v T, optional bool, set []T) *ValidationError {
+	if v == "" && optional {
+		return nil
+	}
+	for _, s := range set {
+		if v == s {
+			return nil
+		}
+	}
+	if v == "" {
+		return &ValidationError{Field: field, Reason: "required"}
+	}
+	return &ValidationError{Field: field, Reason: fmt.Sprintf("%q is not one of %v", string(v), set)}
+}
+
+// isUUID reports whether s is a UUID in its canonical 8-4-4-4-12 hex form.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch i {
+		case 8, 13, 18, 23:
+			if s[i] != '-' {
+				return false
+			}
+		default:
+			if !isHex(s[i]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func isHex(b byte) bool {
+	return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F'
+}
+
+// isZip reports whether s is exactly 5 digits.
+func isZip(s string) bool {
+	if len(s) != 5 {
+		return false
+	}
+	for i := 0; i < 5; i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// check validates m; the candidate of OptimizeMessage may leave its channel
+// out.
+func (m *Message) check(needChannel bool) *ValidationError {
+	if strings.TrimSpace(m.Content) == "" {
+		return &ValidationError{Field: "Content", Reason: "required"}
+	}
+	return checkOneOf("Channel", m.Channel, !needChannel, channels)
+}
+
+// check validates m; nil is valid.
+func (m *CustomerMetadata) check() *ValidationError {
+	if m == nil {
+		return nil
+	}
+	if m.IsRepeatBorrower != nil && *m.IsRepeatBorrower != 0 && *m.IsRepeatBorrower != 1 {
+		return &ValidationError{Field: "IsRepeatBorrower", Reason: "want 0 or 1"}
+	}
+	if m.StateID != nil && *m.StateID < 1 {
+		return &ValidationError{Field: "StateID", Reason: "want 1 or more"}
+	}
+	for _, e := range []*ValidationError{
+		checkOneOf("CreditScoreBin", m.CreditScoreBin, true, creditScores),
+		checkOneOf("RequestedLoanAmountBin", m.RequestedLoanAmountBin, true, loanAmounts),
+		checkOneOf("AgeBin", m.AgeBin, true, ages),
+		checkOneOf("MonthlyIncomeBin", m.MonthlyIncomeBin, true, incomes),
+		checkOneOf("ApplicationReason", m.ApplicationReason, true, reasons),
+	} {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// check validates fb.
+func (fb *Feedback) check() *ValidationError {
+	if fb.MessageID == "" {
+		return &ValidationError{Field: "MessageID", Reason: "required"}
+	}
+	if e := checkOneOf("Score", fb.Score, false, scores); e != nil {
+		return e
+	}
+	for i, r := range fb.PositiveRewards {
+		if e := checkOneOf("", r, false, rewards); e != nil {
+			e.Field = fmt.Sprintf("PositiveRewards[%d]", i)
+			return e
+		}
+	}
+	return nil
+}
+
+// The wire: what the calls send and receive, as API.md spells it.
+
+// wireMessage is a Message on the wire.
 type wireMessage struct {
 	Content       string  `json:"content"`
 	Channel       Channel `json:"channel"`
 	MessageID     string  `json:"message_id"`
 	SendTimestamp string  `json:"send_timestamp"`
 	ReplyOrNot    string  `json:"reply_or_not"` // the strings "true" and "false"
+}
+
+// processBody is the request of ProcessMessage.
+type processBody struct {
+	Company          string        `json:"company"`
+	CustomerID       string        `json:"customer_id"`
+	ZipCode          string        `json:"zip_code,omitempty"`
+	Messages         []wireMessage `json:"messages"`
+	CandidateMessage wireMessage   `json:"candidate_message"`
+}
+
+// optimizeBody is the request of OptimizeMessage: the candidate's content
+// only, and the metadata flat at the top level.
+type optimizeBody struct {
+	Company          string        `json:"company"`
+	CustomerID       string        `json:"customer_id"`
+	ZipCode          string        `json:"zip_code,omitempty"`
+	Messages         []wireMessage `json:"messages"`
+	CandidateMessage string        `json:"candidate_message"`
+
+	IsRepeatBorrower       *int              `json:"is_repeat_borrower,omitempty"`
+	StateID                *int              `json:"state_id,omitempty"`
+	CreditScoreBin         CreditScoreBin    `json:"credit_score_bin,omitempty"`
+	RequestedLoanAmountBin LoanAmountBin     `json:"requested_loan_amount_bin,omitempty"`
+	AgeBin                 AgeBin            `json:"age_bin,omitempty"`
+	MonthlyIncomeBin       MonthlyIncomeBin  `json:"monthly_income_bin,omitempty"`
+	ApplicationReason      ApplicationReason `json:"application_reason,omitempty"`
 }
 
 // wireFeedback is a Feedback item on the wire.
@@ -1422,6 +1617,11 @@ type wireFeedback struct {
 	PositiveRewards   []PositiveReward `json:"positive_rewards,omitempty"`
 	SendTimestamp     string           `json:"send_timestamp,omitempty"`
 	ReplyTimestamp    string           `json:"reply_timestamp,omitempty"`
+}
+
+// bulkBody is the request of SubmitFeedbackBulk.
+type bulkBody struct {
+	Feedback []wireFeedback `json:"feedback"`
 }
 
 // wireFeedbackResponse is a stored feedback entry as the server sends it;
@@ -1436,6 +1636,13 @@ type wireFeedbackResponse struct {
 	SendTimestamp     *string          `json:"send_timestamp"`
 	ReplyTimestamp    *string          `json:"reply_timestamp"`
 	InsertedAt        *string          `json:"inserted_at"`
+}
+
+// bulkResponse is the answer of SubmitFeedbackBulk on the wire.
+type bulkResponse struct {
+	Success  *bool                  `json:"success"`
+	Count    *int                   `json:"count"`
+	Feedback []wireFeedbackResponse `json:"feedback"`
 }
 
 // wireTime formats a request timestamp as RFC 3339 with a numeric offset and
@@ -1467,25 +1674,9 @@ func parseTime(s string) (time.Time, error) {
 	return time.Time{}, errors.New("not an ISO 8601 timestamp")
 }
 
-// check validates m. Its errors name the field under the message, as in
-// "Channel": the caller prefixes the message's own name.
-func (m *Message) check(needChannel bool) *ValidationError {
-	if strings.TrimSpace(m.Content) == "" {
-		return &ValidationError{Field: "Content", Reason: "required"}
-	}
-	ve, _ := checkOneOf("Channel", m.Channel, !needChannel, channels).(*ValidationError)
-	return ve
-}
-
-// within prefixes the field of e with the name of the value holding it.
-func (e *ValidationError) within(name string) error {
-	e.Field = name + "." + e.Field
-	return e
-}
-
-// toWire puts a checked m on the wire, with its id and send time filled in
+// stamp puts a checked m on the wire, with its id and send time filled in
 // when unset.
-func (c *Client) toWire(m Message) (wireMessage, error) {
+func (c *Client) stamp(m Message) (wireMessage, error) {
 	w := wireMessage{Content: m.Content, Channel: m.Channel, MessageID: m.MessageID, ReplyOrNot: strconv.FormatBool(m.ReplyOrNot)}
 	if w.MessageID == "" {
 		id, err := newID()
@@ -1502,196 +1693,8 @@ func (c *Client) toWire(m Message) (wireMessage, error) {
 	return w, nil
 }
 
-// messageBody checks all of req, metadata included, before any work, and
-// returns its shared parts on the wire. With
-// contentOnly (the optimizer) the candidate is only checked: its content is
-// all that is sent, and cand holds just that.
-func (c *Client) messageBody(req MessageRequest, contentOnly bool) (company string, msgs []wireMessage, cand wireMessage, err error) {
-	company = req.CompanyGUID
-	if company == "" {
-		company = c.company
-	}
-	switch {
-	case company == "":
-		return "", nil, cand, &ValidationError{Field: "CompanyGUID", Reason: "required: set it in the request, with WithCompanyGUID or in " + EnvCompanyGUID}
-	case !isUUID(company):
-		return "", nil, cand, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
-	case !isUUID(req.CustomerID):
-		return "", nil, cand, &ValidationError{Field: "CustomerID", Reason: "not a UUID"}
-	case req.ZipCode != "" && !isZip(req.ZipCode):
-		return "", nil, cand, &ValidationError{Field: "ZipCode", Reason: "want exactly 5 digits"}
-	}
-	for i := range req.Messages {
-		if err := req.Messages[i].check(true); err != nil {
-			return "", nil, cand, err.within(fmt.Sprintf("Messages[%d]", i))
-		}
-	}
-	if err := req.Candidate.check(!contentOnly); err != nil {
-		return "", nil, cand, err.within("Candidate")
-	}
-	if err := req.Metadata.check(); err != nil {
-		return "", nil, cand, err
-	}
-	msgs = make([]wireMessage, len(req.Messages))
-	for i, m := range req.Messages {
-		if msgs[i], err = c.toWire(m); err != nil {
-			return "", nil, cand, err
-		}
-	}
-	if contentOnly {
-		return company, msgs, wireMessage{Content: req.Candidate.Content}, nil
-	}
-	cand, err = c.toWire(req.Candidate)
-	return company, msgs, cand, err
-}
-
-func isZip(s string) bool {
-	if len(s) != 5 {
-		return false
-	}
-	for i := 0; i < 5; i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-func (m *CustomerMetadata) check() error {
-	if m == nil {
-		return nil
-	}
-	if m.IsRepeatBorrower != nil && *m.IsRepeatBorrower != 0 && *m.IsRepeatBorrower != 1 {
-		return &ValidationError{Field: "Metadata.IsRepeatBorrower", Reason: "want 0 or 1"}
-	}
-	if m.StateID != nil && *m.StateID < 1 {
-		return &ValidationError{Field: "Metadata.StateID", Reason: "want 1 or more"}
-	}
-	for _, err := range []error{
-		checkOneOf("Metadata.CreditScoreBin", m.CreditScoreBin, true, creditScores),
-		checkOneOf("Metadata.RequestedLoanAmountBin", m.RequestedLoanAmountBin, true, loanAmounts),
-		checkOneOf("Metadata.AgeBin", m.AgeBin, true, ages),
-		checkOneOf("Metadata.MonthlyIncomeBin", m.MonthlyIncomeBin, true, incomes),
-		checkOneOf("Metadata.ApplicationReason", m.ApplicationReason, true, reasons),
-	} {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// post sends one API call: a POST with an Idempotency-Key, through the same
-// path as Do.
-func (c *Client) post(ctx context.Context, path string, in, out any) error {
-	body, err := json.Marshal(in)
-	if err != nil {
-		return fmt.Errorf("apala: POST %s: encoding request: %w", path, err)
-	}
-	key, err := newID()
-	if err != nil {
-		return err
-	}
-	_, err = c.send(ctx, &request{method: http.MethodPost, path: path, body: body, auth: true, idemKey: key}, out)
-	return err
-}
-
-func missing(path, field string) error {
-	return fmt.Errorf("apala: POST %s: response is missing %s", path, field)
-}
-
-// ProcessMessage sends a conversation and its candidate message to message
-// processing (POST /api/message_processing). Missing message ids are
-// generated and missing send times set to now. req is checked first: a
-// *ValidationError means nothing was sent. req.Metadata is not sent.
-func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*ProcessingResponse, error) {
-	const path = "/api/message_processing"
-	company, msgs, cand, err := c.messageBody(req, false)
-	if err != nil {
-		return nil, err
-	}
-	in := struct {
-		Company          string        `json:"company"`
-		CustomerID       string        `json:"customer_id"`
-		ZipCode          string        `json:"zip_code,omitempty"`
-		Messages         []wireMessage `json:"messages"`
-		CandidateMessage wireMessage   `json:"candidate_message"`
-	}{company, req.CustomerID, req.ZipCode, msgs, cand}
-	var out ProcessingResponse
-	if err := c.post(ctx, path, in, &out); err != nil {
-		return nil, err
-	}
-	switch {
-	case out.Company == "":
-		return nil, missing(path, "company")
-	case out.CustomerID == "":
-		return nil, missing(path, "customer_id")
-	case out.CandidateMessage.Content == "":
-		return nil, missing(path, "candidate_message.content")
-	}
-	return &out, nil
-}
-
-// OptimizeMessage asks for a better wording of req.Candidate and the channel
-// to send it on (POST /api/message_optimizer). Only the candidate's content
-// is sent; the metadata goes flat at the top level, each field left out when
-// unset. req is checked first: a *ValidationError means nothing was sent.
-func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest) (*OptimizationResponse, error) {
-	const path = "/api/message_optimizer"
-	company, msgs, cand, err := c.messageBody(req, true)
-	if err != nil {
-		return nil, err
-	}
-	in := optimizeBody{Company: company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: msgs, CandidateMessage: cand.Content}
-	if m := req.Metadata; m != nil {
-		in.IsRepeatBorrower, in.StateID = m.IsRepeatBorrower, m.StateID
-		in.CreditScoreBin, in.RequestedLoanAmountBin = m.CreditScoreBin, m.RequestedLoanAmountBin
-		in.AgeBin, in.MonthlyIncomeBin, in.ApplicationReason = m.AgeBin, m.MonthlyIncomeBin, m.ApplicationReason
-	}
-	var out OptimizationResponse
-	if err := c.post(ctx, path, &in, &out); err != nil {
-		return nil, err
-	}
-	switch {
-	case out.MessageID == "":
-		return nil, missing(path, "message_id")
-	case out.OptimizedMessage == "":
-		return nil, missing(path, "optimized_message")
-	case out.RecommendedChannel == "":
-		// A channel this version does not know is kept as sent.
-		return nil, missing(path, "recommended_channel")
-	}
-	return &out, nil
-}
-
-type optimizeBody struct {
-	Company          string        `json:"company"`
-	CustomerID       string        `json:"customer_id"`
-	ZipCode          string        `json:"zip_code,omitempty"`
-	Messages         []wireMessage `json:"messages"`
-	CandidateMessage string        `json:"candidate_message"`
-
-	IsRepeatBorrower       *int              `json:"is_repeat_borrower,omitempty"`
-	StateID                *int              `json:"state_id,omitempty"`
-	CreditScoreBin         CreditScoreBin    `json:"credit_score_bin,omitempty"`
-	RequestedLoanAmountBin LoanAmountBin     `json:"requested_loan_amount_bin,omitempty"`
-	AgeBin                 AgeBin            `json:"age_bin,omitempty"`
-	MonthlyIncomeBin       MonthlyIncomeBin  `json:"monthly_income_bin,omitempty"`
-	ApplicationReason      ApplicationReason `json:"application_reason,omitempty"`
-}
-
-func (fb Feedback) toWire(field string) (wireFeedback, error) {
-	if fb.MessageID == "" {
-		return wireFeedback{}, &ValidationError{Field: field + "MessageID", Reason: "required"}
-	}
-	if err := checkOneOf(field+"Score", fb.Score, false, scores); err != nil {
-		return wireFeedback{}, err
-	}
-	for i, r := range fb.PositiveRewards {
-		if err := checkOneOf(fmt.Sprintf("%sPositiveRewards[%d]", field, i), r, false, rewards); err != nil {
-			return wireFeedback{}, err
-		}
-	}
+// wire puts a checked fb on the wire.
+func (fb *Feedback) wire() wireFeedback {
 	w := wireFeedback{MessageID: fb.MessageID, CustomerResponded: fb.CustomerResponded, Score: fb.Score,
 		ActualSentMessage: fb.ActualSentMessage, PositiveRewards: fb.PositiveRewards}
 	if !fb.SendTimestamp.IsZero() {
@@ -1700,21 +1703,23 @@ func (fb Feedback) toWire(field string) (wireFeedback, error) {
 	if !fb.ReplyTimestamp.IsZero() {
 		w.ReplyTimestamp = wireTime(fb.ReplyTimestamp)
 	}
-	return w, nil
+	return w
 }
 
-func (w *wireFeedbackResponse) decode(path, field string) (FeedbackResponse, error) {
+// decode reads a stored entry of the answer to rq; field prefixes the names
+// of its fields in errors, as in "feedback[2].".
+func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackResponse, error) {
 	switch {
 	case w.ID == nil || *w.ID == "":
-		return FeedbackResponse{}, missing(path, field+"id")
+		return FeedbackResponse{}, rq.missing(field + "id")
 	case w.MessageID == nil:
-		return FeedbackResponse{}, missing(path, field+"message_id")
+		return FeedbackResponse{}, rq.missing(field + "message_id")
 	case w.CustomerResponded == nil:
-		return FeedbackResponse{}, missing(path, field+"customer_responded")
+		return FeedbackResponse{}, rq.missing(field + "customer_responded")
 	case w.Score == nil:
-		return FeedbackResponse{}, missing(path, field+"score")
+		return FeedbackResponse{}, rq.missing(field + "score")
 	case w.InsertedAt == nil:
-		return FeedbackResponse{}, missing(path, field+"inserted_at")
+		return FeedbackResponse{}, rq.missing(field + "inserted_at")
 	}
 	r := FeedbackResponse{ID: *w.ID, MessageID: *w.MessageID, CustomerResponded: *w.CustomerResponded,
 		Score: *w.Score, PositiveRewards: w.PositiveRewards}
@@ -1731,7 +1736,7 @@ func (w *wireFeedbackResponse) decode(path, field string) (FeedbackResponse, err
 		}
 		v, err := parseTime(*t.in)
 		if err != nil {
-			return FeedbackResponse{}, fmt.Errorf("apala: POST %s: %s%s: %w", path, field, t.name, err)
+			return FeedbackResponse{}, rq.errorf(nil, "%s%s: %w", field, t.name, err)
 		}
 		*t.out = v
 	}
@@ -1741,20 +1746,131 @@ func (w *wireFeedbackResponse) decode(path, field string) (FeedbackResponse, err
 	return r, nil
 }
 
+// wireConversation is what both message calls send of a MessageRequest.
+type wireConversation struct {
+	company   string
+	messages  []wireMessage
+	candidate wireMessage // only its content when contentOnly
+}
+
+// messageBody checks all of req, metadata included, before any work, and
+// puts its conversation on the wire. With contentOnly (the optimizer) the
+// candidate is only checked: its content is all that is sent.
+func (c *Client) messageBody(req MessageRequest, contentOnly bool) (wireConversation, error) {
+	cv := wireConversation{company: req.CompanyGUID}
+	if cv.company == "" {
+		cv.company = c.cfg.company
+	}
+	switch {
+	case cv.company == "":
+		return cv, &ValidationError{Field: "CompanyGUID", Reason: "required: set it in the request, with WithCompanyGUID or in " + EnvCompanyGUID}
+	case !isUUID(cv.company):
+		return cv, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
+	case !isUUID(req.CustomerID):
+		return cv, &ValidationError{Field: "CustomerID", Reason: "not a UUID"}
+	case req.ZipCode != "" && !isZip(req.ZipCode):
+		return cv, &ValidationError{Field: "ZipCode", Reason: "want exactly 5 digits"}
+	}
+	for i := range req.Messages {
+		if e := req.Messages[i].check(true); e != nil {
+			return cv, e.within(fmt.Sprintf("Messages[%d]", i))
+		}
+	}
+	if e := req.Candidate.check(!contentOnly); e != nil {
+		return cv, e.within("Candidate")
+	}
+	if e := req.Metadata.check(); e != nil {
+		return cv, e.within("Metadata")
+	}
+	cv.messages = make([]wireMessage, len(req.Messages))
+	for i, m := range req.Messages {
+		w, err := c.stamp(m)
+		if err != nil {
+			return cv, err
+		}
+		cv.messages[i] = w
+	}
+	if contentOnly {
+		cv.candidate = wireMessage{Content: req.Candidate.Content}
+		return cv, nil
+	}
+	var err error
+	cv.candidate, err = c.stamp(req.Candidate)
+	return cv, err
+}
+
+// ProcessMessage sends a conversation and its candidate message to message
+// processing (POST /api/message_processing). Missing message ids are
+// generated and missing send times set to now. req is checked first: a
+// *ValidationError means nothing was sent. req.Metadata is not sent.
+func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*ProcessingResponse, error) {
+	cv, err := c.messageBody(req, false)
+	if err != nil {
+		return nil, err
+	}
+	rq := apiCall(pathProcess)
+	in := processBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate}
+	var out ProcessingResponse
+	if err := c.call(ctx, rq, &in, &out); err != nil {
+		return nil, err
+	}
+	switch {
+	case out.Company == "":
+		return nil, rq.missing("company")
+	case out.CustomerID == "":
+		return nil, rq.missing("customer_id")
+	case out.CandidateMessage.Content == "":
+		return nil, rq.missing("candidate_message.content")
+	}
+	return &out, nil
+}
+
+// OptimizeMessage asks for a better wording of req.Candidate and the channel
+// to send it on (POST /api/message_optimizer). Only the candidate's content
+// is sent; the metadata goes flat at the top level, each field left out when
+// unset. req is checked first: a *ValidationError means nothing was sent.
+func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest) (*OptimizationResponse, error) {
+	cv, err := c.messageBody(req, true)
+	if err != nil {
+		return nil, err
+	}
+	rq := apiCall(pathOptimize)
+	in := optimizeBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate.Content}
+	if m := req.Metadata; m != nil {
+		in.IsRepeatBorrower, in.StateID = m.IsRepeatBorrower, m.StateID
+		in.CreditScoreBin, in.RequestedLoanAmountBin = m.CreditScoreBin, m.RequestedLoanAmountBin
+		in.AgeBin, in.MonthlyIncomeBin, in.ApplicationReason = m.AgeBin, m.MonthlyIncomeBin, m.ApplicationReason
+	}
+	var out OptimizationResponse
+	if err := c.call(ctx, rq, &in, &out); err != nil {
+		return nil, err
+	}
+	switch {
+	case out.MessageID == "":
+		return nil, rq.missing("message_id")
+	case out.OptimizedMessage == "":
+		return nil, rq.missing("optimized_message")
+	case out.RecommendedChannel == "":
+		// A channel this version does not know is kept as sent.
+		return nil, rq.missing("recommended_channel")
+	}
+	return &out, nil
+}
+
 // SubmitFeedback reports how a message fared (POST /api/feedback). Several
 // entries may be sent for one MessageID over time. fb is checked first: a
 // *ValidationError means nothing was sent.
 func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback) (*FeedbackResponse, error) {
-	const path = "/api/feedback"
-	in, err := fb.toWire("")
-	if err != nil {
-		return nil, err
+	if e := fb.check(); e != nil {
+		return nil, e
 	}
+	rq := apiCall(pathFeedback)
+	in := fb.wire()
 	var out wireFeedbackResponse
-	if err := c.post(ctx, path, &in, &out); err != nil {
+	if err := c.call(ctx, rq, &in, &out); err != nil {
 		return nil, err
 	}
-	r, err := out.decode(path, "")
+	r, err := out.decode(rq, "")
 	if err != nil {
 		return nil, err
 	}
@@ -1770,37 +1886,30 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback) (*FeedbackResp
 // stored fewer entries than were sent, SubmitFeedbackBulk returns its answer
 // together with an error matching ErrPartial.
 func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback) (*BulkFeedbackResponse, error) {
-	const path = "/api/feedback/bulk"
 	if len(items) == 0 {
 		return nil, &ValidationError{Field: "Items", Reason: "empty list"}
 	}
-	in := struct {
-		Feedback []wireFeedback `json:"feedback"`
-	}{make([]wireFeedback, len(items))}
-	for i, fb := range items {
-		w, err := fb.toWire(fmt.Sprintf("Items[%d].", i))
-		if err != nil {
-			return nil, err
+	in := bulkBody{Feedback: make([]wireFeedback, len(items))}
+	for i := range items {
+		if e := items[i].check(); e != nil {
+			return nil, e.within(fmt.Sprintf("Items[%d]", i))
 		}
-		in.Feedback[i] = w
+		in.Feedback[i] = items[i].wire()
 	}
-	var out struct {
-		Success  *bool                  `json:"success"`
-		Count    *int                   `json:"count"`
-		Feedback []wireFeedbackResponse `json:"feedback"`
-	}
-	if err := c.post(ctx, path, &in, &out); err != nil {
+	rq := apiCall(pathFeedbackBulk)
+	var out bulkResponse
+	if err := c.call(ctx, rq, &in, &out); err != nil {
 		return nil, err
 	}
 	if out.Success == nil {
-		return nil, missing(path, "success")
+		return nil, rq.missing("success")
 	}
 	if out.Count == nil {
-		return nil, missing(path, "count")
+		return nil, rq.missing("count")
 	}
 	r := &BulkFeedbackResponse{Success: *out.Success, Count: *out.Count, Feedback: make([]FeedbackResponse, len(out.Feedback))}
 	for i := range out.Feedback {
-		fr, err := out.Feedback[i].decode(path, fmt.Sprintf("feedback[%d].", i))
+		fr, err := out.Feedback[i].decode(rq, fmt.Sprintf("feedback[%d].", i))
 		if err != nil {
 			return nil, err
 		}
@@ -1808,9 +1917,9 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback) (*Bul
 	}
 	switch {
 	case !r.Success:
-		return r, fmt.Errorf("%w: POST %s: the server reported failure (count %d of %d)", ErrPartial, path, r.Count, len(items))
+		return r, rq.errorf(ErrPartial, "the server reported failure (count %d of %d)", r.Count, len(items))
 	case r.Count != len(items) || len(r.Feedback) != len(items):
-		return r, fmt.Errorf("%w: POST %s: the server stored %d of %d entries (%d returned)", ErrPartial, path, r.Count, len(items), len(r.Feedback))
+		return r, rq.errorf(ErrPartial, "the server stored %d of %d entries (%d returned)", r.Count, len(items), len(r.Feedback))
 	}
 	return r, nil
 }

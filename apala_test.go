@@ -880,7 +880,7 @@ func TestNewPairDeadlines(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &Client{margin: tt.margin}
+			c := &Client{cfg: config{margin: tt.margin}}
 			p := c.newPair(tt.access, "r", "", tt.expiresIn, tt.sent, base)
 			if p.staleAt != tt.wantStale || p.invalidAt != tt.wantInvalid {
 				t.Errorf("staleAt, invalidAt = %v, %v; want %v, %v", p.staleAt, p.invalidAt, tt.wantStale, tt.wantInvalid)
@@ -1692,7 +1692,7 @@ func TestAPIErrorMessage(t *testing.T) {
 	}
 	_, c := setup(t)
 	for _, tt := range tests {
-		e := c.apiError(&request{method: "POST", path: "/p"}, 400, http.Header{}, bytes.NewBufferString(tt.body))
+		e := c.apiError(&request{method: "POST", path: "/p"}, response{status: 400, header: http.Header{}, body: bytes.NewBufferString(tt.body)}, nil)
 		if e.Message != tt.want {
 			t.Errorf("message of %.30q = %q; want %q", tt.body, e.Message, tt.want)
 		}
@@ -3150,7 +3150,10 @@ func FuzzBaseURL(f *testing.F) {
 			return
 		}
 		defer c.Close()
-		u := c.base
+		u, err := url.Parse(c.baseStr)
+		if err != nil {
+			t.Fatalf("the base URL kept does not parse: %v", err)
+		}
 		switch {
 		case u.Scheme != "http" && u.Scheme != "https":
 			t.Fatalf("accepted scheme %q", u.Scheme)

@@ -1,3 +1,12 @@
+// This file holds the token lifecycle: the exported token methods and the
+// types they return, how those types print without their secrets, the token
+// pair, and tokenState, the state that runs at most one token request (a
+// flight) at a time, with its lock. It reads top-down: a caller asks
+// usablePair for a token; a fresh pair comes back at once, a stale one
+// starts refreshSoon, and none waits for a flight in waitToken; fly runs the
+// flight (obtain, exchange, refresh) and publishes its result. The HTTP
+// round trip the flights send through is in apala.go.
+
 package apala
 
 import (
@@ -9,15 +18,12 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
-)
-
-// Paths of the two authentication endpoints.
-const (
-	pathToken   = "/api/auth/token"
-	pathRefresh = "/api/auth/refresh"
 )
 
 // maxLifetime bounds a token lifetime taken from the server, so that an absurd
@@ -47,6 +53,77 @@ type Token struct {
 // Valid reports whether a token is held and ExpiresAt is zero or still ahead.
 func (t Token) Valid() bool {
 	return t.AccessToken != "" && (t.ExpiresAt.IsZero() || timeNow().Before(t.ExpiresAt))
+}
+
+// AccessToken returns a valid access token, authenticating or refreshing as
+// needed. When the token held is fresh it costs one atomic load and a clock
+// read; inside the refresh margin it is returned at once while one refresh
+// runs in the background; when none is held or it has expired, the call waits
+// for the one token request in flight (or starts it), or for ctx to end.
+//
+// Most callers never need it: every API call attaches the token itself.
+func (c *Client) AccessToken(ctx context.Context) (string, error) {
+	if ctx == nil {
+		return "", errNilContext
+	}
+	p, err := c.usablePair(ctx)
+	if err != nil {
+		return "", err
+	}
+	return p.access, nil
+}
+
+// Token returns a snapshot of the access token held, without any I/O. It is
+// the zero Token when none is held, after a rejection by the server, and
+// after Close.
+func (c *Client) Token() Token {
+	p := c.pair.Load()
+	if p == nil || p.access == "" {
+		return Token{}
+	}
+	return Token{
+		AccessToken: p.access,
+		TokenType:   p.tokenType,
+		ExpiresAt:   p.expiresAt,
+		CompanyID:   p.companyID,
+		CompanyName: p.companyName,
+	}
+}
+
+// Authenticate exchanges the API key for a new token pair (POST
+// /api/auth/token) and returns the server's answer. It always reaches the
+// server — joining an exchange already in progress — and ignores the
+// failure cooldown; the server's error is returned as is.
+//
+// Calling it is optional: the first API call authenticates by itself.
+func (c *Client) Authenticate(ctx context.Context) (*AuthResponse, error) {
+	f, err := c.requestToken(ctx, flightAuth)
+	if err != nil {
+		return nil, err
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	resp := *f.auth
+	return &resp, nil
+}
+
+// RefreshAccessToken trades the refresh token held for a new access token
+// (POST /api/auth/refresh) and returns the server's answer. It fails with
+// ErrNotAuthenticated, sending nothing, when no refresh token is held.
+//
+// Unlike the automatic path, it does not fall back to the API key when the
+// server refuses the refresh token: that error is returned as is.
+func (c *Client) RefreshAccessToken(ctx context.Context) (*RefreshResponse, error) {
+	f, err := c.requestToken(ctx, flightRefresh)
+	if err != nil {
+		return nil, err
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	resp := *f.refresh
+	return &resp, nil
 }
 
 // printable lists t's fields for printing, the access token redacted.
@@ -290,7 +367,7 @@ func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sentM
 		// No usable expiry: use the token until the server rejects it.
 		return p
 	}
-	margin := c.margin
+	margin := c.cfg.margin
 	if margin > life/2 {
 		margin = life / 2
 	}
@@ -364,6 +441,30 @@ func validToken(s string) bool {
 	return true
 }
 
+// tokenState is the token lifecycle's state: the pair in use, the flight
+// in progress and the failure cooldown. Client embeds it; the methods in this
+// file are the only ones that touch it.
+type tokenState struct {
+	// pair is the current token pair; read without a lock, replaced whole.
+	pair atomic.Pointer[tokenPair]
+	// flight is the token request in progress, nil when none; written
+	// under mu, read without it.
+	flight atomic.Pointer[flight]
+	// cooldownUntil is the monotonic time before which no automatic flight
+	// starts after a failure; written under mu, read without it.
+	cooldownUntil atomic.Int64
+	// closed is set by Close; written under mu, read without it.
+	closed atomic.Bool
+
+	// mu guards cooldown and lastErr, and serialises the start and the end
+	// of flights with Close.
+	mu       sync.Mutex
+	cooldown time.Duration // the current failure cooldown; 0 after a success
+	lastErr  error         // the error of the last failed flight
+
+	wg sync.WaitGroup // the flights' goroutines
+}
+
 // Kinds of token flight.
 type flightKind uint8
 
@@ -386,47 +487,12 @@ type flight struct {
 	err     error
 }
 
-// AccessToken returns a valid access token, authenticating or refreshing as
-// needed. When the token held is fresh it costs one atomic load and a clock
-// read; inside the refresh margin it is returned at once while one refresh
-// runs in the background; when none is held or it has expired, the call waits
-// for the one token request in flight (or starts it), or for ctx to end.
-//
-// Most callers never need it: every API call attaches the token itself.
-func (c *Client) AccessToken(ctx context.Context) (string, error) {
-	if ctx == nil {
-		return "", errNilContext
-	}
-	p, err := c.token(ctx)
-	if err != nil {
-		return "", err
-	}
-	return p.access, nil
-}
-
-// Token returns a snapshot of the access token held, without any I/O. It is
-// the zero Token when none is held, after a rejection by the server, and
-// after Close.
-func (c *Client) Token() Token {
-	p := c.pair.Load()
-	if p == nil || p.access == "" {
-		return Token{}
-	}
-	return Token{
-		AccessToken: p.access,
-		TokenType:   p.tokenType,
-		ExpiresAt:   p.expiresAt,
-		CompanyID:   p.companyID,
-		CompanyName: p.companyName,
-	}
-}
-
 // mono is the client's monotonic clock: time since construction.
 func (c *Client) mono() time.Duration { return c.since(c.baseTime) }
 
-// token returns a usable token pair. The fast path is lock-free and does not
+// usablePair returns a usable token pair. The fast path is lock-free and does not
 // allocate: one atomic load, one clock read.
-func (c *Client) token(ctx context.Context) (*tokenPair, error) {
+func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 	if p := c.pair.Load(); p != nil {
 		now := c.mono()
 		if now < p.staleAt {
@@ -449,7 +515,7 @@ func (c *Client) refreshSoon(now time.Duration) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.flight.Load() != nil || now < time.Duration(c.cooldownUntil.Load()) {
+	if c.closed.Load() || c.flight.Load() != nil || now < time.Duration(c.cooldownUntil.Load()) {
 		return
 	}
 	c.launch(flightAuto)
@@ -465,7 +531,7 @@ func (c *Client) usable(p *tokenPair) bool {
 func (c *Client) waitToken(ctx context.Context) (*tokenPair, error) {
 	for {
 		c.mu.Lock()
-		if c.closed {
+		if c.closed.Load() {
 			c.mu.Unlock()
 			return nil, ErrClosed
 		}
@@ -523,16 +589,16 @@ func (e *cachedError) Error() string {
 
 func (e *cachedError) Unwrap() error { return e.err }
 
-// explicit runs a flight of the given kind for Authenticate or
+// requestToken runs a flight of the given kind for Authenticate or
 // RefreshAccessToken: it joins one of the same kind already in progress,
 // waits out one of another kind, and ignores the failure cooldown.
-func (c *Client) explicit(ctx context.Context, kind flightKind) (*flight, error) {
+func (c *Client) requestToken(ctx context.Context, kind flightKind) (*flight, error) {
 	if ctx == nil {
 		return nil, errNilContext
 	}
 	for {
 		c.mu.Lock()
-		if c.closed {
+		if c.closed.Load() {
 			c.mu.Unlock()
 			return nil, ErrClosed
 		}
@@ -592,7 +658,7 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 	var cooldown time.Duration
 	c.mu.Lock()
 	switch {
-	case c.closed:
+	case c.closed.Load():
 		f.pair, f.auth, f.refresh, f.err = nil, nil, nil, ErrClosed
 	case f.err == nil:
 		c.pair.Store(f.pair)
@@ -646,24 +712,24 @@ func (c *Client) exchange(ctx context.Context) (*AuthResponse, *tokenPair, error
 		AuthResponse
 		ExpiresIn json.Number `json:"expires_in"` // an integral float (3600.0) too
 	}
-	sent, err := c.send(ctx, &request{method: "POST", path: pathToken, body: c.authBody}, &w)
+	rq := &request{method: http.MethodPost, path: pathToken, body: c.authBody}
+	sent, err := c.send(ctx, rq, &w)
 	if err != nil {
 		return nil, nil, err
 	}
 	ar := w.AuthResponse
 	ar.ExpiresIn = seconds(w.ExpiresIn)
 	if !validToken(ar.AccessToken) {
-		return nil, nil, fmt.Errorf("apala: POST %s: response has no valid access_token", pathToken)
+		return nil, nil, rq.errorf(nil, "response has no valid access_token")
 	}
 	if ar.RefreshToken != "" && !validToken(ar.RefreshToken) {
-		return nil, nil, fmt.Errorf("apala: POST %s: response has a malformed refresh_token", pathToken)
+		return nil, nil, rq.errorf(nil, "response has a malformed refresh_token")
 	}
 	p := c.newPair(ar.AccessToken, ar.RefreshToken, ar.TokenType, ar.ExpiresIn, sent.mono, sent.wall)
 	// The company is the server's text, printed with the Token and logged:
 	// scrubbed like any, of the new tokens too.
-	fresh := &request{}
-	fresh.carried(p)
-	p.companyID, p.companyName = c.scrub(fresh, ar.CompanyID), c.scrub(fresh, ar.CompanyName)
+	fresh := []*tokenPair{p}
+	p.companyID, p.companyName = c.scrub(ar.CompanyID, fresh), c.scrub(ar.CompanyName, fresh)
 	c.logAttrs(ctx, slog.LevelInfo, "apala: authenticated",
 		slog.String("company_id", p.companyID),
 		slog.String("company_name", p.companyName),
@@ -689,20 +755,19 @@ func (c *Client) refresh(ctx context.Context, old *tokenPair) (*RefreshResponse,
 		ExpiresIn    json.Number `json:"expires_in"` // an integral float (3600.0) too
 		RefreshToken string      `json:"refresh_token"`
 	}
-	rq := &request{method: "POST", path: pathRefresh, body: body}
-	rq.carried(old)
+	rq := &request{method: http.MethodPost, path: pathRefresh, body: body, carries: old}
 	sent, err := c.send(ctx, rq, &rr)
 	if err != nil {
 		return nil, nil, err
 	}
 	rr.RefreshResponse.ExpiresIn = seconds(rr.ExpiresIn)
 	if !validToken(rr.AccessToken) {
-		return nil, nil, fmt.Errorf("apala: POST %s: response has no valid access_token", pathRefresh)
+		return nil, nil, rq.errorf(nil, "response has no valid access_token")
 	}
 	refresh := old.refresh
 	if rr.RefreshToken != "" {
 		if !validToken(rr.RefreshToken) {
-			return nil, nil, fmt.Errorf("apala: POST %s: response has a malformed refresh_token", pathRefresh)
+			return nil, nil, rq.errorf(nil, "response has a malformed refresh_token")
 		}
 		refresh = rr.RefreshToken
 	}
@@ -721,38 +786,19 @@ func (c *Client) reject(p *tokenPair) {
 	c.pair.CompareAndSwap(p, p.rejected())
 }
 
-// Authenticate exchanges the API key for a new token pair (POST
-// /api/auth/token) and returns the server's answer. It always reaches the
-// server — joining an exchange already in progress — and ignores the
-// failure cooldown; the server's error is returned as is.
-//
-// Calling it is optional: the first API call authenticates by itself.
-func (c *Client) Authenticate(ctx context.Context) (*AuthResponse, error) {
-	f, err := c.explicit(ctx, flightAuth)
-	if err != nil {
-		return nil, err
+// closeFlights is Close's half in the token lifecycle: no flight starts
+// after it, the one in progress is cancelled and waited for, and the pair is
+// replaced by one that is never usable.
+func (c *Client) closeFlights() {
+	c.mu.Lock()
+	c.closed.Store(true)
+	c.pair.Store(closedPair)
+	if f := c.flight.Load(); f != nil {
+		f.cancel()
 	}
-	if f.err != nil {
-		return nil, f.err
-	}
-	resp := *f.auth
-	return &resp, nil
+	c.mu.Unlock()
+	c.wg.Wait()
 }
 
-// RefreshAccessToken trades the refresh token held for a new access token
-// (POST /api/auth/refresh) and returns the server's answer. It fails with
-// ErrNotAuthenticated, sending nothing, when no refresh token is held.
-//
-// Unlike the automatic path, it does not fall back to the API key when the
-// server refuses the refresh token: that error is returned as is.
-func (c *Client) RefreshAccessToken(ctx context.Context) (*RefreshResponse, error) {
-	f, err := c.explicit(ctx, flightRefresh)
-	if err != nil {
-		return nil, err
-	}
-	if f.err != nil {
-		return nil, f.err
-	}
-	resp := *f.refresh
-	return &resp, nil
-}
+// isClosed reports whether Close was called.
+func (c *Client) isClosed() bool { return c.closed.Load() }
