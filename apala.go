@@ -1078,19 +1078,27 @@ func retryReason(status int) string {
 }
 
 // backoff is the wait before retry n (1-based): min·2^(n-1), plus up to half
-// of that again as jitter, within [min, max].
+// of that again as jitter, within [min, max]. It saturates at max instead of
+// overflowing, whatever the bounds.
 func (c *Client) backoff(n int) time.Duration {
-	d := c.cfg.maxBackoff
-	if n-1 < 32 {
-		if b := c.cfg.minBackoff << (n - 1); b > 0 && b < c.cfg.maxBackoff {
-			d = b
+	min, max := c.cfg.minBackoff, c.cfg.maxBackoff
+	d := min
+	for i := 1; i < n && d < max; i++ {
+		if d > max/2 {
+			d = max
+			break
 		}
+		d *= 2
 	}
 	if half := int64(d / 2); half > 0 {
-		d += time.Duration(mrand.Int63n(half))
+		if j := time.Duration(mrand.Int63n(half)); d > max-j {
+			d = max
+		} else {
+			d += j
+		}
 	}
-	if d > c.cfg.maxBackoff {
-		d = c.cfg.maxBackoff
+	if d > max {
+		d = max
 	}
 	return d
 }
