@@ -127,12 +127,16 @@ type APIError struct {
 	// RetryAfter is the wait the server asked for in Retry-After (seconds
 	// or an HTTP date), capped at 60s; 0 when absent.
 	RetryAfter time.Duration
+	// RequestID is the answer's X-Request-Id (Phoenix's Plug.RequestId),
+	// when sent: quote it in a support ticket.
+	RequestID string
 
 	contentType string // named in Error when the body was not JSON
 }
 
 // Error describes the failure: method, path, status and the server's message,
-// or the content type of a body that was not JSON (never the body itself).
+// or the content type of a body that was not JSON (never the body itself),
+// and the request id when the server sent one.
 func (e *APIError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "apala: %s %s: %d %s", e.Method, e.Path, e.StatusCode, http.StatusText(e.StatusCode))
@@ -144,6 +148,9 @@ func (e *APIError) Error() string {
 		b.WriteString(" (redirect not followed)")
 	case e.contentType != "":
 		fmt.Fprintf(&b, " (%s response)", e.contentType)
+	}
+	if e.RequestID != "" {
+		fmt.Fprintf(&b, " (request id %s)", e.RequestID)
 	}
 	return b.String()
 }
@@ -181,10 +188,42 @@ func (e *ValidationError) within(name string) *ValidationError {
 	return e
 }
 
-// Option configures a Client. Options are made only by the With* functions
-// and checked by NewClient.
-type Option struct{ apply func(*config) }
+// Option configures a Client, or one call. Options are made only by the
+// With* functions. Each applies to a client (NewClient, NewClientFromEnv),
+// to a call (the message and feedback calls, Do), or to both, as its
+// documentation says; one given where it does not apply is a
+// *ValidationError naming it, and nothing is sent.
+type Option struct {
+	name  string           // the With* function, for errors
+	scope scope            // where the option applies
+	err   *ValidationError // an invalid argument, reported where it is used
+	apply func(*config)
+}
 
+// scope is where an option applies.
+type scope uint8
+
+const (
+	forClient scope = 1 << iota
+	forCall
+	forBoth = forClient | forCall
+)
+
+// usable reports, as a *ValidationError, why o cannot be used in s.
+func (o Option) usable(s scope) *ValidationError {
+	switch {
+	case o.name == "":
+		return nil // the zero Option does nothing
+	case o.scope&s == 0 && s == forCall:
+		return &ValidationError{Field: o.name, Reason: "configures a client, not a call: give it to NewClient"}
+	case o.scope&s == 0:
+		return &ValidationError{Field: o.name, Reason: "configures a call, not a client: give it to the call"}
+	}
+	return o.err
+}
+
+// config is every setting an option can change: a client's, and a copy of
+// it with a call's options applied.
 type config struct {
 	baseURL    string
 	hc         *http.Client
@@ -196,68 +235,257 @@ type config struct {
 	timeout    time.Duration
 	company    string
 	insecure   bool
+	header     http.Header // extra headers; replaced, never modified, so a call's copy cannot touch the client's
+	hooks      Hooks
+	keyFunc    func(context.Context) (string, error)
+
+	idemKey string        // a call's Idempotency-Key; "" generates one
+	info    *ResponseInfo // filled when a call returns; nil: not asked for
+}
+
+// apply applies opts, each checked for scope s, then checks the result.
+func (cfg *config) apply(opts []Option, s scope) *ValidationError {
+	for _, o := range opts {
+		if err := o.usable(s); err != nil {
+			return err
+		}
+		if o.apply != nil {
+			o.apply(cfg)
+		}
+	}
+	switch {
+	case cfg.margin < 0:
+		return &ValidationError{Field: "WithRefreshMargin", Reason: "negative margin"}
+	case cfg.maxRetries < 0:
+		return &ValidationError{Field: "WithMaxRetries", Reason: "negative count"}
+	case cfg.minBackoff <= 0 || cfg.maxBackoff < cfg.minBackoff:
+		return &ValidationError{Field: "WithRetryBackoff", Reason: "want 0 < min <= max"}
+	case cfg.timeout < 0:
+		return &ValidationError{Field: "WithTimeout", Reason: "negative timeout"}
+	}
+	return nil
+}
+
+// callConfig returns the settings of one call: the client's, or with opts
+// a copy of them with opts applied.
+func (c *Client) callConfig(opts []Option) (*config, error) {
+	if len(opts) == 0 {
+		return &c.cfg, nil
+	}
+	cfg := c.cfg
+	if err := cfg.apply(opts, forCall); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
 }
 
 // WithBaseURL sets the server's address, an absolute http or https URL; a
 // path prefix is kept (https://gw.example/apala + /api/...). Default
-// DefaultBaseURL.
+// DefaultBaseURL. Client only.
 func WithBaseURL(url string) Option {
-	return Option{func(c *config) { c.baseURL = url }}
+	return Option{name: "WithBaseURL", scope: forClient, apply: func(c *config) { c.baseURL = url }}
 }
 
-// WithHTTPClient sets the *http.Client that carries requests. The client
-// works on a copy, which never follows redirects. Nil means a client of its
-// own, with a transport cloned from http.DefaultTransport.
+// WithHTTPClient sets the *http.Client that carries requests: give one with
+// your own transport for a custom CA, client certificates (mTLS) or a proxy
+// of your own. The client works on a copy, which never follows redirects;
+// Close leaves its idle connections to you. Nil means a client of its own,
+// with a transport cloned from http.DefaultTransport (which honours
+// HTTPS_PROXY and NO_PROXY). Client only.
 func WithHTTPClient(hc *http.Client) Option {
-	return Option{func(c *config) { c.hc = hc }}
+	return Option{name: "WithHTTPClient", scope: forClient, apply: func(c *config) { c.hc = hc }}
 }
 
 // WithLogger sets the logger for debugging: each HTTP attempt at Debug,
-// authentication and refresh at Info, retries and refused refreshes at Warn.
-// Nil, the default, logs nothing. No secret is ever logged.
+// authentication and refresh at Info, retries, refused refreshes and failed
+// token requests at Warn. Nil, the default, logs nothing. No secret is ever
+// logged. Client only.
 func WithLogger(l *slog.Logger) Option {
-	return Option{func(c *config) { c.logger = l }}
+	return Option{name: "WithLogger", scope: forClient, apply: func(c *config) { c.logger = l }}
 }
 
 // WithRefreshMargin sets how long before expiry the token is refreshed in the
 // background. It is capped at half the token's lifetime. Default
-// DefaultRefreshMargin; negative is an error.
+// DefaultRefreshMargin; negative is an error. Client only.
 func WithRefreshMargin(d time.Duration) Option {
-	return Option{func(c *config) { c.margin = d }}
+	return Option{name: "WithRefreshMargin", scope: forClient, apply: func(c *config) { c.margin = d }}
 }
 
 // WithMaxRetries sets how many more attempts follow a failed first one on a
 // connection error or a 408, 429, 500, 502, 503 or 504 answer. Default 2;
-// 0 disables retries; negative is an error.
+// 0 disables retries; negative is an error. Client or call.
 func WithMaxRetries(n int) Option {
-	return Option{func(c *config) { c.maxRetries = n }}
+	return Option{name: "WithMaxRetries", scope: forBoth, apply: func(c *config) { c.maxRetries = n }}
 }
 
 // WithRetryBackoff sets the bounds of the jittered exponential backoff
 // between retries. Default 500ms and 8s; min must be positive and max at
-// least min.
+// least min. Client or call.
 func WithRetryBackoff(min, max time.Duration) Option {
-	return Option{func(c *config) { c.minBackoff, c.maxBackoff = min, max }}
+	return Option{name: "WithRetryBackoff", scope: forBoth, apply: func(c *config) { c.minBackoff, c.maxBackoff = min, max }}
 }
 
 // WithTimeout sets the time limit of each HTTP attempt, the reading of its
 // answer included. Default 60s; 0 means no limit but the caller's context;
-// negative is an error.
+// negative is an error. Client or call.
 func WithTimeout(d time.Duration) Option {
-	return Option{func(c *config) { c.timeout = d }}
+	return Option{name: "WithTimeout", scope: forBoth, apply: func(c *config) { c.timeout = d }}
 }
 
 // WithCompanyGUID sets the company GUID sent as "company" in message calls
-// that do not name one. It must be a UUID; empty means none.
+// that do not name one. It must be a UUID; empty means none. Client only.
 func WithCompanyGUID(guid string) Option {
-	return Option{func(c *config) { c.company = guid }}
+	return Option{name: "WithCompanyGUID", scope: forClient, apply: func(c *config) { c.company = guid }}
 }
 
 // WithInsecureHTTP allows an http:// base URL to a host that is not
 // loopback. Without it such a URL is refused, so that an API key never
-// crosses a network in clear text by accident.
+// crosses a network in clear text by accident. Client only.
 func WithInsecureHTTP() Option {
-	return Option{func(c *config) { c.insecure = true }}
+	return Option{name: "WithInsecureHTTP", scope: forClient, apply: func(c *config) { c.insecure = true }}
+}
+
+// WithHeader adds a header to requests: given to NewClient, to every
+// request, token requests included; given to a call, to that call's
+// attempts, over the client's. The headers the client sets itself
+// (Authorization, Idempotency-Key, Content-Type, Content-Length, Host) and
+// hop-by-hop headers are refused, and so is a value with a control
+// character. Client or call.
+func WithHeader(key, value string) Option {
+	o := Option{name: "WithHeader", scope: forBoth}
+	k := http.CanonicalHeaderKey(key)
+	if reason := badHeader(k, value); reason != "" {
+		o.err = &ValidationError{Field: "WithHeader", Reason: reason}
+		return o
+	}
+	o.apply = func(c *config) {
+		h := make(http.Header, len(c.header)+1)
+		for hk, hv := range c.header {
+			h[hk] = hv
+		}
+		h[k] = []string{value}
+		c.header = h
+	}
+	return o
+}
+
+// badHeader says why a header cannot be added, or "" when it can.
+func badHeader(key, value string) string {
+	switch key {
+	case "Authorization", "Idempotency-Key", "Content-Type", "Content-Length", "Host",
+		"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return fmt.Sprintf("%q is set by the client or the transport", key)
+	}
+	if key == "" || len(key) > 256 {
+		return "want a header name"
+	}
+	for i := 0; i < len(key); i++ {
+		if b := key[i]; b <= ' ' || b >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, b) >= 0 {
+			return fmt.Sprintf("%q is not a header name", key)
+		}
+	}
+	for i := 0; i < len(value); i++ {
+		if b := value[i]; b < ' ' && b != '\t' || b == 0x7f {
+			return "the value has a control character"
+		}
+	}
+	return ""
+}
+
+// WithIdempotencyKey sets the Idempotency-Key of a call, instead of the one
+// generated for it: a caller that restarts resends a call with the same key,
+// and the server stores it once. 1 to 255 visible ASCII characters. Call
+// only.
+func WithIdempotencyKey(key string) Option {
+	o := Option{name: "WithIdempotencyKey", scope: forCall}
+	if key == "" || len(key) > 255 || !validToken(key) {
+		o.err = &ValidationError{Field: "WithIdempotencyKey", Reason: "want 1 to 255 visible ASCII characters"}
+		return o
+	}
+	o.apply = func(c *config) { c.idemKey = key }
+	return o
+}
+
+// WithResponseInfo asks for the details of a call's last answer: dst is
+// filled when the call returns, error or not. Call only.
+func WithResponseInfo(dst *ResponseInfo) Option {
+	o := Option{name: "WithResponseInfo", scope: forCall}
+	if dst == nil {
+		o.err = &ValidationError{Field: "WithResponseInfo", Reason: "nil *ResponseInfo"}
+		return o
+	}
+	o.apply = func(c *config) { c.info = dst }
+	return o
+}
+
+// ResponseInfo describes how a call went, for support tickets and metrics;
+// WithResponseInfo asks for it.
+type ResponseInfo struct {
+	StatusCode int           // of the last answer; 0 when none came
+	Header     http.Header   // of the last answer; nil when none came
+	RequestID  string        // the last answer's X-Request-Id, when sent
+	Attempts   int           // HTTP attempts of the call itself: retries and the 401 replay included, token requests not
+	Duration   time.Duration // from the call's start to its return
+}
+
+// WithHooks sets functions the client calls as it works, to feed metrics or
+// traces without the package depending on them. Client only.
+func WithHooks(h Hooks) Option {
+	return Option{name: "WithHooks", scope: forClient, apply: func(c *config) { c.hooks = h }}
+}
+
+// Hooks are called synchronously, outside every lock of the client, so a
+// hook may call the client, except that a Token hook must not wait for a
+// token (AccessToken, an API call): it would wait on the flight that is
+// reporting to it. A nil func is skipped. The context a hook gets is the
+// caller's; for a token request it is the context of the caller that
+// started it, with its cancellation removed: its values (a trace, a logger)
+// flow, its cancellation does not. Hooks see no secret but through Token,
+// which prints redacted.
+type Hooks struct {
+	// Attempt is called after every HTTP attempt, token requests included.
+	Attempt func(ctx context.Context, a AttemptInfo)
+	// Token is called once per token request (API-key exchange or
+	// refresh), when it ends, after its retries.
+	Token func(ctx context.Context, t TokenInfo)
+}
+
+// AttemptInfo describes one HTTP attempt, for Hooks.Attempt.
+type AttemptInfo struct {
+	Method, Path string
+	Attempt      int           // 1 for the first
+	StatusCode   int           // 0 when no answer came
+	RequestID    string        // the answer's X-Request-Id, when sent
+	Duration     time.Duration // from sending to the end of the answer
+	Err          error         // nil for a 2xx answer
+	RetryIn      time.Duration // the wait before the next attempt; 0 when none follows
+}
+
+// TokenInfo describes one token request, for Hooks.Token.
+type TokenInfo struct {
+	Refresh  bool          // true: POST /api/auth/refresh; false: the API-key exchange
+	Token    Token         // the new token on success (prints redacted); zero on failure
+	Duration time.Duration // from its start to its end, retries included
+	Err      error
+}
+
+// WithAPIKeyFunc makes the client ask fn for the API key at every API-key
+// exchange (the first use, a refused refresh, Authenticate), so that a key
+// rotated in a secret store is picked up without a restart; the key given
+// to NewClient, which may then be "", is not used. When the token endpoint
+// answers 401 and fn then returns another key, the exchange is tried once
+// more with it. An error from fn fails that token request at once, wrapped
+// as "apala: API key: ..." (the failure cooldown applies). Every key fn
+// returns is scrubbed from server text and never logged. Client only.
+func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) Option {
+	o := Option{name: "WithAPIKeyFunc", scope: forClient}
+	if fn == nil {
+		o.err = &ValidationError{Field: "WithAPIKeyFunc", Reason: "nil function"}
+		return o
+	}
+	o.apply = func(c *config) { c.keyFunc = fn }
+	return o
 }
 
 // Client talks to the Apala API. It exchanges the API key for a token pair on
@@ -284,12 +512,9 @@ type Client struct {
 
 // NewClient returns a client that authenticates with apiKey. It sends
 // nothing: the first call that needs a token authenticates. It fails with
-// ErrMissingAPIKey on an empty key, and with an error naming the option on
-// an invalid one.
+// ErrMissingAPIKey on an empty key (unless WithAPIKeyFunc gives the keys),
+// and with a *ValidationError naming the option on an invalid one.
 func NewClient(apiKey string, opts ...Option) (*Client, error) {
-	if apiKey == "" {
-		return nil, ErrMissingAPIKey
-	}
 	cfg := config{
 		baseURL:    DefaultBaseURL,
 		margin:     DefaultRefreshMargin,
@@ -298,20 +523,11 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		maxBackoff: defaultMaxBackoff,
 		timeout:    defaultTimeout,
 	}
-	for _, o := range opts {
-		if o.apply != nil {
-			o.apply(&cfg)
-		}
+	if err := cfg.apply(opts, forClient); err != nil {
+		return nil, err
 	}
-	switch {
-	case cfg.margin < 0:
-		return nil, errors.New("apala: WithRefreshMargin: negative margin")
-	case cfg.maxRetries < 0:
-		return nil, errors.New("apala: WithMaxRetries: negative count")
-	case cfg.minBackoff <= 0 || cfg.maxBackoff < cfg.minBackoff:
-		return nil, errors.New("apala: WithRetryBackoff: want 0 < min <= max")
-	case cfg.timeout < 0:
-		return nil, errors.New("apala: WithTimeout: negative timeout")
+	if apiKey == "" && cfg.keyFunc == nil {
+		return nil, ErrMissingAPIKey
 	}
 	if cfg.company != "" && !isUUID(cfg.company) {
 		return nil, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
@@ -355,10 +571,15 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 
 // NewClientFromEnv is NewClient with the API key from APALA_API_KEY, and the
 // base URL and company GUID from APALA_BASE_URL and APALA_COMPANY_GUID when
-// they are set. Options win over the environment.
+// they are set. Options win over the environment; with WithAPIKeyFunc,
+// APALA_API_KEY is not required.
 func NewClientFromEnv(opts ...Option) (*Client, error) {
 	key := os.Getenv(EnvAPIKey)
-	if key == "" {
+	keyFunc := false
+	for _, o := range opts {
+		keyFunc = keyFunc || o.name == "WithAPIKeyFunc"
+	}
+	if key == "" && !keyFunc {
 		return nil, fmt.Errorf("%w: %s is not set", ErrMissingAPIKey, EnvAPIKey)
 	}
 	var env []Option
@@ -436,7 +657,11 @@ func (c *Client) printable() []slog.Attr {
 	if c == nil {
 		return nil
 	}
-	return []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", redact(c.apiKey))}
+	key := c.apiKey
+	if c.cfg.keyFunc != nil {
+		key = "from WithAPIKeyFunc"
+	}
+	return []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", redact(key))}
 }
 
 // String describes the client without its secrets.
@@ -475,6 +700,7 @@ type request struct {
 	auth    bool       // attach the access token, replay once on 401
 	idemKey string     // Idempotency-Key, the same for every attempt
 	carries *tokenPair // the pair whose refresh token the body carries (a refresh)
+	cfg     *config    // the call's settings; nil: the client's
 }
 
 // apiCall is a request to an API endpoint: a POST with the access token.
@@ -511,10 +737,10 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // Do sends one call to the Apala API: method and path (absolute, under the
 // base URL), in marshalled as the JSON body (nil: no body) and the JSON
-// answer decoded into out (nil: discarded). It attaches the access token,
-// retries transient failures, and replays the call once with a new token
-// when the server answers 401. A POST carries an Idempotency-Key that stays
-// the same across its retries and replay.
+// answer decoded into out (nil: discarded), with the call's options. It
+// attaches the access token, retries transient failures, and replays the
+// call once with a new token when the server answers 401. A POST carries an
+// Idempotency-Key that stays the same across its retries and replay.
 //
 // path must stay under the base URL: a dot segment ("..", escaped or not) is
 // a *ValidationError and nothing is sent. A 204 No Content answer leaves out
@@ -522,20 +748,25 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 //
 // Errors are *APIError for answers outside 2xx, and match ErrConnection for
 // network failures; a decoding failure names the path.
-func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts ...Option) error {
 	if method == "" {
 		method = http.MethodGet
 	}
 	if !validPath(path) {
 		return &ValidationError{Field: "path", Reason: "want an absolute path under the base URL, such as /api/feedback, without dot segments"}
 	}
-	return c.call(ctx, &request{method: method, path: path, auth: true}, in, out)
+	return c.call(ctx, &request{method: method, path: path, auth: true}, in, out, opts)
 }
 
 // call sends rq with in as its JSON body, marshalled once, and an
 // Idempotency-Key when it is a POST to an API endpoint, and decodes the
-// answer into out.
-func (c *Client) call(ctx context.Context, rq *request, in, out any) error {
+// answer into out. opts are the call's options.
+func (c *Client) call(ctx context.Context, rq *request, in, out any, opts []Option) error {
+	cfg, err := c.callConfig(opts)
+	if err != nil {
+		return err
+	}
+	rq.cfg = cfg
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
@@ -543,14 +774,14 @@ func (c *Client) call(ctx context.Context, rq *request, in, out any) error {
 		}
 		rq.body = b
 	}
-	if rq.method == http.MethodPost && !strings.HasPrefix(rq.path, "/api/auth/") {
+	if rq.idemKey = cfg.idemKey; rq.idemKey == "" && rq.method == http.MethodPost && !strings.HasPrefix(rq.path, "/api/auth/") {
 		k, err := newID()
 		if err != nil {
 			return err
 		}
 		rq.idemKey = k
 	}
-	_, err := c.send(ctx, rq, out)
+	_, err = c.send(ctx, rq, out)
 	return err
 }
 
@@ -600,6 +831,15 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 	if ctx == nil {
 		return sendTime{}, errNilContext
 	}
+	cfg := rq.cfg
+	if cfg == nil {
+		cfg = &c.cfg
+	}
+	if info := cfg.info; info != nil {
+		*info = ResponseInfo{}
+		start := time.Now()
+		defer func() { info.Duration = time.Since(start) }()
+	}
 	b := bearer{c: c}
 	retries := 0
 	// carried are the pairs whose secrets the call carried: the access
@@ -623,42 +863,96 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 			return sendTime{}, ErrClosed
 		}
 		sent := sendTime{mono: c.mono(), wall: c.now()}
-		resp, err := c.attempt(ctx, rq, pair, n)
+		resp, err := c.attempt(ctx, rq, cfg, pair)
 		if err == nil && resp.ok() {
+			c.report(ctx, rq, cfg, n, resp, nil, 0, carried)
 			err = c.decode(rq, resp, out, carried)
 			resp.release()
 			return sent, err
 		}
 		if err == nil {
 			err = c.apiError(rq, resp, carried)
-			resp.release()
 		}
+		resp.release()
+		// What follows this attempt: nothing, the 401 replay, or a retry
+		// after wait.
+		again, wait := false, time.Duration(0)
+		switch {
+		case ctx.Err() != nil:
+		case rq.auth && b.refused(resp.status, true):
+			again = true
+		case retryable(resp.status, err) && retries < cfg.maxRetries:
+			wait = cfg.backoff(retries + 1)
+			var ae *APIError
+			if errors.As(err, &ae) && ae.RetryAfter > 0 {
+				wait = ae.RetryAfter
+			}
+			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+				wait = 0 // it would outlast the caller: give up now
+			} else {
+				again = true
+				retries++
+			}
+		}
+		c.report(ctx, rq, cfg, n, resp, err, wait, carried)
 		if ctx.Err() != nil {
 			return sendTime{}, rq.errorf(nil, "%w", ctx.Err())
 		}
-		if rq.auth && b.refused(resp.status, true) {
-			continue
-		}
-		if !retryable(resp.status, err) || retries >= c.cfg.maxRetries {
+		if !again {
 			return sendTime{}, err
 		}
-		retries++
-		delay := c.backoff(retries)
-		var ae *APIError
-		if errors.As(err, &ae) && ae.RetryAfter > 0 {
-			delay = ae.RetryAfter
-		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < delay {
-			return sendTime{}, err
-		}
-		c.logAttrs(ctx, slog.LevelWarn, "apala: retrying",
-			slog.String("method", rq.method), slog.String("path", rq.path),
-			slog.String("reason", retryReason(resp.status)), slog.Duration("delay", delay),
-			slog.Int("attempt", n+1))
-		if err := sleep(ctx, delay); err != nil {
-			return sendTime{}, rq.errorf(nil, "%w", err)
+		if wait > 0 {
+			c.logAttrs(ctx, slog.LevelWarn, "apala: retrying",
+				slog.String("method", rq.method), slog.String("path", rq.path),
+				slog.String("reason", retryReason(resp.status)), slog.Duration("delay", wait),
+				slog.Int("attempt", n+1))
+			if err := sleep(ctx, wait); err != nil {
+				return sendTime{}, rq.errorf(nil, "%w", err)
+			}
 		}
 	}
+}
+
+// report tells about attempt n, when anyone asked: the Debug log, the
+// Attempt hook and the call's ResponseInfo. wait is the pause before the
+// next attempt, 0 when none follows.
+func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r response, err error, wait time.Duration, carried []*tokenPair) {
+	hook := c.cfg.hooks.Attempt
+	debug := c.cfg.logger != nil && c.cfg.logger.Enabled(ctx, slog.LevelDebug)
+	if cfg.info == nil && hook == nil && !debug {
+		return
+	}
+	rid := c.requestID(r.header, carried)
+	if info := cfg.info; info != nil {
+		info.Attempts = n
+		if r.status != 0 {
+			info.StatusCode, info.Header, info.RequestID = r.status, r.header, rid
+		}
+	}
+	if debug {
+		attrs := [...]slog.Attr{slog.String("method", rq.method), slog.String("path", rq.path),
+			slog.Int("status", r.status), slog.Duration("duration", r.took),
+			slog.Int("attempt", n), slog.String("request_id", rid)}
+		if rid == "" {
+			c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "apala: http attempt", attrs[:5]...)
+		} else {
+			c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "apala: http attempt", attrs[:]...)
+		}
+	}
+	if hook != nil {
+		hook(ctx, AttemptInfo{Method: rq.method, Path: rq.path, Attempt: n, StatusCode: r.status,
+			RequestID: rid, Duration: r.took, Err: err, RetryIn: wait})
+	}
+}
+
+// requestID reads an answer's X-Request-Id: the server's text, so scrubbed
+// and bounded like any.
+func (c *Client) requestID(h http.Header, carried []*tokenPair) string {
+	v := h.Get("X-Request-Id")
+	if v == "" {
+		return ""
+	}
+	return c.serverText(v, 128, carried)
 }
 
 // bearer attaches the access token to the attempts of one request and holds
@@ -700,6 +994,7 @@ type response struct {
 	status int // 0 when no answer came
 	header http.Header
 	body   *bytes.Buffer
+	took   time.Duration // from sending to the end of the reading
 }
 
 func (r *response) ok() bool { return r.status >= 200 && r.status < 300 }
@@ -712,11 +1007,12 @@ func (r *response) release() {
 }
 
 // attempt sends one HTTP request and reads its answer: a success body up to
-// maxBody, an error body up to maxErrorBody, drained past that.
-func (c *Client) attempt(ctx context.Context, rq *request, pair *tokenPair, n int) (response, error) {
-	if c.cfg.timeout > 0 {
+// maxBody, an error body up to maxErrorBody, drained past that. The response
+// comes back with an error too, for the time it took.
+func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *tokenPair) (r response, err error) {
+	if cfg.timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.timeout)
+		ctx, cancel = context.WithTimeout(ctx, cfg.timeout)
 		defer cancel()
 	}
 	var body io.Reader
@@ -725,11 +1021,14 @@ func (c *Client) attempt(ctx context.Context, rq *request, pair *tokenPair, n in
 	}
 	req, err := http.NewRequestWithContext(ctx, rq.method, c.baseStr+rq.path, body)
 	if err != nil {
-		return response{}, rq.errorf(nil, "%w", err)
+		return r, rq.errorf(nil, "%w", err)
 	}
 	h := req.Header
 	h["Accept"] = hdrJSON
 	h["User-Agent"] = hdrUserAgent
+	for k, v := range cfg.header {
+		h[k] = v
+	}
 	if rq.body != nil {
 		h["Content-Type"] = hdrJSON
 	}
@@ -741,37 +1040,35 @@ func (c *Client) attempt(ctx context.Context, rq *request, pair *tokenPair, n in
 	}
 
 	start := time.Now()
+	defer func() { r.took = time.Since(start) }()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		c.logAttempt(ctx, rq, 0, start, n)
-		return response{}, rq.errorf(ErrConnection, "%w", err)
+		return r, rq.errorf(ErrConnection, "%w", err)
 	}
 	defer resp.Body.Close()
-	r := response{status: resp.StatusCode, header: resp.Header}
+	r.status, r.header = resp.StatusCode, resp.Header
 	limit := int64(maxErrorBody)
 	if r.ok() {
 		limit = maxBody
 		if resp.ContentLength > maxBody {
-			c.logAttempt(ctx, rq, r.status, start, n)
-			return response{}, rq.errorf(nil, "response body of %d bytes exceeds the %d-byte limit", resp.ContentLength, maxBody)
+			return r, rq.errorf(nil, "response body of %d bytes exceeds the %d-byte limit", resp.ContentLength, maxBody)
 		}
 	}
 	r.body = bufPool.Get().(*bytes.Buffer)
 	r.body.Reset()
-	_, err = r.body.ReadFrom(io.LimitReader(resp.Body, limit+1))
-	c.logAttempt(ctx, rq, r.status, start, n)
-	if err != nil {
+	if _, err = r.body.ReadFrom(io.LimitReader(resp.Body, limit+1)); err != nil {
 		r.release()
+		r.status, r.header = 0, nil // a broken answer is no answer
 		// As net/http does for the request, so that every connection
 		// failure unwraps to a *url.Error.
 		op := rq.method[:1] + strings.ToLower(rq.method[1:])
 		err = &url.Error{Op: op, URL: c.baseStr + rq.path, Err: err}
-		return response{}, rq.errorf(ErrConnection, "reading response: %w", err)
+		return r, rq.errorf(ErrConnection, "reading response: %w", err)
 	}
 	if int64(r.body.Len()) > limit {
 		if r.ok() {
 			r.release()
-			return response{}, rq.errorf(nil, "response body exceeds the %d-byte limit", maxBody)
+			return r, rq.errorf(nil, "response body exceeds the %d-byte limit", maxBody)
 		}
 		r.body.Truncate(int(limit))
 		_, _ = io.CopyN(io.Discard, resp.Body, maxDrain)
@@ -800,7 +1097,8 @@ func (c *Client) decode(rq *request, r response, out any, carried []*tokenPair) 
 // from a JSON body, with every secret of the client and of carried scrubbed
 // out.
 func (c *Client) apiError(rq *request, r response, carried []*tokenPair) *APIError {
-	e := &APIError{StatusCode: r.status, Method: rq.method, Path: rq.path, RetryAfter: parseRetryAfter(r.header.Get("Retry-After"), c.now())}
+	e := &APIError{StatusCode: r.status, Method: rq.method, Path: rq.path,
+		RetryAfter: parseRetryAfter(r.header.Get("Retry-After"), c.now()), RequestID: c.requestID(r.header, carried)}
 	if r.body == nil || r.body.Len() == 0 {
 		return e
 	}
@@ -939,6 +1237,9 @@ func (c *Client) scrub(s string, carried []*tokenPair) string {
 		return s
 	}
 	secrets := []string{c.apiKey}
+	if ks := c.keys.Load(); ks != nil {
+		secrets = append(secrets, *ks...)
+	}
 	if p := c.pair.Load(); p != nil {
 		secrets = append(secrets, p.access, p.refresh)
 	}
@@ -1080,8 +1381,8 @@ func retryReason(status int) string {
 // backoff is the wait before retry n (1-based): min·2^(n-1), plus up to half
 // of that again as jitter, within [min, max]. It saturates at max instead of
 // overflowing, whatever the bounds.
-func (c *Client) backoff(n int) time.Duration {
-	min, max := c.cfg.minBackoff, c.cfg.maxBackoff
+func (cfg *config) backoff(n int) time.Duration {
+	min, max := cfg.minBackoff, cfg.maxBackoff
 	d := min
 	for i := 1; i < n && d < max; i++ {
 		if d > max/2 {
@@ -1119,21 +1420,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // logAttrs logs when a logger is set and enabled at level. Its callers are
-// off the hot path; logAttempt, which is on it, checks before building.
+// off the hot path; report, which is on it, checks before building.
 func (c *Client) logAttrs(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
 	if c.cfg.logger != nil && c.cfg.logger.Enabled(ctx, level) {
 		c.cfg.logger.LogAttrs(ctx, level, msg, attrs...)
 	}
-}
-
-func (c *Client) logAttempt(ctx context.Context, rq *request, status int, start time.Time, n int) {
-	if c.cfg.logger == nil || !c.cfg.logger.Enabled(ctx, slog.LevelDebug) {
-		return
-	}
-	c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "apala: http attempt",
-		slog.String("method", rq.method), slog.String("path", rq.path),
-		slog.Int("status", status), slog.Duration("duration", time.Since(start)),
-		slog.Int("attempt", n))
 }
 
 // HTTPClient returns an *http.Client that attaches the access token to every
@@ -1809,9 +2100,10 @@ func (c *Client) messageBody(req MessageRequest, contentOnly bool) (wireConversa
 
 // ProcessMessage sends a conversation and its candidate message to message
 // processing (POST /api/message_processing). Missing message ids are
-// generated and missing send times set to now. req is checked first: a
-// *ValidationError means nothing was sent. req.Metadata is not sent.
-func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*ProcessingResponse, error) {
+// generated and missing send times set to now. req and opts are checked
+// first: a *ValidationError means nothing was sent. req.Metadata is not
+// sent.
+func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ...Option) (*ProcessingResponse, error) {
 	cv, err := c.messageBody(req, false)
 	if err != nil {
 		return nil, err
@@ -1819,7 +2111,7 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*Proce
 	rq := apiCall(pathProcess)
 	in := processBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate}
 	var out ProcessingResponse
-	if err := c.call(ctx, rq, &in, &out); err != nil {
+	if err := c.call(ctx, rq, &in, &out, opts); err != nil {
 		return nil, err
 	}
 	switch {
@@ -1836,8 +2128,9 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest) (*Proce
 // OptimizeMessage asks for a better wording of req.Candidate and the channel
 // to send it on (POST /api/message_optimizer). Only the candidate's content
 // is sent; the metadata goes flat at the top level, each field left out when
-// unset. req is checked first: a *ValidationError means nothing was sent.
-func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest) (*OptimizationResponse, error) {
+// unset. req and opts are checked first: a *ValidationError means nothing
+// was sent.
+func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts ...Option) (*OptimizationResponse, error) {
 	cv, err := c.messageBody(req, true)
 	if err != nil {
 		return nil, err
@@ -1850,7 +2143,7 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest) (*Opti
 		in.AgeBin, in.MonthlyIncomeBin, in.ApplicationReason = m.AgeBin, m.MonthlyIncomeBin, m.ApplicationReason
 	}
 	var out OptimizationResponse
-	if err := c.call(ctx, rq, &in, &out); err != nil {
+	if err := c.call(ctx, rq, &in, &out, opts); err != nil {
 		return nil, err
 	}
 	switch {
@@ -1866,16 +2159,16 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest) (*Opti
 }
 
 // SubmitFeedback reports how a message fared (POST /api/feedback). Several
-// entries may be sent for one MessageID over time. fb is checked first: a
-// *ValidationError means nothing was sent.
-func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback) (*FeedbackResponse, error) {
+// entries may be sent for one MessageID over time. fb and opts are checked
+// first: a *ValidationError means nothing was sent.
+func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...Option) (*FeedbackResponse, error) {
 	if e := fb.check(); e != nil {
 		return nil, e
 	}
 	rq := apiCall(pathFeedback)
 	in := fb.wire()
 	var out wireFeedbackResponse
-	if err := c.call(ctx, rq, &in, &out); err != nil {
+	if err := c.call(ctx, rq, &in, &out, opts); err != nil {
 		return nil, err
 	}
 	r, err := out.decode(rq, "")
@@ -1893,7 +2186,7 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback) (*FeedbackResp
 // The answer is never silently partial: when the server reports a failure or
 // stored fewer entries than were sent, SubmitFeedbackBulk returns its answer
 // together with an error matching ErrPartial.
-func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback) (*BulkFeedbackResponse, error) {
+func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts ...Option) (*BulkFeedbackResponse, error) {
 	if len(items) == 0 {
 		return nil, &ValidationError{Field: "Items", Reason: "empty list"}
 	}
@@ -1906,7 +2199,7 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback) (*Bul
 	}
 	rq := apiCall(pathFeedbackBulk)
 	var out bulkResponse
-	if err := c.call(ctx, rq, &in, &out); err != nil {
+	if err := c.call(ctx, rq, &in, &out, opts); err != nil {
 		return nil, err
 	}
 	if out.Success == nil {

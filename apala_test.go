@@ -3868,3 +3868,426 @@ func TestExpiresInIntegralFloat(t *testing.T) {
 		t.Fatalf("RefreshAccessToken() = %v, %v; want ExpiresIn 1800", rr, err)
 	}
 }
+
+// ---- production: request ids, call options, hooks, key rotation ----
+
+// TestRequestID: the answer's X-Request-Id reaches APIError (and its text),
+// the Debug log and ResponseInfo, scrubbed like any server text.
+func TestRequestID(t *testing.T) {
+	var logs logBuffer
+	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+	s.script("/api/feedback", scripted{status: 403, body: `{"error":"no"}`, header: map[string]string{"X-Request-Id": "F0x-req-1"}})
+	var info ResponseInfo
+	_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithResponseInfo(&info))
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.RequestID != "F0x-req-1" || !strings.HasSuffix(err.Error(), "(request id F0x-req-1)") {
+		t.Fatalf("error = %v; want an *APIError with request id F0x-req-1", err)
+	}
+	if info.RequestID != "F0x-req-1" || info.StatusCode != 403 {
+		t.Errorf("ResponseInfo = %+v; want status 403, request id F0x-req-1", info)
+	}
+	var found bool
+	for _, r := range logs.records(t) {
+		found = found || (r["msg"] == "apala: http attempt" && r["request_id"] == "F0x-req-1")
+	}
+	if !found {
+		t.Errorf("no Debug attempt record carries request_id")
+	}
+	s.script("/api/feedback", scripted{status: 500, body: `{}`, header: map[string]string{"X-Request-Id": "id-" + DemoAPIKey}})
+	_, err = c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithMaxRetries(0))
+	if !errors.As(err, &ae) || ae.RequestID != "id-[REDACTED]" {
+		t.Errorf("request id carrying the key = %q; want it scrubbed", ae.RequestID)
+	}
+	noSecret(t, "error", err.Error())
+}
+
+// TestOptionScope: an option given where it does not apply, or with a bad
+// argument, is a *ValidationError naming it, and nothing is sent.
+func TestOptionScope(t *testing.T) {
+	s, c := setup(t)
+	c.pair.Store(nil)
+	clientOnly := map[string]Option{
+		"WithBaseURL": WithBaseURL("https://x.example"), "WithHTTPClient": WithHTTPClient(nil), "WithLogger": WithLogger(nil),
+		"WithRefreshMargin": WithRefreshMargin(time.Second), "WithCompanyGUID": WithCompanyGUID(DemoCompanyGUID),
+		"WithInsecureHTTP": WithInsecureHTTP(), "WithHooks": WithHooks(Hooks{}),
+		"WithAPIKeyFunc": WithAPIKeyFunc(func(context.Context) (string, error) { return "k", nil }),
+	}
+	bad := map[string]Option{
+		"WithHeader":         WithHeader("Authorization", "Bearer x"),
+		"WithIdempotencyKey": WithIdempotencyKey(""),
+		"WithResponseInfo":   WithResponseInfo(nil),
+		"WithMaxRetries":     WithMaxRetries(-1),
+		"WithTimeout":        WithTimeout(-time.Second),
+		"WithRetryBackoff":   WithRetryBackoff(time.Second, time.Millisecond),
+	}
+	check := func(what, name string, err error) {
+		t.Helper()
+		var ve *ValidationError
+		if !errors.As(err, &ve) || ve.Field != name {
+			t.Errorf("%s with %s: error = %v; want a *ValidationError naming %s", what, name, err, name)
+		}
+	}
+	for name, o := range clientOnly {
+		check("SubmitFeedback", name, func() error {
+			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, o)
+			return err
+		}())
+		check("Do", name, c.Do(ctx, "POST", "/api/feedback", nil, nil, o))
+	}
+	for name, o := range bad {
+		check("OptimizeMessage", name, func() error { _, err := c.OptimizeMessage(ctx, conversation(), o); return err }())
+	}
+	if n := s.totalHits(); n != 0 {
+		t.Errorf("requests = %d; want 0", n)
+	}
+	for name, o := range map[string]Option{
+		"WithIdempotencyKey": WithIdempotencyKey("k"), "WithResponseInfo": WithResponseInfo(&ResponseInfo{}),
+		"WithHeader": WithHeader("Idempotency-Key", "x"),
+	} {
+		_, err := NewClient("k", o)
+		check("NewClient", name, err)
+	}
+	for _, h := range [][2]string{{"Content-Type", "x"}, {"content-length", "1"}, {"Host", "x"}, {"Connection", "close"},
+		{"Transfer-Encoding", "chunked"}, {"Upgrade", "h2c"}, {"X-Ok", "a\r\nX-Evil: 1"}, {"X-Ok", "nul\x00"}, {"Bad Name", "x"}, {"", "x"}} {
+		_, err := NewClient("k", WithHeader(h[0], h[1]))
+		check("NewClient", "WithHeader", err)
+	}
+}
+
+// TestCallOptions: a call's retries, timeout, headers and idempotency key
+// are its own; the client's apply to the others, token requests included.
+func TestCallOptions(t *testing.T) {
+	s, c := setup(t, WithHeader("X-Team", "lending"), WithHeader("User-Agent", "svc/2"))
+	fb := Feedback{MessageID: "m", Score: ScoreGood}
+	for i := 0; i < 3; i++ {
+		s.Fail("/api/feedback", 503, `{"error":"busy"}`)
+	}
+	var info ResponseInfo
+	if _, err := c.SubmitFeedback(ctx, fb, WithMaxRetries(0), WithResponseInfo(&info)); !errors.Is(err, ErrServer) || info.Attempts != 1 {
+		t.Fatalf("with WithMaxRetries(0): error %v after %d attempts; want ErrServer after 1", err, info.Attempts)
+	}
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 3 || info.StatusCode != 200 {
+		t.Fatalf("with the client's 2 retries: error %v after %d attempts, status %d; want success after 3", err, info.Attempts, info.StatusCode)
+	}
+	if h := s.lastHeader(pathToken); h.Get("X-Team") != "lending" || h.Get("User-Agent") != "svc/2" {
+		t.Errorf("token request headers = %v; want the client's X-Team and User-Agent", h)
+	}
+	if _, err := c.SubmitFeedback(ctx, fb, WithHeader("X-Team", "risk"), WithHeader("X-Call", "1"), WithIdempotencyKey("order-42")); err != nil {
+		t.Fatal(err)
+	}
+	h := s.lastHeader("/api/feedback")
+	if h.Get("X-Team") != "risk" || h.Get("X-Call") != "1" || h.Get("Idempotency-Key") != "order-42" {
+		t.Errorf("call headers = %v; want X-Team risk, X-Call 1, Idempotency-Key order-42", h)
+	}
+	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
+		t.Fatal(err)
+	}
+	if h := s.lastHeader("/api/feedback"); h.Get("X-Team") != "lending" || h.Get("X-Call") != "" || h.Get("Idempotency-Key") == "order-42" {
+		t.Errorf("the next call's headers = %v; want the client's only and a new key", h)
+	}
+	// A call's idempotency key stays across its retries.
+	var keys []string
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/api/feedback" {
+			return false
+		}
+		keys = append(keys, r.Header.Get("Idempotency-Key"))
+		if len(keys) < 3 {
+			writeJSON(w, 503, map[string]string{"error": "busy"})
+			return true
+		}
+		return false
+	})
+	if _, err := c.SubmitFeedback(ctx, fb, WithIdempotencyKey("order-43")); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(keys) != "[order-43 order-43 order-43]" {
+		t.Errorf("keys across retries = %v; want order-43 three times", keys)
+	}
+	// A call's timeout is its own: a 1ns limit fails that call, not the next.
+	if err := c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil, WithTimeout(time.Nanosecond), WithMaxRetries(0)); !errors.Is(err, ErrConnection) {
+		t.Errorf("with a 1ns timeout: error = %v; want ErrConnection", err)
+	}
+	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
+		t.Errorf("the next call: %v", err)
+	}
+}
+
+// TestResponseInfo: filled on success and on error; Attempts counts the
+// call's own attempts, the 401 replay included, token requests not.
+func TestResponseInfo(t *testing.T) {
+	s, c := setup(t)
+	var info ResponseInfo
+	fb := Feedback{MessageID: "m", Score: ScoreGood}
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 1 || info.StatusCode != 200 || info.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("first call: %v, %+v; want 1 attempt, status 200, the answer's header", err, info)
+	}
+	s.RevokeTokens()
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 2 || info.StatusCode != 200 {
+		t.Fatalf("after a revocation: %v, %+v; want 2 attempts (the replay), status 200", err, info)
+	}
+	c.Close()
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); !errors.Is(err, ErrClosed) || info.Attempts != 0 || info.StatusCode != 0 || info.Header != nil {
+		t.Fatalf("after Close: %v, %+v; want ErrClosed and no answer", err, info)
+	}
+	if info.Duration < 0 {
+		t.Errorf("Duration = %v; want it measured", info.Duration)
+	}
+}
+
+// ctxKey is a context key of the tests.
+type ctxKey struct{}
+
+// TestHooks: Attempt sees every attempt, token requests included, with the
+// wait before the next; Token sees each token request once, in the context
+// of the caller that started it, values kept and cancellation removed.
+func TestHooks(t *testing.T) {
+	var (
+		mu       sync.Mutex
+		attempts []AttemptInfo
+		tokens   []TokenInfo
+		values   []any
+	)
+	hooks := Hooks{
+		Attempt: func(ctx context.Context, a AttemptInfo) { mu.Lock(); attempts = append(attempts, a); mu.Unlock() },
+		Token: func(ctx context.Context, ti TokenInfo) {
+			mu.Lock()
+			tokens = append(tokens, ti)
+			values = append(values, ctx.Value(ctxKey{}))
+			mu.Unlock()
+		},
+	}
+	s, c := setup(t, WithHooks(hooks))
+	s.Fail("/api/feedback", 503, `{"error":"busy"}`)
+	traced := context.WithValue(ctx, ctxKey{}, "trace-1")
+	if _, err := c.SubmitFeedback(traced, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RefreshAccessToken(context.WithValue(ctx, ctxKey{}, "trace-2")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var got []string
+	for _, a := range attempts {
+		got = append(got, fmt.Sprintf("%s#%d:%d/wait=%v/err=%v", a.Path, a.Attempt, a.StatusCode, a.RetryIn > 0, a.Err != nil))
+	}
+	want := []string{pathToken + "#1:200/wait=false/err=false", "/api/feedback#1:503/wait=true/err=true",
+		"/api/feedback#2:200/wait=false/err=false", pathRefresh + "#1:200/wait=false/err=false"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("attempts = %v; want %v", got, want)
+	}
+	if len(tokens) != 2 || tokens[0].Refresh || !tokens[1].Refresh || tokens[0].Err != nil || !tokens[1].Token.Valid() {
+		t.Fatalf("token reports = %v; want an exchange and a refresh, both successful", tokens)
+	}
+	if fmt.Sprint(values) != "[trace-1 trace-2]" {
+		t.Errorf("context values seen by the Token hook = %v; want [trace-1 trace-2]", values)
+	}
+	noSecret(t, "TokenInfo", fmt.Sprintf("%v %+v", tokens, tokens))
+}
+
+// TestHookContextCancellation: the caller that started a flight may give
+// up; the flight and the other waiters go on, and the Token hook still sees
+// that caller's values.
+func TestHookContextCancellation(t *testing.T) {
+	seen := make(chan any, 1)
+	s, c := setup(t, WithHooks(Hooks{Token: func(ctx context.Context, ti TokenInfo) { seen <- ctx.Value(ctxKey{}) }}))
+	release := s.hold(t, pathToken)
+	first, cancel := context.WithCancel(context.WithValue(ctx, ctxKey{}, "starter"))
+	firstErr := make(chan error, 1)
+	go func() { _, err := c.AccessToken(first); firstErr <- err }()
+	for s.Hits(pathToken) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	otherErr := make(chan error, 1)
+	go func() { _, err := c.AccessToken(ctx); otherErr <- err }()
+	cancel()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("the starter's error = %v; want context.Canceled", err)
+	}
+	release()
+	if err := <-otherErr; err != nil {
+		t.Errorf("the other waiter's error = %v; want nil", err)
+	}
+	if v := <-seen; v != "starter" {
+		t.Errorf("Token hook saw value %v; want the starter's", v)
+	}
+	if n := s.Hits(pathToken); n != 1 {
+		t.Errorf("token requests = %d; want 1", n)
+	}
+}
+
+// TestHookMayCallClient: a hook that calls the client does not deadlock:
+// hooks run outside every lock.
+func TestHookMayCallClient(t *testing.T) {
+	var c *Client
+	var inHook atomic.Int32
+	_, c = setup(t, WithHooks(Hooks{Attempt: func(ctx context.Context, a AttemptInfo) {
+		if a.Path == "/api/feedback" {
+			if _, err := c.AccessToken(ctx); err == nil {
+				inHook.Add(1)
+			}
+			_ = c.Token()
+		}
+	}}))
+	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+		t.Fatal(err)
+	}
+	if inHook.Load() != 1 {
+		t.Errorf("AccessToken calls that succeeded in the hook = %d; want 1", inHook.Load())
+	}
+}
+
+// TestAPIKeyFunc: the key comes from the function at every exchange, a 401
+// gets one more try with a rotated key, the function's error fails the
+// flight, and every key it returned is scrubbed.
+func TestAPIKeyFunc(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		key   = DemoAPIKey
+		fnErr error
+		calls int
+	)
+	fn := func(context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return key, fnErr
+	}
+	s := NewDemoServer()
+	defer s.Close()
+	c, err := NewClient("", WithBaseURL(s.URL), WithAPIKeyFunc(fn), WithRetryBackoff(time.Millisecond, time.Millisecond))
+	if err != nil {
+		t.Fatalf("NewClient(\"\", WithAPIKeyFunc(fn)) error = %v; want nil", err)
+	}
+	defer c.Close()
+	if _, err := c.Authenticate(ctx); err != nil || calls != 1 {
+		t.Fatalf("Authenticate(): %v after %d calls of fn; want success after 1", err, calls)
+	}
+	// Rotation at the server: the old key is refused; fn now returns the
+	// new one, so the exchange after the 401 succeeds.
+	const rotated = "rotated-SECRET-key-2"
+	s.mu.Lock()
+	s.apiKey = rotated
+	s.mu.Unlock()
+	mu.Lock()
+	calls = 0
+	mu.Unlock()
+	rotate := s.hold(t, pathToken)
+	done := make(chan error, 1)
+	go func() { _, err := c.Authenticate(ctx); done <- err }()
+	for s.Hits(pathToken) < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	key = rotated
+	mu.Unlock()
+	rotate()
+	if err := <-done; err != nil || calls != 2 || s.Hits(pathToken) != 3 {
+		t.Fatalf("Authenticate() after a rotation: %v after %d calls of fn and %d exchanges; want success after 2 and 3", err, calls, s.Hits(pathToken))
+	}
+	// An error from fn fails the token request, sending nothing.
+	mu.Lock()
+	fnErr = errors.New("vault sealed")
+	mu.Unlock()
+	before := s.Hits(pathToken)
+	_, err = c.Authenticate(ctx)
+	if err == nil || !strings.HasPrefix(err.Error(), "apala: API key: vault sealed") || s.Hits(pathToken) != before {
+		t.Fatalf("Authenticate() with fn failing = %v; want apala: API key: vault sealed, nothing sent", err)
+	}
+	// Both keys are scrubbed from server text.
+	mu.Lock()
+	fnErr = nil
+	mu.Unlock()
+	s.Fail("/api/feedback", 400, `{"error":"keys `+DemoAPIKey+` and `+rotated+`"}`)
+	err = c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
+	if err == nil || secretRun(err.Error(), DemoAPIKey, rotated) != "" {
+		t.Errorf("an error echoing both keys kept a part of one (withheld)")
+	}
+	noSecret(t, "client", fmt.Sprintf("%v %+v %#v", c, c, c))
+	// NewClientFromEnv does not need APALA_API_KEY with a key function.
+	t.Setenv(EnvAPIKey, "")
+	if c2, err := NewClientFromEnv(WithAPIKeyFunc(fn)); err != nil {
+		t.Errorf("NewClientFromEnv(WithAPIKeyFunc) without %s: %v", EnvAPIKey, err)
+	} else {
+		c2.Close()
+	}
+}
+
+// TestKeyRotationUnderLoad: 16 goroutines call while the key is rotated at
+// the server and in the secret store; the client moves to the new key with
+// one more exchange, and no call fails.
+func TestKeyRotationUnderLoad(t *testing.T) {
+	var key atomic.Value
+	key.Store(DemoAPIKey)
+	var asked atomic.Int32
+	fn := func(context.Context) (string, error) { asked.Add(1); return key.Load().(string), nil }
+	s := NewDemoServer()
+	defer s.Close()
+	c := newTestClient(t, s.URL, WithAPIKeyFunc(fn))
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const rotated = "rotated-SECRET-key-3"
+	var failed, calls atomic.Int32
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				calls.Add(1)
+				if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	for calls.Load() < 200 {
+		time.Sleep(time.Millisecond)
+	}
+	// The rotation: the store gets the new key, the server drops the old
+	// one and every token issued with it.
+	key.Store(rotated)
+	s.mu.Lock()
+	s.apiKey = rotated
+	s.access, s.refresh = map[string]bool{}, map[string]bool{}
+	s.mu.Unlock()
+	before := calls.Load()
+	for calls.Load() < before+400 {
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("calls %d, failed %d, exchanges %d, refreshes %d, keys asked %d", calls.Load(), failed.Load(), s.Hits(pathToken), s.Hits(pathRefresh), asked.Load())
+	if failed.Load() != 0 {
+		t.Errorf("failed calls = %d; want 0", failed.Load())
+	}
+	if n := s.Hits(pathToken); n != 2 {
+		t.Errorf("exchanges = %d; want 2 (the first and one with the new key)", n)
+	}
+}
+
+// BenchmarkDoObserved is BenchmarkDo in memory with WithResponseInfo and a
+// no-op Attempt hook: what observing a call costs.
+func BenchmarkDoObserved(b *testing.B) {
+	in := benchFeedback{MessageID: "m1", CustomerResponded: true, Score: "good"}
+	hc := &http.Client{Transport: &cannedTransport{header: jsonHeader, body: benchReply}}
+	c := clientWithToken(b, WithBaseURL("http://localhost:4000"), WithHTTPClient(hc),
+		WithHooks(Hooks{Attempt: func(context.Context, AttemptInfo) {}}))
+	var info ResponseInfo
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var out benchStored
+		if err := c.Do(ctx, "POST", "/api/feedback", &in, &out, WithResponseInfo(&info)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

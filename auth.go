@@ -76,19 +76,7 @@ func (c *Client) AccessToken(ctx context.Context) (string, error) {
 // Token returns a snapshot of the access token held, without any I/O. It is
 // the zero Token when none is held, after a rejection by the server, and
 // after Close.
-func (c *Client) Token() Token {
-	p := c.pair.Load()
-	if p == nil || p.access == "" {
-		return Token{}
-	}
-	return Token{
-		AccessToken: p.access,
-		TokenType:   p.tokenType,
-		ExpiresAt:   p.expiresAt,
-		CompanyID:   p.companyID,
-		CompanyName: p.companyName,
-	}
-}
+func (c *Client) Token() Token { return c.pair.Load().token() }
 
 // Authenticate exchanges the API key for a new token pair (POST
 // /api/auth/token) and returns the server's answer. It always reaches the
@@ -324,6 +312,21 @@ func (p *tokenPair) rejected() *tokenPair {
 	}
 }
 
+// token is p's exported snapshot; the zero Token for nil or a pair
+// without an access token.
+func (p *tokenPair) token() Token {
+	if p == nil || p.access == "" {
+		return Token{}
+	}
+	return Token{
+		AccessToken: p.access,
+		TokenType:   p.tokenType,
+		ExpiresAt:   p.expiresAt,
+		CompanyID:   p.companyID,
+		CompanyName: p.companyName,
+	}
+}
+
 // withoutRefresh returns a copy of p without its refresh token, after the
 // server refused it.
 func (p *tokenPair) withoutRefresh() *tokenPair {
@@ -455,6 +458,9 @@ type tokenState struct {
 	cooldownUntil atomic.Int64
 	// closed is set by Close; written under mu, read without it.
 	closed atomic.Bool
+	// keys are the keys WithAPIKeyFunc's function returned, scrubbed from
+	// server text; replaced whole under mu, read without it.
+	keys atomic.Pointer[[]string]
 
 	// mu guards cooldown and lastErr, and serialises the start and the end
 	// of flights with Close.
@@ -499,7 +505,7 @@ func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 			return p, nil
 		}
 		if now < p.invalidAt {
-			c.refreshSoon(now)
+			c.refreshSoon(ctx, now)
 			return p, nil
 		}
 	}
@@ -509,7 +515,7 @@ func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 // refreshSoon starts a background refresh unless one is running or a failure
 // cooldown is in force. Checked without a lock, so that callers inside the
 // stale window never contend: at most one of them takes the lock to start it.
-func (c *Client) refreshSoon(now time.Duration) {
+func (c *Client) refreshSoon(ctx context.Context, now time.Duration) {
 	if c.flight.Load() != nil || now < time.Duration(c.cooldownUntil.Load()) {
 		return
 	}
@@ -518,7 +524,7 @@ func (c *Client) refreshSoon(now time.Duration) {
 	if c.closed.Load() || c.flight.Load() != nil || now < time.Duration(c.cooldownUntil.Load()) {
 		return
 	}
-	c.launch(flightAuto)
+	c.launch(ctx, flightAuto)
 }
 
 // usable reports whether p can be sent now (fresh or stale).
@@ -546,7 +552,7 @@ func (c *Client) waitToken(ctx context.Context) (*tokenPair, error) {
 				c.mu.Unlock()
 				return nil, err
 			}
-			f = c.launch(flightAuto)
+			f = c.launch(ctx, flightAuto)
 		}
 		c.mu.Unlock()
 
@@ -610,7 +616,7 @@ func (c *Client) requestToken(ctx context.Context, kind flightKind) (*flight, er
 					return nil, ErrNotAuthenticated
 				}
 			}
-			f = c.launch(kind)
+			f = c.launch(ctx, kind)
 		}
 		c.mu.Unlock()
 
@@ -625,15 +631,17 @@ func (c *Client) requestToken(ctx context.Context, kind flightKind) (*flight, er
 	}
 }
 
-// launch starts a flight. c.mu must be held, and no flight be in progress.
-func (c *Client) launch(kind flightKind) *flight {
-	// The flight's context belongs to no caller, so that none can cancel
-	// it for the others; Close cancels it through f.cancel.
-	ctx, cancel := context.WithCancel(context.Background())
+// launch starts a flight for the caller whose context is ctx. c.mu must be
+// held, and no flight be in progress. The flight's context keeps ctx's
+// values (a trace, a logger) for the hooks and the log, but not its
+// cancellation or deadline, so that no caller can end the flight for the
+// others; Close cancels it through f.cancel.
+func (c *Client) launch(ctx context.Context, kind flightKind) *flight {
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f := &flight{kind: kind, done: make(chan struct{}), cancel: cancel}
 	c.flight.Store(f)
 	c.wg.Add(1)
-	go c.fly(ctx, f)
+	go c.fly(fctx, f)
 	return f
 }
 
@@ -706,13 +714,77 @@ func (c *Client) obtain(ctx context.Context) (*tokenPair, error) {
 	return np, err
 }
 
-// exchange trades the API key for a token pair (POST /api/auth/token).
-func (c *Client) exchange(ctx context.Context) (*AuthResponse, *tokenPair, error) {
+// exchange trades the API key for a token pair (POST /api/auth/token). With
+// WithAPIKeyFunc the key is asked for now, and once more after a 401: a key
+// rotated meanwhile gets one more try.
+func (c *Client) exchange(ctx context.Context) (ar *AuthResponse, p *tokenPair, err error) {
+	defer c.reportToken(ctx, false, time.Now(), &p, &err)
+	key, err := c.key(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	ar, p, err = c.exchangeKey(ctx, key)
+	if c.cfg.keyFunc != nil && errors.Is(err, ErrUnauthorized) {
+		if next, kerr := c.key(ctx); kerr == nil && next != key {
+			ar, p, err = c.exchangeKey(ctx, next)
+		}
+	}
+	return ar, p, err
+}
+
+// key returns the API key for an exchange: the one NewClient was given, or
+// what WithAPIKeyFunc's function returns now, remembered for scrubbing.
+func (c *Client) key(ctx context.Context) (string, error) {
+	fn := c.cfg.keyFunc
+	if fn == nil {
+		return c.apiKey, nil
+	}
+	k, err := fn(ctx)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("apala: API key: %w", err)
+	case k == "":
+		return "", fmt.Errorf("%w: WithAPIKeyFunc returned an empty key", ErrMissingAPIKey)
+	}
+	c.remember(k)
+	return k, nil
+}
+
+// remember adds k to the keys scrubbed from server text.
+func (c *Client) remember(k string) {
+	if ks := c.keys.Load(); ks != nil {
+		for _, old := range *ks {
+			if old == k {
+				return
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ks []string
+	if old := c.keys.Load(); old != nil {
+		ks = append(ks, *old...)
+	}
+	ks = append(ks, k)
+	c.keys.Store(&ks)
+}
+
+// exchangeKey trades key for a token pair.
+func (c *Client) exchangeKey(ctx context.Context, key string) (*AuthResponse, *tokenPair, error) {
+	body := c.authBody
+	if key != c.apiKey || body == nil {
+		var err error
+		if body, err = json.Marshal(struct {
+			APIKey string `json:"api_key"`
+		}{key}); err != nil {
+			return nil, nil, fmt.Errorf("apala: encoding the API key: %w", err)
+		}
+	}
 	var w struct {
 		AuthResponse
 		ExpiresIn json.Number `json:"expires_in"` // an integral float (3600.0) too
 	}
-	rq := &request{method: http.MethodPost, path: pathToken, body: c.authBody}
+	rq := &request{method: http.MethodPost, path: pathToken, body: body}
 	sent, err := c.send(ctx, rq, &w)
 	if err != nil {
 		return nil, nil, err
@@ -740,10 +812,11 @@ func (c *Client) exchange(ctx context.Context) (*AuthResponse, *tokenPair, error
 // refresh trades the refresh token of old for a new access token
 // (POST /api/auth/refresh). The refresh token is kept unless the server
 // rotates it.
-func (c *Client) refresh(ctx context.Context, old *tokenPair) (*RefreshResponse, *tokenPair, error) {
+func (c *Client) refresh(ctx context.Context, old *tokenPair) (_ *RefreshResponse, p *tokenPair, err error) {
 	if old == nil || old.refresh == "" {
 		return nil, nil, ErrNotAuthenticated
 	}
+	defer c.reportToken(ctx, true, time.Now(), &p, &err)
 	body, err := json.Marshal(struct {
 		RefreshToken string `json:"refresh_token"`
 	}{old.refresh})
@@ -771,12 +844,26 @@ func (c *Client) refresh(ctx context.Context, old *tokenPair) (*RefreshResponse,
 		}
 		refresh = rr.RefreshToken
 	}
-	p := c.newPair(rr.AccessToken, refresh, rr.TokenType, rr.RefreshResponse.ExpiresIn, sent.mono, sent.wall)
+	p = c.newPair(rr.AccessToken, refresh, rr.TokenType, rr.RefreshResponse.ExpiresIn, sent.mono, sent.wall)
 	p.companyID, p.companyName = old.companyID, old.companyName
 	c.logAttrs(ctx, slog.LevelInfo, "apala: token refreshed",
 		slog.Duration("expires_in", time.Duration(rr.RefreshResponse.ExpiresIn)*time.Second))
 	resp := rr.RefreshResponse
 	return &resp, p, nil
+}
+
+// reportToken calls the Token hook, if any, about the token request that
+// started at start and ended with *p and *err.
+func (c *Client) reportToken(ctx context.Context, refresh bool, start time.Time, p **tokenPair, err *error) {
+	hook := c.cfg.hooks.Token
+	if hook == nil {
+		return
+	}
+	t := TokenInfo{Refresh: refresh, Duration: time.Since(start), Err: *err}
+	if *err == nil {
+		t.Token = (*p).token()
+	}
+	hook(ctx, t)
 }
 
 // reject invalidates p after the server refused it, unless a newer pair has
