@@ -238,6 +238,7 @@ type config struct {
 	header     http.Header // extra headers; replaced, never modified, so a call's copy cannot touch the client's
 	hooks      Hooks
 	keyFunc    func(context.Context) (string, error)
+	store      TokenStore
 
 	idemKey string        // a call's Idempotency-Key; "" generates one
 	info    *ResponseInfo // filled when a call returns; nil: not asked for
@@ -468,6 +469,23 @@ type TokenInfo struct {
 	Token    Token         // the new token on success (prints redacted); zero on failure
 	Duration time.Duration // from its start to its end, retries included
 	Err      error
+}
+
+// WithTokenStore makes the client share its tokens through s: before every
+// token request it loads s and adopts a fresh token another client saved
+// for the same base URL and key, and after every token request it saves
+// what it got. When s is also a TokenLocker, the client holds its lock from
+// the load until the save, so that processes racing for a token make one
+// request between them. Failures of s are logged at Warn and never fail a
+// call. The hot path does not touch s. Client only.
+func WithTokenStore(s TokenStore) Option {
+	o := Option{name: "WithTokenStore", scope: forClient}
+	if s == nil {
+		o.err = &ValidationError{Field: "WithTokenStore", Reason: "nil TokenStore"}
+		return o
+	}
+	o.apply = func(c *config) { c.store = s }
+	return o
 }
 
 // WithAPIKeyFunc makes the client ask fn for the API key at every API-key

@@ -11,14 +11,19 @@ package apala
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -287,6 +292,8 @@ type tokenPair struct {
 
 	companyID   string
 	companyName string
+	keyID       string // the fingerprint of the base URL and key it came from, for a TokenStore
+	refused     string // in a rejected pair: the access token the server refused
 
 	// Deadlines as offsets on the client's monotonic clock (Client.mono).
 	// Fresh before staleAt, stale before invalidAt, invalid after.
@@ -307,6 +314,9 @@ func (p *tokenPair) rejected() *tokenPair {
 		refresh:     p.refresh,
 		companyID:   p.companyID,
 		companyName: p.companyName,
+		keyID:       p.keyID,
+		refused:     p.access,
+		expiresAt:   p.expiresAt,
 		staleAt:     math.MinInt64,
 		invalidAt:   math.MinInt64,
 	}
@@ -366,9 +376,16 @@ func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sentM
 			}
 		}
 	}
+	c.setDeadlines(p, life, sentMono, sentWall)
+	return p
+}
+
+// setDeadlines sets p's deadlines for a token that lives life from sentMono
+// (sentWall on the wall clock). A life of 0 or less means unknown: the
+// token is used until the server rejects it.
+func (c *Client) setDeadlines(p *tokenPair, life, sentMono time.Duration, sentWall time.Time) {
 	if life <= 0 {
-		// No usable expiry: use the token until the server rejects it.
-		return p
+		return
 	}
 	margin := c.cfg.margin
 	if margin > life/2 {
@@ -382,7 +399,6 @@ func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sentM
 	p.staleAt = expires - margin
 	p.invalidAt = expires - leeway
 	p.expiresAt = sentWall.Add(life)
-	return p
 }
 
 // seconds reads expires_in: an integer, or a float such as 3600.0 (a
@@ -459,8 +475,10 @@ type tokenState struct {
 	// closed is set by Close; written under mu, read without it.
 	closed atomic.Bool
 	// keys are the keys WithAPIKeyFunc's function returned, scrubbed from
-	// server text; replaced whole under mu, read without it.
-	keys atomic.Pointer[[]string]
+	// server text; replaced whole under mu, read without it. lastKey is the
+	// latest of them.
+	keys    atomic.Pointer[[]string]
+	lastKey atomic.Pointer[string]
 
 	// mu guards cooldown and lastErr, and serialises the start and the end
 	// of flights with Close.
@@ -654,14 +672,24 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 	defer f.cancel()
 
 	old := c.pair.Load()
+	unlock := c.lockStore(ctx)
+	adopted := false
 	switch f.kind {
 	case flightAuth:
 		f.auth, f.pair, f.err = c.exchange(ctx)
 	case flightRefresh:
 		f.refresh, f.pair, f.err = c.refresh(ctx, old)
 	default:
-		f.pair, f.err = c.obtain(ctx)
+		if f.pair = c.adopt(ctx, old); f.pair != nil {
+			adopted = true
+		} else {
+			f.pair, f.err = c.obtain(ctx)
+		}
 	}
+	if f.err == nil && !adopted {
+		c.save(ctx, f.pair)
+	}
+	unlock()
 
 	var cooldown time.Duration
 	c.mu.Lock()
@@ -747,6 +775,7 @@ func (c *Client) key(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("%w: WithAPIKeyFunc returned an empty key", ErrMissingAPIKey)
 	}
 	c.remember(k)
+	c.lastKey.Store(&k)
 	return k, nil
 }
 
@@ -798,6 +827,7 @@ func (c *Client) exchangeKey(ctx context.Context, key string) (*AuthResponse, *t
 		return nil, nil, rq.errorf(nil, "response has a malformed refresh_token")
 	}
 	p := c.newPair(ar.AccessToken, ar.RefreshToken, ar.TokenType, ar.ExpiresIn, sent.mono, sent.wall)
+	p.keyID = c.keyID(key)
 	// The company is the server's text, printed with the Token and logged:
 	// scrubbed like any, of the new tokens too.
 	fresh := []*tokenPair{p}
@@ -845,7 +875,7 @@ func (c *Client) refresh(ctx context.Context, old *tokenPair) (_ *RefreshRespons
 		refresh = rr.RefreshToken
 	}
 	p = c.newPair(rr.AccessToken, refresh, rr.TokenType, rr.RefreshResponse.ExpiresIn, sent.mono, sent.wall)
-	p.companyID, p.companyName = old.companyID, old.companyName
+	p.companyID, p.companyName, p.keyID = old.companyID, old.companyName, old.keyID
 	c.logAttrs(ctx, slog.LevelInfo, "apala: token refreshed",
 		slog.Duration("expires_in", time.Duration(rr.RefreshResponse.ExpiresIn)*time.Second))
 	resp := rr.RefreshResponse
@@ -889,3 +919,305 @@ func (c *Client) closeFlights() {
 
 // isClosed reports whether Close was called.
 func (c *Client) isClosed() bool { return c.closed.Load() }
+
+// Sharing tokens through a TokenStore. The client loads the store before
+// every token request, holding the store's lock when it has one, adopts a
+// stored token that another client got, and saves every token it gets. The
+// store is a cache: its failures are logged at Warn and cost at most a token
+// request, never a call.
+
+// TokenStore keeps a token where other clients, in this process or in
+// others, find it, so that short-lived processes and many processes on one
+// host make one token request per token lifetime between them. Give one to
+// a client with WithTokenStore; NewFileTokenStore makes one backed by a
+// file. A store shared by processes on several machines (Redis, a database)
+// is a few lines of the user's code.
+//
+// A store may also implement TokenLocker, to serialise token requests
+// across processes.
+type TokenStore interface {
+	// Load returns the stored token, or nil, nil when none is stored.
+	Load(ctx context.Context) (*StoredToken, error)
+	// Save stores t, replacing what was stored.
+	Save(ctx context.Context, t *StoredToken) error
+}
+
+// TokenLocker is implemented by a TokenStore that serialises token requests
+// across processes: the client takes the lock before it loads the store and
+// releases it once the result of its token request is saved, so that N
+// processes racing for a token make one request and the others adopt it.
+// Lock waits until the lock is held or ctx ends; unlock releases it.
+type TokenLocker interface {
+	Lock(ctx context.Context) (unlock func(), err error)
+}
+
+// StoredToken is a token pair as a TokenStore keeps it. It is the one type
+// of the package meant to be persisted: fmt and log/slog print it redacted,
+// but encoding/json gives its real fields, so that a store can encode it.
+// The API key is never part of it.
+type StoredToken struct {
+	AccessToken  string    `json:"access_token"`
+	RefreshToken string    `json:"refresh_token"`
+	TokenType    string    `json:"token_type"`
+	ExpiresAt    time.Time `json:"expires_at"` // zero: unknown, and never adopted
+	CompanyID    string    `json:"company_id"`
+	CompanyName  string    `json:"company_name"`
+	// KeyID is the fingerprint of the base URL and the API key the token
+	// came from, set by the client: the first 16 bytes of a SHA-256 of
+	// both, in hex, which cannot be turned back into the key. A client
+	// adopts only a token of its own base URL and key.
+	KeyID string `json:"key_id"`
+}
+
+// printable lists t's fields for printing, the tokens redacted.
+func (t StoredToken) printable() []slog.Attr {
+	return []slog.Attr{
+		slog.String("access_token", redact(t.AccessToken)),
+		slog.String("refresh_token", redact(t.RefreshToken)),
+		slog.String("token_type", t.TokenType),
+		slog.Time("expires_at", t.ExpiresAt),
+		slog.String("company_id", t.CompanyID),
+		slog.String("company_name", t.CompanyName),
+		slog.String("key_id", t.KeyID),
+	}
+}
+
+// String describes the stored token without its tokens.
+func (t StoredToken) String() string { return describe("apala.StoredToken", t.printable()) }
+
+// GoString is String, for code that asks for it by name; fmt's %#v goes
+// through Format.
+func (t StoredToken) GoString() string { return t.String() }
+
+// Format implements fmt.Formatter: every verb prints String.
+func (t StoredToken) Format(f fmt.State, verb rune) { formatRedacted(f, verb, t.String()) }
+
+// LogValue implements slog.LogValuer, leaving the tokens out.
+func (t StoredToken) LogValue() slog.Value { return slog.GroupValue(t.printable()...) }
+
+// keyID is the fingerprint of the client's base URL and key.
+func (c *Client) keyID(key string) string {
+	h := sha256.Sum256([]byte("apala-go token store\x00" + c.baseStr + "\x00" + key))
+	return hex.EncodeToString(h[:16])
+}
+
+// currentKeyID is the fingerprint of the key the client uses now: the one
+// NewClient was given, or the latest WithAPIKeyFunc's function returned,
+// which is asked for once if it never was.
+func (c *Client) currentKeyID(ctx context.Context) (string, error) {
+	if c.cfg.keyFunc == nil {
+		return c.keyID(c.apiKey), nil
+	}
+	if k := c.lastKey.Load(); k != nil {
+		return c.keyID(*k), nil
+	}
+	k, err := c.key(ctx)
+	if err != nil {
+		return "", err
+	}
+	return c.keyID(k), nil
+}
+
+// lockStore takes the store's lock when it is a TokenLocker, and returns
+// what releases it. A lock that cannot be taken is logged, and the token
+// request goes on without it.
+func (c *Client) lockStore(ctx context.Context) (unlock func()) {
+	l, ok := c.cfg.store.(TokenLocker)
+	if !ok {
+		return func() {}
+	}
+	unlock, err := l.Lock(ctx)
+	if err != nil || unlock == nil {
+		c.storeFailed(ctx, "lock", err)
+		return func() {}
+	}
+	return unlock
+}
+
+// adopt loads the store and returns a pair made of the token stored there
+// when it came from this client's base URL and key, is newer than old (or,
+// when the server refused old's token, is another one), and would be fresh (more than the refresh margin,
+// capped at half the time left, before it expires); nil otherwise.
+func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
+	if c.cfg.store == nil {
+		return nil
+	}
+	st, err := c.cfg.store.Load(ctx)
+	if err != nil {
+		c.storeFailed(ctx, "load", err)
+		return nil
+	}
+	if st == nil || st.ExpiresAt.IsZero() || !validToken(st.AccessToken) || (st.RefreshToken != "" && !validToken(st.RefreshToken)) {
+		return nil
+	}
+	if id, err := c.currentKeyID(ctx); err != nil || st.KeyID != id {
+		return nil
+	}
+	switch {
+	case old == nil:
+	case old.refused != "":
+		// The server refused old's token: any other one is worth a try.
+		if st.AccessToken == old.refused {
+			return nil
+		}
+	case st.AccessToken == old.access || !st.ExpiresAt.After(old.expiresAt):
+		return nil
+	}
+	p := &tokenPair{
+		access: st.AccessToken, refresh: st.RefreshToken, tokenType: st.TokenType,
+		bearer:    []string{"Bearer " + st.AccessToken},
+		companyID: st.CompanyID, companyName: st.CompanyName, keyID: st.KeyID,
+		staleAt: math.MaxInt64, invalidAt: math.MaxInt64,
+	}
+	if p.tokenType == "" {
+		p.tokenType = "Bearer"
+	}
+	now, mono := c.now(), c.mono()
+	c.setDeadlines(p, st.ExpiresAt.Sub(now), mono, now)
+	if mono >= p.staleAt {
+		return nil
+	}
+	c.logAttrs(ctx, slog.LevelInfo, "apala: token taken from the store",
+		slog.String("company_id", p.companyID), slog.Duration("expires_in", st.ExpiresAt.Sub(now)))
+	return p
+}
+
+// save stores p, when the client has a store.
+func (c *Client) save(ctx context.Context, p *tokenPair) {
+	if c.cfg.store == nil {
+		return
+	}
+	err := c.cfg.store.Save(ctx, &StoredToken{
+		AccessToken: p.access, RefreshToken: p.refresh, TokenType: p.tokenType, ExpiresAt: p.expiresAt,
+		CompanyID: p.companyID, CompanyName: p.companyName, KeyID: p.keyID,
+	})
+	if err != nil {
+		c.storeFailed(ctx, "save", err)
+	}
+}
+
+// storeFailed logs a failure of the store at Warn: a cache that failed.
+func (c *Client) storeFailed(ctx context.Context, op string, err error) {
+	msg := "<nil>"
+	if err != nil {
+		msg = c.scrub(err.Error(), nil)
+	}
+	c.logAttrs(ctx, slog.LevelWarn, "apala: token store failed; going on without it",
+		slog.String("op", op), slog.String("error", msg))
+}
+
+// NewFileTokenStore returns a TokenStore keeping the token in one JSON file
+// at path, written with mode 0600 by an atomic rename in its directory, so
+// that a reader never sees half a file. It is also a TokenLocker: token
+// requests are serialised across processes by a lock file beside it (path
+// + ".lock", created with O_EXCL), taken over when older than 10 seconds, so
+// that a crashed holder blocks nobody for long. A file that holds no token
+// of this package is ignored and overwritten. The API key is never stored;
+// the tokens are, so keep the file where only the service's user reads it.
+// On platforms without a file system (js/wasm) its methods return errors.
+func NewFileTokenStore(path string) TokenStore { return &fileStore{path: path} }
+
+// fileLockStale is how old a lock file is before another process takes it
+// over; tests shorten it.
+var fileLockStale = 10 * time.Second
+
+// fileStore is the TokenStore of NewFileTokenStore.
+type fileStore struct{ path string }
+
+var _ TokenLocker = (*fileStore)(nil)
+
+// fileToken is the file's content: a StoredToken marked with the format's
+// version, so that a foreign file is told apart.
+type fileToken struct {
+	Version int         `json:"apala_token_store"`
+	Token   StoredToken `json:"token"`
+}
+
+// Load implements TokenStore.
+func (s *fileStore) Load(ctx context.Context) (*StoredToken, error) {
+	b, err := os.ReadFile(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("apala: token store: %w", err)
+	}
+	var f fileToken
+	if len(b) > 64<<10 || json.Unmarshal(b, &f) != nil || f.Version != 1 {
+		return nil, fmt.Errorf("apala: token store: %s holds no token of this package; it will be overwritten", s.path)
+	}
+	return &f.Token, nil
+}
+
+// Save implements TokenStore.
+func (s *fileStore) Save(ctx context.Context, t *StoredToken) error {
+	b, err := json.Marshal(fileToken{Version: 1, Token: *t})
+	if err != nil {
+		return fmt.Errorf("apala: token store: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(s.path), filepath.Base(s.path)+".tmp-*") // mode 0600
+	if err != nil {
+		return fmt.Errorf("apala: token store: %w", err)
+	}
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), s.path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("apala: token store: %w", err)
+	}
+	return nil
+}
+
+// Lock implements TokenLocker with a lock file. A lock file older than
+// fileLockStale is taken over: its holder crashed or hangs. Two processes
+// taking one over at once may both hold the lock; the cost is one more
+// token request, never a failed call.
+func (s *fileStore) Lock(ctx context.Context) (func(), error) {
+	name := s.path + ".lock"
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	me := strconv.Itoa(os.Getpid()) + " " + id
+	wait := 2 * time.Millisecond
+	for {
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err == nil {
+			_, err = f.WriteString(me)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				os.Remove(name)
+				return nil, fmt.Errorf("apala: token store lock: %w", err)
+			}
+			return func() {
+				// Not a lock taken over meanwhile by another process.
+				if b, err := os.ReadFile(name); err == nil && string(b) == me {
+					os.Remove(name)
+				}
+			}, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("apala: token store lock: %w", err)
+		}
+		if fi, err := os.Stat(name); err == nil && time.Since(fi.ModTime()) > fileLockStale {
+			os.Remove(name)
+			continue
+		}
+		if err := sleep(ctx, wait); err != nil {
+			return nil, fmt.Errorf("apala: token store lock: %w", err)
+		}
+		if wait < 50*time.Millisecond {
+			wait *= 2
+		}
+	}
+}
