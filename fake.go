@@ -9,6 +9,7 @@ package apala
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -34,12 +35,12 @@ const (
 	FakeCompanyGUID = "550e8400-e29b-41d4-a716-446655440000"
 )
 
+// Only string constants here: the DWARF data of every program importing
+// the package lists its integer constants, and a program that does not use
+// FakeServer must not grow.
 const (
-	fakeCompanyName     = "Acme Lending"
-	fakeLifetime        = time.Hour          // of access tokens, unless SetTokenLifetime says otherwise
-	fakeRefreshLifetime = 7 * 24 * time.Hour // of refresh tokens
-	fakeMaxBody         = 1 << 20            // bytes of a request body read at most
-	fakeInsertedAt      = "2006-01-02T15:04:05.000000"
+	fakeCompanyName = "Acme Lending"
+	fakeInsertedAt  = "2006-01-02T15:04:05.000000" // Python's isoformat, without an offset
 
 	fakePathToken      = "/api/auth/token"
 	fakePathRefresh    = "/api/auth/refresh"
@@ -84,10 +85,13 @@ const (
 // requires: UUIDs, FakeCompanyGUID as the company (403 otherwise), 5-digit
 // zip codes, channels, the "true"/"false" strings of reply_or_not, RFC 3339
 // send times, metadata bins, scores and rewards. Bad input gets 422 and
-// {"error": "..."} naming the field. It accepts FakeAPIKey alone and issues
-// JWT-shaped tokens with an exp claim; the API endpoints answer 401 to a
-// missing, unknown, expired or revoked bearer token. A refresh keeps the
-// refresh token (no rotation).
+// {"error": "..."} naming the field. The token endpoint takes exactly
+// {"api_key": ...}, the refresh endpoint exactly {"refresh_token": ...},
+// neither with an Authorization header (400 otherwise); a key other than
+// FakeAPIKey, or a refresh token unknown, expired or revoked, gets 401. The
+// tokens are JWT-shaped, with an exp claim; the API endpoints answer 401,
+// as Phoenix does, to a missing, unknown, expired or revoked bearer token. A
+// refresh keeps the refresh token (no rotation).
 //
 // Its answers are deterministic: the optimizer's message ids are "msg-0001",
 // "msg-0002", ... and feedback ids "fb-0001", ..., in the order the requests
@@ -95,8 +99,8 @@ const (
 // period, followed by " - reply YES and we will call you today.". A
 // request whose Idempotency-Key the server has already answered on that
 // path gets the first answer again and changes nothing; only successful
-// answers are remembered, and the key is not required. The server forgets
-// nothing, so use one per test.
+// answers are remembered (the last 4096 at least), and the key is not
+// required. Use one server per test: it keeps every feedback entry.
 //
 // The zero value is a server ready to use, like one from NewFakeServer. A
 // FakeServer is safe for concurrent use by multiple goroutines.
@@ -116,15 +120,21 @@ type FakeServer struct {
 	rotate    bool                                              // answer a refresh with a new refresh token and revoke the old one
 	hook      func(w http.ResponseWriter, r *http.Request) bool // see setHook
 
-	serial    int                        // tokens issued so far
-	tokens    map[string]fakeToken       // tokens accepted, access and refresh
-	optimized int                        // optimizer answers given: n of the last msg-000n
-	feedback  []fakeFeedbackOut          // stored feedback, oldest first
-	answers   map[fakeIdemKey]fakeAnswer // by Idempotency-Key
-	requests  map[string]int             // by path
-	bodies    map[string][]byte          // the last request body, by path
-	headers   map[string]http.Header     // the last request header, by path
-	scripted  map[string][]fakeScripted  // answers queued by Fail and script, by path
+	serial     int                        // tokens issued so far
+	tokens     map[string]fakeToken       // tokens accepted, access and refresh
+	optimized  int                        // optimizer answers given: n of the last msg-000n
+	feedback   []fakeFeedbackOut          // stored feedback, oldest first
+	paths      map[string]*fakePath       // by URL path
+	answers    map[fakeIdemKey]fakeAnswer // by Idempotency-Key: the newest (see serveAPI)
+	oldAnswers map[fakeIdemKey]fakeAnswer // the generation before those
+}
+
+// fakePath is what the server knows of one URL path.
+type fakePath struct {
+	requests int
+	body     []byte         // of the last request
+	header   http.Header    // of the last request
+	scripted []fakeScripted // answers queued by Fail and script
 }
 
 type fakeToken struct {
@@ -163,13 +173,10 @@ func (s *FakeServer) ready() {
 		return
 	}
 	s.inited = true
-	s.lifetime, s.expiresIn = fakeLifetime, int(fakeLifetime/time.Second)
+	s.lifetime, s.expiresIn = time.Hour, 3600
 	s.tokens = map[string]fakeToken{}
+	s.paths = map[string]*fakePath{}
 	s.answers = map[fakeIdemKey]fakeAnswer{}
-	s.requests = map[string]int{}
-	s.bodies = map[string][]byte{}
-	s.headers = map[string]http.Header{}
-	s.scripted = map[string][]fakeScripted{}
 }
 
 // clock returns the server's time. s.mu must be held.
@@ -217,7 +224,8 @@ func (s *FakeServer) script(path string, status int, body string, header map[str
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ready()
-	s.scripted[path] = append(s.scripted[path], fakeScripted{status: status, body: body, header: header})
+	p := s.pathLocked(path)
+	p.scripted = append(p.scripted, fakeScripted{status: status, body: body, header: header})
 }
 
 // RevokeTokens revokes every access and refresh token issued so far, as a
@@ -249,7 +257,10 @@ func (s *FakeServer) SetTokenLifetime(d time.Duration) {
 func (s *FakeServer) Requests(path string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.requests[path]
+	if p := s.paths[path]; p != nil {
+		return p.requests
+	}
+	return 0
 }
 
 // Feedback returns the feedback entries stored so far, oldest first, as the
@@ -285,7 +296,10 @@ func (s *FakeServer) setHook(h func(w http.ResponseWriter, r *http.Request) bool
 func (s *FakeServer) lastBody(path string) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]byte(nil), s.bodies[path]...)
+	if p := s.paths[path]; p != nil {
+		return append([]byte(nil), p.body...)
+	}
+	return nil
 }
 
 // lastHeader returns a copy of the header of the last request to path; nil
@@ -293,7 +307,10 @@ func (s *FakeServer) lastBody(path string) []byte {
 func (s *FakeServer) lastHeader(path string) http.Header {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.headers[path].Clone()
+	if p := s.paths[path]; p != nil {
+		return p.header.Clone()
+	}
+	return nil
 }
 
 // grant issues a token pair the server accepts, as an exchange of the API
@@ -309,18 +326,19 @@ func (s *FakeServer) grant() (access, refresh string) {
 // pairLocked issues an access token and a refresh token. s.mu must be held.
 func (s *FakeServer) pairLocked() (access, refresh string) {
 	now := s.clock()
-	return s.issueLocked(false, now, s.lifetime), s.issueLocked(true, now, fakeRefreshLifetime)
+	return s.issueLocked(false, now), s.issueLocked(true, now)
 }
 
-// issueLocked issues a JWT-shaped token living life from now and records
-// it as accepted. Its claims carry the company, its kind, a serial that
-// makes it unique and its exp; its signature carries the word SECRET.
-// s.mu must be held.
-func (s *FakeServer) issueLocked(refresh bool, now time.Time, life time.Duration) string {
+// issueLocked issues a JWT-shaped token and records it as accepted: an
+// access token living s.lifetime from now, or a refresh token living a
+// week. Its claims carry the company, its kind, a serial that makes it
+// unique and its exp; its signature carries the word SECRET. s.mu must be
+// held.
+func (s *FakeServer) issueLocked(refresh bool, now time.Time) string {
 	s.serial++
-	kind := "access"
+	kind, life := "access", s.lifetime
 	if refresh {
-		kind = "refresh"
+		kind, life = "refresh", 7*24*time.Hour
 	}
 	exp := now.Add(life)
 	n := strconv.Itoa(s.serial)
@@ -341,19 +359,28 @@ func (s *FakeServer) validLocked(tok string, refresh bool) bool {
 // ServeHTTP answers one request to the Apala API. Mount the server on
 // httptest.NewServer to reach it through a socket.
 func (s *FakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, readErr := fakeRequestBody(r)
+	s.serve(w, r, true)
+}
+
+// serve is ServeHTTP; withHook false leaves the hook out, for a request
+// that started before one was set (see fakeTransport.RoundTrip).
+func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, withHook bool) {
+	body, tooLarge, readErr := fakeRequestBody(r)
 	path := r.URL.Path
 
 	s.mu.Lock()
 	s.ready()
-	s.requests[path]++
-	s.bodies[path] = body
-	s.headers[path] = r.Header
-	hook := s.hook
+	p := s.pathLocked(path)
+	p.requests++
+	p.body, p.header = body, r.Header
+	var hook func(http.ResponseWriter, *http.Request) bool
+	if withHook {
+		hook = s.hook
+	}
 	var sc fakeScripted
 	var scripted bool
 	if hook == nil {
-		sc, scripted = s.popLocked(path)
+		sc, scripted = p.pop()
 	}
 	s.mu.Unlock()
 
@@ -362,7 +389,7 @@ func (s *FakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.mu.Lock()
-		sc, scripted = s.popLocked(path)
+		sc, scripted = p.pop()
 		s.mu.Unlock()
 	}
 	if scripted {
@@ -385,7 +412,7 @@ func (s *FakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case readErr != nil:
 		fakeError(w, http.StatusBadRequest, "reading the request body failed")
 		return
-	case len(body) > fakeMaxBody:
+	case tooLarge:
 		fakeError(w, http.StatusRequestEntityTooLarge, "request body larger than 1 MiB")
 		return
 	case !fakeIsJSON(r.Header.Get("Content-Type")):
@@ -414,18 +441,28 @@ func (s *FakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.serveAPI(w, path, r.Header.Get("Idempotency-Key"), body)
 }
 
-// popLocked takes the next scripted answer for path. s.mu must be held.
-func (s *FakeServer) popLocked(path string) (fakeScripted, bool) {
-	q := s.scripted[path]
-	if len(q) == 0 {
+// pathLocked returns the state of path, made on first use. s.mu must be
+// held.
+func (s *FakeServer) pathLocked(path string) *fakePath {
+	p := s.paths[path]
+	if p == nil {
+		p = &fakePath{}
+		s.paths[path] = p
+	}
+	return p
+}
+
+// pop takes the next scripted answer. The server's mu must be held.
+func (p *fakePath) pop() (fakeScripted, bool) {
+	if len(p.scripted) == 0 {
 		return fakeScripted{}, false
 	}
-	if len(q) == 1 {
-		delete(s.scripted, path)
-	} else {
-		s.scripted[path] = q[1:]
+	sc := p.scripted[0]
+	p.scripted = p.scripted[1:]
+	if len(p.scripted) == 0 {
+		p.scripted = nil
 	}
-	return q[0], true
+	return sc, true
 }
 
 func (sc *fakeScripted) write(w http.ResponseWriter) {
@@ -444,21 +481,19 @@ func (sc *fakeScripted) write(w http.ResponseWriter) {
 	_, _ = io.WriteString(w, sc.body)
 }
 
-// fakeRequestBody reads r's body, up to one byte past fakeMaxBody, and sets
-// it again on r so that a hook can read it. A body from the in-memory
-// transport is already in memory.
-func fakeRequestBody(r *http.Request) ([]byte, error) {
+// fakeRequestBody reads r's body with fakeReadBody and sets it again on r,
+// so that a hook can read it. A body from the in-memory transport is already
+// in memory.
+func fakeRequestBody(r *http.Request) (body []byte, tooLarge bool, err error) {
 	if b, ok := r.Body.(*fakeBuf); ok {
 		b.off = 0
-		return b.b, nil
+		return b.b, b.tooLarge, nil
 	}
-	var body []byte
-	var err error
 	if r.Body != nil {
-		body, err = io.ReadAll(io.LimitReader(r.Body, fakeMaxBody+1))
+		body, tooLarge, err = fakeReadBody(r.Body, r.ContentLength)
 	}
-	r.Body = &fakeBuf{b: body}
-	return body, err
+	r.Body = &fakeBuf{b: body, tooLarge: tooLarge}
+	return body, tooLarge, err
 }
 
 // fakeIsJSON reports whether a Content-Type names application/json.
@@ -481,13 +516,18 @@ func fakeBearer(h string) (string, bool) {
 // over without a copy: the server never changes an answer once written.
 func fakeReply(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
-	if _, ok := h["Content-Type"]; !ok {
-		h["Content-Type"] = []string{fakeJSONType}
-	}
+	_, typed := h["Content-Type"]
 	if fw, ok := w.(*fakeResponse); ok && fw.status == 0 && len(fw.b) == 0 {
+		if !typed {
+			fw.ct[0] = fakeJSONType
+			h["Content-Type"] = fw.ct[:]
+		}
 		fw.status = status
 		fw.b = body[:len(body):len(body)] // a later Write copies instead of appending in place
 		return
+	}
+	if !typed {
+		h["Content-Type"] = []string{fakeJSONType}
 	}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
@@ -556,10 +596,10 @@ func (s *FakeServer) serveRefresh(w http.ResponseWriter, r *http.Request, body [
 		return
 	}
 	now := s.clock()
-	out := fakeAuthOut{TokenType: "Bearer", AccessToken: s.issueLocked(false, now, s.lifetime), ExpiresIn: s.expiresInLocked()}
+	out := fakeAuthOut{TokenType: "Bearer", AccessToken: s.issueLocked(false, now), ExpiresIn: s.expiresInLocked()}
 	if s.rotate {
 		delete(s.tokens, *in.RefreshToken)
-		out.RefreshToken = s.issueLocked(true, now, fakeRefreshLifetime)
+		out.RefreshToken = s.issueLocked(true, now)
 	}
 	s.mu.Unlock()
 	b, _ := json.Marshal(&out) // strings and an int always marshal
@@ -669,78 +709,44 @@ type fakeBulkOut struct {
 	Feedback []fakeFeedbackOut `json:"feedback"`
 }
 
+// fakeRequest is the decoded body of a request to an API endpoint.
+type fakeRequest interface {
+	check() string                  // what is wrong with it, naming the field; "" when nothing
+	company() string                // the company it names; "" when the endpoint takes none
+	answerLocked(s *FakeServer) any // its answer, with the ids and entries it makes; s.mu must be held
+}
+
 // serveAPI answers an authenticated request to a message or feedback
-// endpoint: 422 for bad input, 403 for another company, else the answer.
+// endpoint: 422 for bad input, 403 for another company, else the answer,
+// which an Idempotency-Key already answered on path replays.
 func (s *FakeServer) serveAPI(w http.ResponseWriter, path, key string, body []byte) {
-	var msg string
-	var company string // "" for the feedback endpoints
-	var answer func() any
+	var in fakeRequest
 	switch path {
 	case fakePathProcessing:
-		in := new(fakeProcessingIn)
-		if msg = fakeDecode(body, in); msg == "" {
-			msg = in.check()
-		}
-		company = in.Company
-		answer = func() any {
-			c := in.CandidateMessage
-			return &fakeProcessingOut{Company: in.Company, CustomerID: in.CustomerID,
-				CandidateMessage: fakeCandidateMessage{Content: c.Content, Channel: c.Channel, MessageID: c.MessageID}}
-		}
+		in = new(fakeProcessingIn)
 	case fakePathOptimizer:
-		in := new(fakeOptimizerIn)
-		if msg = fakeDecode(body, in); msg == "" {
-			msg = in.check()
-		}
-		company = in.Company
-		answer = func() any {
-			s.optimized++
-			channel := "SMS"
-			if len(in.CandidateMessage) > 160 {
-				channel = "EMAIL"
-			}
-			return &fakeOptimizerOut{MessageID: fakeID("msg-", s.optimized), OptimizedMessage: fakeOptimize(in.CandidateMessage),
-				RecommendedChannel: channel, OriginalMessage: in.CandidateMessage}
-		}
+		in = new(fakeOptimizerIn)
 	case fakePathFeedback:
-		in := new(fakeFeedbackIn)
-		if msg = fakeDecode(body, in); msg == "" {
-			msg = in.check("")
-		}
-		answer = func() any {
-			out := s.storeLocked(in)
-			return &out
-		}
-	case fakePathBulk:
-		var in struct {
-			Feedback []fakeFeedbackIn `json:"feedback"`
-		}
-		if msg = fakeDecode(body, &in); msg == "" && len(in.Feedback) == 0 {
-			msg = "feedback: want a non-empty list"
-		}
-		for i := 0; msg == "" && i < len(in.Feedback); i++ {
-			msg = in.Feedback[i].check("feedback[" + strconv.Itoa(i) + "].")
-		}
-		answer = func() any {
-			out := &fakeBulkOut{Success: true, Count: len(in.Feedback), Feedback: make([]fakeFeedbackOut, len(in.Feedback))}
-			for i := range in.Feedback {
-				out.Feedback[i] = s.storeLocked(&in.Feedback[i])
-			}
-			return out
-		}
+		in = new(fakeFeedbackIn)
+	default:
+		in = new(fakeBulkIn)
+	}
+	msg := fakeDecode(body, in)
+	if msg == "" {
+		msg = in.check()
 	}
 	switch {
 	case msg != "":
 		fakeError(w, http.StatusUnprocessableEntity, msg)
 		return
-	case company != "" && !strings.EqualFold(company, FakeCompanyGUID):
+	case in.company() != "" && !strings.EqualFold(in.company(), FakeCompanyGUID):
 		fakeError(w, http.StatusForbidden, "company does not match the token")
 		return
 	}
 
 	s.mu.Lock()
 	if key != "" {
-		if a, ok := s.answers[fakeIdemKey{path, key}]; ok {
+		if a, ok := s.answerLocked(fakeIdemKey{path, key}); ok {
 			s.mu.Unlock()
 			if !bytes.Equal(a.request, body) {
 				fakeError(w, http.StatusUnprocessableEntity, "Idempotency-Key already used with a different request body")
@@ -751,12 +757,83 @@ func (s *FakeServer) serveAPI(w http.ResponseWriter, path, key string, body []by
 			return
 		}
 	}
-	out, _ := json.Marshal(answer()) // strings, ints and bools always marshal
+	out, _ := json.Marshal(in.answerLocked(s)) // strings, ints and bools always marshal
 	if key != "" {
+		// The answers are kept in two generations of up to keep each: the
+		// server remembers at least the last keep keys and at most twice
+		// as many, as a real server forgets keys after a while, so that
+		// its memory stays flat under load.
+		const keep = 4096
+		if len(s.answers) >= keep {
+			s.oldAnswers, s.answers = s.answers, make(map[fakeIdemKey]fakeAnswer, keep)
+		}
 		s.answers[fakeIdemKey{path, key}] = fakeAnswer{request: body, body: out}
 	}
 	s.mu.Unlock()
 	fakeReply(w, http.StatusOK, out)
+}
+
+func (in *fakeProcessingIn) company() string { return in.Company }
+
+func (in *fakeProcessingIn) answerLocked(*FakeServer) any {
+	c := in.CandidateMessage
+	return &fakeProcessingOut{Company: in.Company, CustomerID: in.CustomerID,
+		CandidateMessage: fakeCandidateMessage{Content: c.Content, Channel: c.Channel, MessageID: c.MessageID}}
+}
+
+func (in *fakeOptimizerIn) company() string { return in.Company }
+
+func (in *fakeOptimizerIn) answerLocked(s *FakeServer) any {
+	s.optimized++
+	channel := "SMS"
+	if len(in.CandidateMessage) > 160 {
+		channel = "EMAIL"
+	}
+	return &fakeOptimizerOut{MessageID: fakeID("msg-", s.optimized), OptimizedMessage: fakeOptimize(in.CandidateMessage),
+		RecommendedChannel: channel, OriginalMessage: in.CandidateMessage}
+}
+
+func (f *fakeFeedbackIn) company() string { return "" }
+
+func (f *fakeFeedbackIn) answerLocked(s *FakeServer) any {
+	out := s.storeLocked(f)
+	return &out
+}
+
+// fakeBulkIn is the body of /api/feedback/bulk.
+type fakeBulkIn struct {
+	Feedback []fakeFeedbackIn `json:"feedback"`
+}
+
+func (in *fakeBulkIn) check() string {
+	if len(in.Feedback) == 0 {
+		return "feedback: want a non-empty list"
+	}
+	for i := range in.Feedback {
+		if msg := in.Feedback[i].checkAs("feedback[" + strconv.Itoa(i) + "]."); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+func (in *fakeBulkIn) company() string { return "" }
+
+func (in *fakeBulkIn) answerLocked(s *FakeServer) any {
+	out := &fakeBulkOut{Success: true, Count: len(in.Feedback), Feedback: make([]fakeFeedbackOut, len(in.Feedback))}
+	for i := range in.Feedback {
+		out.Feedback[i] = s.storeLocked(&in.Feedback[i])
+	}
+	return out
+}
+
+// answerLocked returns the answer kept for k. s.mu must be held.
+func (s *FakeServer) answerLocked(k fakeIdemKey) (fakeAnswer, bool) {
+	if a, ok := s.answers[k]; ok {
+		return a, true
+	}
+	a, ok := s.oldAnswers[k]
+	return a, ok
 }
 
 // storeLocked stores one checked feedback item and returns its entry.
@@ -907,8 +984,10 @@ func (m *fakeMessage) check(field string) string {
 	return ""
 }
 
-// check checks a feedback item; field prefixes the names in its answer.
-func (f *fakeFeedbackIn) check(field string) string {
+func (f *fakeFeedbackIn) check() string { return f.checkAs("") }
+
+// checkAs checks a feedback item; field prefixes the names in its answer.
+func (f *fakeFeedbackIn) checkAs(field string) string {
 	switch {
 	case f.MessageID == "":
 		return field + "message_id: required"
@@ -1058,47 +1137,53 @@ type fakeTransport struct{ s *FakeServer }
 
 var _ http.RoundTripper = (*fakeTransport)(nil)
 
-// RoundTrip serves req with ServeHTTP on a goroutine of its own, so that it
-// can return the context's error as soon as req's context ends; the
-// goroutine ends when the handler does. The handler sees a shallow copy of
-// req, with the client's URL and header, and the body read into memory.
+// RoundTrip serves req with ServeHTTP and returns the context's error if
+// req's context ends before the handler finishes. The handler sees a shallow
+// copy of req, with the client's URL and header, and the body read into
+// memory.
+//
+// Only a test's hook can make the handler block (everything else holds the
+// server's lock briefly and never waits), so with a hook set the handler runs
+// on a goroutine of its own and RoundTrip returns as soon as the context
+// ends, leaving the goroutine to end when the handler does. Without one the
+// handler runs on the caller's goroutine, which costs a third of the time of
+// a round trip less, and the context is checked when it returns.
 func (t *fakeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	body, err := fakeReadBody(req)
-	if err != nil {
-		return nil, err
+	var body []byte
+	var tooLarge bool
+	if req.Body != nil && req.Body != http.NoBody {
+		var err error
+		body, tooLarge, err = fakeReadBody(req.Body, req.ContentLength)
+		req.Body.Close() // as a RoundTripper must, even on errors
+		if err != nil {
+			return nil, err
+		}
 	}
 	ctx := req.Context()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	sr := new(http.Request)
-	*sr = *req
-	sr.Body, sr.GetBody, sr.ContentLength = &fakeBuf{b: body}, nil, int64(len(body))
+	x := &fakeExchange{req: *req}
+	sr, rw := &x.req, &x.rw
+	x.body.b, x.body.tooLarge = body, tooLarge
+	sr.Body, sr.GetBody, sr.ContentLength = &x.body, nil, int64(len(body))
 	sr.Proto, sr.ProtoMajor, sr.ProtoMinor = "HTTP/1.1", 1, 1
 	if sr.Host == "" {
 		sr.Host = req.URL.Host
 	}
 	sr.RemoteAddr = "192.0.2.1:1234" // as httptest.NewRequest has it
+	rw.header = http.Header{}
 
-	rw := &fakeResponse{header: http.Header{}}
-	done := make(chan struct{})
-	var finished bool
-	var panicked any
-	go func() {
-		defer close(done)
-		defer func() { panicked = recover() }()
-		t.s.ServeHTTP(rw, sr)
-		finished = true
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if !finished {
-		// A net/http server drops the connection of a handler that
-		// panics; so does this transport, with an error.
-		return nil, fmt.Errorf("apala: FakeServer: handler for %s %s aborted: %v", req.Method, req.URL.Path, panicked)
+	t.s.mu.Lock()
+	hooked := t.s.hook != nil
+	t.s.mu.Unlock()
+	if !hooked {
+		t.s.serve(rw, sr, false)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	} else if err := t.serveHooked(ctx, rw, sr); err != nil {
+		return nil, err
 	}
 	if rw.status == 0 {
 		rw.status = http.StatusOK
@@ -1107,46 +1192,84 @@ func (t *fakeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if rw.status != http.StatusOK {
 		status = strconv.Itoa(rw.status) + " " + http.StatusText(rw.status)
 	}
-	return &http.Response{
+	x.resp = http.Response{
 		Status: status, StatusCode: rw.status,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: rw.header, Body: rw, ContentLength: int64(len(rw.b)),
 		Request: req,
-	}, nil
+	}
+	return &x.resp, nil
 }
 
-// fakeReadBody reads and closes req's body, as RoundTrip must, up to one
-// byte past fakeMaxBody; ServeHTTP refuses what is larger.
-func fakeReadBody(req *http.Request) ([]byte, error) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return nil, nil
+// fakeExchange is one in-memory round trip in a single allocation: the
+// request the handler sees, with its body, the response writer, and the
+// response, whose body the writer becomes.
+type fakeExchange struct {
+	req  http.Request
+	body fakeBuf
+	rw   fakeResponse
+	resp http.Response
+}
+
+// serveHooked serves sr on a goroutine of its own, for a hook may block,
+// and returns as soon as ctx ends.
+func (t *fakeTransport) serveHooked(ctx context.Context, rw *fakeResponse, sr *http.Request) error {
+	done := make(chan struct{})
+	var finished bool
+	var panicked any
+	go func() {
+		defer close(done)
+		defer func() { panicked = recover() }()
+		t.s.serve(rw, sr, true)
+		finished = true
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	defer req.Body.Close()
+	if !finished {
+		// A net/http server drops the connection of a handler that
+		// panics; so does this transport, with an error.
+		return fmt.Errorf("apala: FakeServer: handler for %s %s aborted: %v", sr.Method, sr.URL.Path, panicked)
+	}
+	return nil
+}
+
+// fakeReadBody reads a request body of n bytes (-1 or 0: unknown), up to
+// 1 MiB, the most the server takes; tooLarge reports a larger one, of which
+// only the start was read.
+func fakeReadBody(r io.Reader, n int64) (body []byte, tooLarge bool, err error) {
+	const max = 1 << 20
 	size := 512
-	if n := req.ContentLength; n > 0 && n <= fakeMaxBody {
+	if n > 0 && n <= max {
 		size = int(n) + 1 // room for the read that reports io.EOF
 	}
 	b := make([]byte, 0, size)
-	for len(b) <= fakeMaxBody {
+	for len(b) <= max {
 		if len(b) == cap(b) {
 			b = append(b, 0)[:len(b)]
 		}
-		n, err := req.Body.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
+		m, rerr := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if rerr == io.EOF {
+			break
 		}
-		if err != nil {
-			return nil, err
+		if rerr != nil {
+			return nil, false, rerr
 		}
 	}
-	return b, nil
+	if len(b) > max {
+		return b[:max], true, nil
+	}
+	return b, false, nil
 }
 
 // fakeBuf is a body in memory: a request's for the handler, or an answer's.
 type fakeBuf struct {
-	b   []byte
-	off int
+	b        []byte
+	off      int
+	tooLarge bool // b is the start of a request body larger than the server takes
 }
 
 func (b *fakeBuf) Read(p []byte) (int, error) {
@@ -1164,7 +1287,8 @@ func (b *fakeBuf) Close() error { return nil }
 // then its response body.
 type fakeResponse struct {
 	header http.Header
-	status int // 0 until written
+	status int       // 0 until written
+	ct     [1]string // the value of a Content-Type that fakeReply sets
 	fakeBuf
 }
 

@@ -986,7 +986,7 @@ func TestFakeServerTransport(t *testing.T) {
 	}
 
 	// A body larger than the server takes.
-	big := `{"message_id":"` + strings.Repeat("x", fakeMaxBody) + `","customer_responded":true,"score":"good"}`
+	big := `{"message_id":"` + strings.Repeat("x", 1<<20) + `","customer_responded":true,"score":"good"}`
 	resp, err = tr.RoundTrip(newReq(&fakeTestBody{Reader: strings.NewReader(big)}))
 	if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("RoundTrip() of %d bytes = %v, %v; want 413", len(big), resp, err)
