@@ -209,7 +209,8 @@ func (s *FakeServer) NewClient(opts ...Option) (*Client, error) {
 // {"error": message}, whatever the request: it comes before every check,
 // authentication included, so Fail("/api/auth/token", ...) fails the next
 // token exchange. Each call queues one more answer; they are given in order.
-// path is compared with the request's URL path as is.
+// path is compared with the request's URL path as is; status is an HTTP
+// status code, from 100 to 999.
 func (s *FakeServer) Fail(path string, status int, message string) {
 	body, _ := json.Marshal(struct {
 		Error string `json:"error"`

@@ -124,8 +124,9 @@ func TestFakeServerStrict(t *testing.T) {
 	)
 	// with replaces the first occurrence of old in body.
 	with := func(body, old, new string) string {
+		t.Helper()
 		if !strings.Contains(body, old) {
-			panic("test body lacks " + old)
+			t.Fatalf("test body %s lacks %s", body, old)
 		}
 		return strings.Replace(body, old, new, 1)
 	}
@@ -969,7 +970,7 @@ func TestFakeServerTransport(t *testing.T) {
 	s.setHook(func(w http.ResponseWriter, r *http.Request) bool { panic(http.ErrAbortHandler) })
 	body = &fakeTestBody{Reader: strings.NewReader(fakeTestFeedback)}
 	if resp, err := tr.RoundTrip(newReq(body)); err == nil || resp != nil || !body.closed {
-		t.Errorf("RoundTrip() with a panicking handler = %v, %v, body closed %v; want an error, the body closed", resp, err, body.closed)
+		t.Errorf("RoundTrip() with a panicking handler: response %v, error %v, body closed %v; want no response, an error, the body closed", resp != nil, err, body.closed)
 	}
 	s.setHook(nil)
 
@@ -988,8 +989,11 @@ func TestFakeServerTransport(t *testing.T) {
 	// A body larger than the server takes.
 	big := `{"message_id":"` + strings.Repeat("x", 1<<20) + `","customer_responded":true,"score":"good"}`
 	resp, err = tr.RoundTrip(newReq(&fakeTestBody{Reader: strings.NewReader(big)}))
-	if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
-		t.Errorf("RoundTrip() of %d bytes = %v, %v; want 413", len(big), resp, err)
+	if err != nil {
+		t.Fatalf("RoundTrip() of %d bytes: error %v", len(big), err)
+	}
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("RoundTrip() of %d bytes: status %d; want 413", len(big), resp.StatusCode)
 	}
 }
 
