@@ -35,9 +35,9 @@ const (
 	FakeCompanyGUID = "550e8400-e29b-41d4-a716-446655440000"
 )
 
-// Only string constants here: the DWARF data of every program importing
-// the package lists its integer constants, and a program that does not use
-// FakeServer must not grow.
+// Only string constants at package level: the DWARF data of a program lists
+// every integer constant of the packages it imports, and a program that does
+// not use FakeServer should not grow by them.
 const (
 	fakeCompanyName = "Acme Lending"
 	fakeInsertedAt  = "2006-01-02T15:04:05.000000" // Python's isoformat, without an offset
