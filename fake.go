@@ -1237,13 +1237,13 @@ func (t *fakeTransport) serveHooked(ctx context.Context, rw *fakeResponse, req *
 // 1 MiB, the most the server takes; tooLarge reports a larger one, of which
 // only the start was read.
 func fakeReadBody(r io.Reader, n int64) (body []byte, tooLarge bool, err error) {
-	const max = 1 << 20
+	const limit = 1 << 20
 	size := 512
-	if n > 0 && n <= max {
+	if n > 0 && n <= limit {
 		size = int(n) + 1 // room for the read that reports io.EOF
 	}
 	b := make([]byte, 0, size)
-	for len(b) <= max {
+	for len(b) <= limit {
 		if len(b) == cap(b) {
 			b = append(b, 0)[:len(b)]
 		}
@@ -1256,8 +1256,8 @@ func fakeReadBody(r io.Reader, n int64) (body []byte, tooLarge bool, err error) 
 			return nil, false, rerr
 		}
 	}
-	if len(b) > max {
-		return b[:max], true, nil
+	if len(b) > limit {
+		return b[:limit], true, nil
 	}
 	return b, false, nil
 }
