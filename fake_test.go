@@ -1,0 +1,1069 @@
+package apala
+
+// Tests of FakeServer (fake.go): its strictness, its tokens, its answers,
+// its test knobs and its in-memory transport. No test here times anything:
+// expiry is driven by the server's clock knob, and waits are on events.
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const (
+	fakeTestCustomer = "123e4567-e89b-42d3-a456-426614174000"
+	fakeTestOther    = "11111111-2222-4333-8444-555555555555" // a UUID that is not FakeCompanyGUID
+	fakeTestSecret   = "SECRET"                               // in every secret the server hands out
+)
+
+// fakeTestClient returns an in-memory client of s, closed when the test ends.
+func fakeTestClient(tb testing.TB, s *FakeServer, opts ...Option) *Client {
+	tb.Helper()
+	c, err := s.NewClient(opts...)
+	if err != nil {
+		tb.Fatalf("NewClient() error = %v", err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// fakeTestSetClock sets the server's clock to t0 and returns a function
+// that moves it. The clock's time is guarded by s.mu, which the server
+// holds whenever it reads its clock.
+func fakeTestSetClock(s *FakeServer, t0 time.Time) (advance func(time.Duration)) {
+	now := t0
+	s.mu.Lock()
+	s.now = func() time.Time { return now }
+	s.mu.Unlock()
+	return func(d time.Duration) {
+		s.mu.Lock()
+		now = now.Add(d)
+		s.mu.Unlock()
+	}
+}
+
+// fakeTestPost sends one request straight to s.ServeHTTP. header entries
+// with an empty value are left out (Content-Type defaults to JSON).
+func fakeTestPost(s *FakeServer, method, path, body string, header map[string]string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		if v == "" {
+			r.Header.Del(k)
+		} else {
+			r.Header.Set(k, v)
+		}
+	}
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	return w
+}
+
+// fakeTestShow returns a body fit for a failure message: withheld when it
+// holds a secret.
+func fakeTestShow(body string) string {
+	if strings.Contains(body, fakeTestSecret) {
+		return "(body withheld: it holds a secret)"
+	}
+	return body
+}
+
+// fakeTestError returns the "error" text of a JSON error body.
+func fakeTestError(t *testing.T, body []byte) string {
+	t.Helper()
+	var v struct {
+		Error *string `json:"error"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil || v.Error == nil {
+		t.Fatalf("error body %s is not {\"error\": ...}", fakeTestShow(string(body)))
+	}
+	return *v.Error
+}
+
+func fakeTestRequest() MessageRequest {
+	t0 := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
+	repeat, state := 1, 5
+	return MessageRequest{
+		CustomerID: fakeTestCustomer,
+		Messages: []Message{
+			{Content: "Hi, is my loan approved?", Channel: ChannelSMS, MessageID: "m-1", SendTimestamp: t0, ReplyOrNot: true},
+			{Content: "We are reviewing your application.", Channel: ChannelSMS, MessageID: "m-2", SendTimestamp: t0.Add(time.Minute)},
+		},
+		Candidate: Message{Content: "Your payment is due on Friday.", Channel: ChannelSMS, MessageID: "m-3", SendTimestamp: t0.Add(time.Hour)},
+		ZipCode:   "94107",
+		Metadata:  &CustomerMetadata{IsRepeatBorrower: &repeat, StateID: &state, CreditScoreBin: CreditScore650To700, AgeBin: Age25To30},
+	}
+}
+
+// Valid request bodies, each broken one way in TestFakeServerStrict.
+const (
+	fakeTestMsg        = `{"content":"Hi","channel":"SMS","message_id":"m1","send_timestamp":"2025-01-15T10:30:00Z","reply_or_not":"false"}`
+	fakeTestProcessing = `{"company":"` + FakeCompanyGUID + `","customer_id":"` + fakeTestCustomer + `","zip_code":"94107","messages":[` + fakeTestMsg + `],"candidate_message":` + fakeTestMsg + `}`
+	fakeTestOptimizer  = `{"company":"` + FakeCompanyGUID + `","customer_id":"` + fakeTestCustomer + `","messages":[` + fakeTestMsg + `],"candidate_message":"Hi","state_id":5,"credit_score_bin":"SCORE_650_700"}`
+	fakeTestFeedback   = `{"message_id":"msg-0001","customer_responded":true,"score":"good"}`
+	fakeTestBulk       = `{"feedback":[` + fakeTestFeedback + `,` + fakeTestFeedback + `]}`
+)
+
+func TestFakeServerStrict(t *testing.T) {
+	const (
+		proc = "/api/message_processing"
+		opt  = "/api/message_optimizer"
+		fb   = "/api/feedback"
+		bulk = "/api/feedback/bulk"
+	)
+	// with replaces the first occurrence of old in body.
+	with := func(body, old, new string) string {
+		t.Helper()
+		if !strings.Contains(body, old) {
+			t.Fatalf("test body %s lacks %s", body, old)
+		}
+		return strings.Replace(body, old, new, 1)
+	}
+	s := NewFakeServer()
+	access, refresh := s.grant()
+	tests := []struct {
+		name       string
+		method     string // POST when empty
+		path       string
+		body       string
+		header     map[string]string // "" deletes
+		wantStatus int
+		wantError  string // in the "error" text; "" for a success or a 401
+	}{
+		{name: "processing", path: proc, body: fakeTestProcessing, wantStatus: 200},
+		{name: "optimizer", path: opt, body: fakeTestOptimizer, wantStatus: 200},
+		{name: "feedback", path: fb, body: fakeTestFeedback, wantStatus: 200},
+		{name: "bulk", path: bulk, body: fakeTestBulk, wantStatus: 200},
+		{name: "content type with charset", path: fb, body: fakeTestFeedback, header: map[string]string{"Content-Type": "Application/JSON; charset=utf-8"}, wantStatus: 200},
+		{name: "bearer scheme in lower case", path: fb, body: fakeTestFeedback, header: map[string]string{"Authorization": "bearer " + access}, wantStatus: 200},
+		{name: "zip code absent", path: proc, body: with(fakeTestProcessing, `"zip_code":"94107",`, ""), wantStatus: 200},
+		{name: "empty conversation", path: opt, body: with(fakeTestOptimizer, `[`+fakeTestMsg+`]`, `[]`), wantStatus: 200},
+		{name: "every metadata field", path: opt, body: with(fakeTestOptimizer, `"state_id":5`, `"state_id":50,"is_repeat_borrower":0,"requested_loan_amount_bin":"AMOUNT_10000_PLUS","age_bin":"AGE_60_PLUS","monthly_income_bin":"INCOME_0_2000","application_reason":"WEDDING"`), wantStatus: 200},
+		{name: "send time with offset", path: proc, body: with(fakeTestProcessing, `10:30:00Z`, `10:30:00.123456-05:00`), wantStatus: 200},
+		{name: "feedback in full", path: fb, body: `{"message_id":"m","customer_responded":false,"score":"neutral","actual_sent_message":"Hi","positive_rewards":["linking_chirp","signing_loan_agreement"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:30:00.5"}`, wantStatus: 200},
+
+		{name: "unknown field", path: fb, body: with(fakeTestFeedback, `{`, `{"extra":1,`), wantStatus: 422, wantError: `unknown field "extra"`},
+		{name: "unknown field in a message", path: proc, body: with(fakeTestProcessing, `"reply_or_not":"false"}`, `"reply_or_not":"false","sender":"x"}`), wantStatus: 422, wantError: `unknown field "sender"`},
+		{name: "trailing data", path: fb, body: fakeTestFeedback + ` {}`, wantStatus: 422, wantError: "after the object"},
+		{name: "trailing brace", path: fb, body: fakeTestFeedback + `}`, wantStatus: 422, wantError: "after the object"},
+		{name: "malformed", path: fb, body: `{"message_id":`, wantStatus: 422, wantError: "malformed JSON"},
+		{name: "empty body", path: fb, body: ``, wantStatus: 422, wantError: "empty body"},
+		{name: "array body", path: fb, body: `[]`, wantStatus: 422, wantError: "want a JSON object"},
+		{name: "company not a UUID", path: proc, body: with(fakeTestProcessing, FakeCompanyGUID, "acme"), wantStatus: 422, wantError: "company: not a UUID"},
+		{name: "company missing", path: opt, body: with(fakeTestOptimizer, `"company":"`+FakeCompanyGUID+`",`, ""), wantStatus: 422, wantError: "company: required"},
+		{name: "customer not a UUID", path: opt, body: with(fakeTestOptimizer, fakeTestCustomer, "123e4567e89b42d3a456426614174000"), wantStatus: 422, wantError: "customer_id: not a UUID"},
+		{name: "another company", path: opt, body: with(fakeTestOptimizer, FakeCompanyGUID, fakeTestOther), wantStatus: 403, wantError: "company does not match the token"},
+		{name: "zip code of 4 digits", path: proc, body: with(fakeTestProcessing, "94107", "9410"), wantStatus: 422, wantError: "zip_code"},
+		{name: "zip code with a letter", path: opt, body: with(fakeTestOptimizer, `"messages"`, `"zip_code":"9410A","messages"`), wantStatus: 422, wantError: "zip_code"},
+		{name: "bad channel", path: proc, body: with(fakeTestProcessing, `"SMS"`, `"FAX"`), wantStatus: 422, wantError: `messages[0].channel: "FAX" is not one of`},
+		{name: "channel in lower case", path: proc, body: with(fakeTestProcessing, `"SMS"`, `"sms"`), wantStatus: 422, wantError: "messages[0].channel"},
+		{name: "candidate channel missing", path: proc, body: with(fakeTestProcessing, `{"content":"Hi","channel":"SMS","message_id":"m1","send_timestamp":"2025-01-15T10:30:00Z","reply_or_not":"false"}}`, `{"content":"Hi","message_id":"m1","send_timestamp":"2025-01-15T10:30:00Z","reply_or_not":"false"}}`), wantStatus: 422, wantError: "candidate_message.channel: required"},
+		{name: "empty content", path: opt, body: with(fakeTestOptimizer, `"content":"Hi"`, `"content":"  "`), wantStatus: 422, wantError: "messages[0].content: required"},
+		{name: "reply_or_not as a JSON boolean", path: proc, body: with(fakeTestProcessing, `"reply_or_not":"false"`, `"reply_or_not":false`), wantStatus: 422, wantError: "reply_or_not"},
+		{name: "reply_or_not not true or false", path: proc, body: with(fakeTestProcessing, `"reply_or_not":"false"`, `"reply_or_not":"no"`), wantStatus: 422, wantError: `messages[0].reply_or_not: want the string "true" or "false"`},
+		{name: "send time without offset", path: proc, body: with(fakeTestProcessing, `10:30:00Z`, `10:30:00`), wantStatus: 422, wantError: "messages[0].send_timestamp"},
+		{name: "send time missing", path: opt, body: with(fakeTestOptimizer, `"send_timestamp":"2025-01-15T10:30:00Z",`, ""), wantStatus: 422, wantError: "messages[0].send_timestamp: required"},
+		{name: "messages missing", path: opt, body: with(fakeTestOptimizer, `"messages":[`+fakeTestMsg+`],`, ""), wantStatus: 422, wantError: "messages: required"},
+		{name: "candidate missing", path: proc, body: with(fakeTestProcessing, `,"candidate_message":`+fakeTestMsg, ""), wantStatus: 422, wantError: "candidate_message: required"},
+		{name: "optimizer candidate as an object", path: opt, body: with(fakeTestOptimizer, `"candidate_message":"Hi"`, `"candidate_message":`+fakeTestMsg), wantStatus: 422, wantError: "candidate_message"},
+		{name: "bad credit score bin", path: opt, body: with(fakeTestOptimizer, "SCORE_650_700", "SCORE_650"), wantStatus: 422, wantError: "credit_score_bin"},
+		{name: "bad loan amount bin", path: opt, body: with(fakeTestOptimizer, `"state_id"`, `"requested_loan_amount_bin":"AMOUNT_1","state_id"`), wantStatus: 422, wantError: "requested_loan_amount_bin"},
+		{name: "bad age bin", path: opt, body: with(fakeTestOptimizer, `"state_id"`, `"age_bin":"AGE_17","state_id"`), wantStatus: 422, wantError: "age_bin"},
+		{name: "bad income bin", path: opt, body: with(fakeTestOptimizer, `"state_id"`, `"monthly_income_bin":"income_0_2000","state_id"`), wantStatus: 422, wantError: "monthly_income_bin"},
+		{name: "bad application reason", path: opt, body: with(fakeTestOptimizer, `"state_id"`, `"application_reason":"FUN","state_id"`), wantStatus: 422, wantError: "application_reason"},
+		{name: "repeat borrower 2", path: opt, body: with(fakeTestOptimizer, `"state_id"`, `"is_repeat_borrower":2,"state_id"`), wantStatus: 422, wantError: "is_repeat_borrower"},
+		{name: "state id 0", path: opt, body: with(fakeTestOptimizer, `"state_id":5`, `"state_id":0`), wantStatus: 422, wantError: "state_id"},
+		{name: "state id as a string", path: opt, body: with(fakeTestOptimizer, `"state_id":5`, `"state_id":"5"`), wantStatus: 422, wantError: "state_id"},
+		{name: "feedback without message_id", path: fb, body: with(fakeTestFeedback, `"message_id":"msg-0001",`, ""), wantStatus: 422, wantError: "message_id: required"},
+		{name: "feedback without customer_responded", path: fb, body: with(fakeTestFeedback, `"customer_responded":true,`, ""), wantStatus: 422, wantError: "customer_responded: required"},
+		{name: "feedback without score", path: fb, body: with(fakeTestFeedback, `,"score":"good"`, ""), wantStatus: 422, wantError: "score: required"},
+		{name: "bad score", path: fb, body: with(fakeTestFeedback, `"good"`, `"Good"`), wantStatus: 422, wantError: `score: "Good" is not one of`},
+		{name: "bad reward", path: fb, body: with(fakeTestFeedback, `"score"`, `"positive_rewards":["linking_chirp","LINKING_CHIRP"],"score"`), wantStatus: 422, wantError: "positive_rewards[1]"},
+		{name: "bad feedback timestamp", path: fb, body: with(fakeTestFeedback, `"score"`, `"reply_timestamp":"yesterday","score"`), wantStatus: 422, wantError: "reply_timestamp"},
+		{name: "customer_responded as a string", path: fb, body: with(fakeTestFeedback, `true`, `"true"`), wantStatus: 422, wantError: "customer_responded"},
+		{name: "empty bulk list", path: bulk, body: `{"feedback":[]}`, wantStatus: 422, wantError: "feedback: want a non-empty list"},
+		{name: "bulk list missing", path: bulk, body: `{}`, wantStatus: 422, wantError: "feedback: want a non-empty list"},
+		{name: "bad bulk item", path: bulk, body: with(fakeTestBulk, `"good"}]`, `"great"}]`), wantStatus: 422, wantError: "feedback[1].score"},
+
+		{name: "GET", method: "GET", path: fb, body: fakeTestFeedback, wantStatus: 405, wantError: "POST"},
+		{name: "unknown path", path: "/api/feedbacks", body: fakeTestFeedback, wantStatus: 404, wantError: "no such endpoint"},
+		{name: "not JSON", path: fb, body: fakeTestFeedback, header: map[string]string{"Content-Type": "text/plain"}, wantStatus: 415, wantError: "application/json"},
+		{name: "no content type", path: fb, body: fakeTestFeedback, header: map[string]string{"Content-Type": ""}, wantStatus: 415, wantError: "application/json"},
+		{name: "no bearer", path: fb, body: fakeTestFeedback, header: map[string]string{"Authorization": ""}, wantStatus: 401},
+		{name: "garbled bearer", path: opt, body: fakeTestOptimizer, header: map[string]string{"Authorization": "Bearer " + access + "x"}, wantStatus: 401},
+		{name: "empty bearer", path: fb, body: fakeTestFeedback, header: map[string]string{"Authorization": "Bearer "}, wantStatus: 401},
+		{name: "basic scheme", path: fb, body: fakeTestFeedback, header: map[string]string{"Authorization": "Basic " + access}, wantStatus: 401},
+		{name: "refresh token as bearer", path: fb, body: fakeTestFeedback, header: map[string]string{"Authorization": "Bearer " + refresh}, wantStatus: 401},
+		{name: "401 before 422", path: fb, body: `{"bad":1}`, header: map[string]string{"Authorization": ""}, wantStatus: 401},
+
+		{name: "token: wrong key", path: "/api/auth/token", body: `{"api_key":"wrong"}`, header: map[string]string{"Authorization": ""}, wantStatus: 401, wantError: "invalid API key"},
+		{name: "token: extra field", path: "/api/auth/token", body: `{"api_key":"` + FakeAPIKey + `","company":"x"}`, header: map[string]string{"Authorization": ""}, wantStatus: 400, wantError: `unknown field "company"`},
+		{name: "token: no key", path: "/api/auth/token", body: `{}`, header: map[string]string{"Authorization": ""}, wantStatus: 400, wantError: "api_key"},
+		{name: "token: with Authorization", path: "/api/auth/token", body: `{"api_key":"` + FakeAPIKey + `"}`, wantStatus: 400, wantError: "no Authorization header"},
+		{name: "token", path: "/api/auth/token", body: `{"api_key":"` + FakeAPIKey + `"}`, header: map[string]string{"Authorization": ""}, wantStatus: 200},
+		{name: "refresh: unknown token", path: "/api/auth/refresh", body: `{"refresh_token":"x.y.z"}`, header: map[string]string{"Authorization": ""}, wantStatus: 401, wantError: "invalid refresh token"},
+		{name: "refresh: access token", path: "/api/auth/refresh", body: `{"refresh_token":"` + access + `"}`, header: map[string]string{"Authorization": ""}, wantStatus: 401, wantError: "invalid refresh token"},
+		{name: "refresh: key field", path: "/api/auth/refresh", body: `{"api_key":"` + FakeAPIKey + `"}`, header: map[string]string{"Authorization": ""}, wantStatus: 400, wantError: "unknown field"},
+		{name: "refresh", path: "/api/auth/refresh", body: `{"refresh_token":"` + refresh + `"}`, header: map[string]string{"Authorization": ""}, wantStatus: 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			method := tt.method
+			if method == "" {
+				method = "POST"
+			}
+			header := map[string]string{"Authorization": "Bearer " + access}
+			for k, v := range tt.header {
+				header[k] = v
+			}
+			before := s.Requests(tt.path)
+			w := fakeTestPost(s, method, tt.path, tt.body, header)
+			if got := s.Requests(tt.path); got != before+1 {
+				t.Errorf("Requests(%q) = %d; want %d", tt.path, got, before+1)
+			}
+			if w.Code != tt.wantStatus {
+				t.Fatalf("status = %d; want %d (body %s)", w.Code, tt.wantStatus, fakeTestShow(w.Body.String()))
+			}
+			if ct := w.Header().Get("Content-Type"); ct != "application/json; charset=utf-8" {
+				t.Errorf("Content-Type = %q; want application/json; charset=utf-8", ct)
+			}
+			switch {
+			case tt.wantStatus == 401 && tt.wantError == "":
+				if got, want := w.Body.String(), `{"errors":{"detail":"Unauthorized"}}`; got != want {
+					t.Errorf("401 body = %s; want %s", fakeTestShow(got), want)
+				}
+			case tt.wantError != "":
+				if got := fakeTestError(t, w.Body.Bytes()); !strings.Contains(got, tt.wantError) {
+					t.Errorf("error = %q; want it to contain %q", got, tt.wantError)
+				}
+			default:
+				if !json.Valid(w.Body.Bytes()) {
+					t.Errorf("answer is not JSON: %s", fakeTestShow(w.Body.String()))
+				}
+			}
+			if tt.wantStatus == 405 && w.Header().Get("Allow") != "POST" {
+				t.Errorf("Allow = %q; want POST", w.Header().Get("Allow"))
+			}
+		})
+	}
+}
+
+// TestFakeServerClient runs every call of the client against the fake and
+// checks the answers, and that Feedback holds what the client was told.
+func TestFakeServerClient(t *testing.T) {
+	s := NewFakeServer()
+	c := fakeTestClient(t, s)
+	ctx := context.Background()
+	req := fakeTestRequest()
+
+	pr, err := c.ProcessMessage(ctx, req)
+	if err != nil {
+		t.Fatalf("ProcessMessage() error = %v", err)
+	}
+	wantPR := ProcessingResponse{Company: FakeCompanyGUID, CustomerID: fakeTestCustomer,
+		CandidateMessage: CandidateMessage{Content: "Your payment is due on Friday.", Channel: ChannelSMS, MessageID: "m-3"}}
+	if *pr != wantPR {
+		t.Errorf("ProcessMessage() = %+v; want %+v", *pr, wantPR)
+	}
+
+	long := strings.Repeat("x", 161)
+	for i, tt := range []struct {
+		candidate string
+		want      OptimizationResponse
+	}{
+		{"  Your payment is due on Friday.  ", OptimizationResponse{MessageID: "msg-0001", OptimizedMessage: "Your payment is due on Friday - reply YES and we will call you today.", OriginalMessage: "  Your payment is due on Friday.  ", RecommendedChannel: ChannelSMS}},
+		{strings.Repeat("x", 160), OptimizationResponse{MessageID: "msg-0002", OptimizedMessage: strings.Repeat("x", 160) + fakeOptimizeSuffix, OriginalMessage: strings.Repeat("x", 160), RecommendedChannel: ChannelSMS}},
+		{long, OptimizationResponse{MessageID: "msg-0003", OptimizedMessage: long + fakeOptimizeSuffix, OriginalMessage: long, RecommendedChannel: ChannelEmail}},
+	} {
+		r := req
+		r.Candidate = Message{Content: tt.candidate}
+		got, err := c.OptimizeMessage(ctx, r)
+		if err != nil {
+			t.Fatalf("OptimizeMessage(#%d) error = %v", i, err)
+		}
+		if *got != tt.want {
+			t.Errorf("OptimizeMessage(#%d) = %+v; want %+v", i, *got, tt.want)
+		}
+	}
+	var body struct {
+		CandidateMessage string `json:"candidate_message"`
+		StateID          int    `json:"state_id"`
+	}
+	if err := json.Unmarshal(s.lastBody("/api/message_optimizer"), &body); err != nil || body.CandidateMessage != long || body.StateID != 5 {
+		t.Errorf("lastBody(optimizer) = candidate of %d bytes, state_id %d (err %v); want the last request's", len(body.CandidateMessage), body.StateID, err)
+	}
+	if h := s.lastHeader("/api/message_optimizer"); h.Get("Idempotency-Key") == "" || !strings.HasPrefix(h.Get("Authorization"), "Bearer ") {
+		t.Errorf("lastHeader(optimizer) lacks the Idempotency-Key or the bearer token")
+	}
+
+	sent := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
+	var told []FeedbackResponse
+	one, err := c.SubmitFeedback(ctx, Feedback{MessageID: "msg-0001", CustomerResponded: true, Score: ScoreGood,
+		ActualSentMessage: "Your payment is due on Friday.", PositiveRewards: []PositiveReward{RewardLinkingChirp}, SendTimestamp: sent, ReplyTimestamp: sent.Add(time.Hour)})
+	if err != nil {
+		t.Fatalf("SubmitFeedback() error = %v", err)
+	}
+	told = append(told, *one)
+	if one.ID != "fb-0001" || !one.SendTimestamp.Equal(sent) || !one.ReplyTimestamp.Equal(sent.Add(time.Hour)) || one.InsertedAt.IsZero() {
+		t.Errorf("SubmitFeedback() = %+v; want fb-0001 with the times sent and an insertion time", *one)
+	}
+	bulk, err := c.SubmitFeedbackBulk(ctx, []Feedback{
+		{MessageID: "msg-0002", Score: ScoreBad},
+		{MessageID: "msg-0003", CustomerResponded: true, Score: ScoreNeutral},
+	})
+	if err != nil {
+		t.Fatalf("SubmitFeedbackBulk() error = %v", err)
+	}
+	if !bulk.Success || bulk.Count != 2 || len(bulk.Feedback) != 2 || bulk.Feedback[0].ID != "fb-0002" || bulk.Feedback[1].ID != "fb-0003" {
+		t.Errorf("SubmitFeedbackBulk() = %+v; want success, 2 entries fb-0002 and fb-0003", *bulk)
+	}
+	told = append(told, bulk.Feedback...)
+	if got := s.Feedback(); !reflect.DeepEqual(got, told) {
+		t.Errorf("Feedback() = %+v;\nwant what the client was told: %+v", got, told)
+	}
+	for path, want := range map[string]int{"/api/auth/token": 1, "/api/auth/refresh": 0, "/api/message_processing": 1, "/api/message_optimizer": 3, "/api/feedback": 1, "/api/feedback/bulk": 1} {
+		if got := s.Requests(path); got != want {
+			t.Errorf("Requests(%q) = %d; want %d", path, got, want)
+		}
+	}
+}
+
+// TestFakeServerAnswers checks the exact bodies of the feedback endpoints
+// against API.md, with the server's clock fixed.
+func TestFakeServerAnswers(t *testing.T) {
+	s := NewFakeServer()
+	fakeTestSetClock(s, time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.FixedZone("CET", 3600)))
+	access, _ := s.grant()
+	auth := map[string]string{"Authorization": "Bearer " + access}
+	tests := []struct {
+		path, body, want string
+	}{
+		{"/api/feedback", `{"message_id":"m1","customer_responded":false,"score":"neutral"}`,
+			`{"id":"fb-0001","message_id":"m1","customer_responded":false,"score":"neutral","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T09:30:00.123456"}`},
+		{"/api/feedback", `{"message_id":"m2","customer_responded":true,"score":"good","actual_sent_message":"Hi","positive_rewards":["linking_chirp"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:00:00Z"}`,
+			`{"id":"fb-0002","message_id":"m2","customer_responded":true,"score":"good","actual_sent_message":"Hi","positive_rewards":["linking_chirp"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:00:00Z","inserted_at":"2025-01-15T09:30:00.123456"}`},
+		{"/api/feedback/bulk", `{"feedback":[{"message_id":"m3","customer_responded":true,"score":"bad"}]}`,
+			`{"success":true,"count":1,"feedback":[{"id":"fb-0003","message_id":"m3","customer_responded":true,"score":"bad","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T09:30:00.123456"}]}`},
+		{"/api/message_processing", fakeTestProcessing,
+			`{"company":"` + FakeCompanyGUID + `","customer_id":"` + fakeTestCustomer + `","candidate_message":{"content":"Hi","channel":"SMS","message_id":"m1"}}`},
+		{"/api/message_optimizer", fakeTestOptimizer,
+			`{"message_id":"msg-0001","optimized_message":"Hi - reply YES and we will call you today.","recommended_channel":"SMS","original_message":"Hi"}`},
+	}
+	for _, tt := range tests {
+		w := fakeTestPost(s, "POST", tt.path, tt.body, auth)
+		if got := w.Body.String(); w.Code != 200 || got != tt.want {
+			t.Errorf("POST %s = %d %s;\nwant 200 %s", tt.path, w.Code, got, tt.want)
+		}
+	}
+
+	inserted := time.Date(2025, 1, 15, 9, 30, 0, 123456000, time.UTC)
+	got := s.Feedback()
+	want := []FeedbackResponse{
+		{ID: "fb-0001", MessageID: "m1", Score: ScoreNeutral, PositiveRewards: []PositiveReward{}, InsertedAt: inserted},
+		{ID: "fb-0002", MessageID: "m2", CustomerResponded: true, Score: ScoreGood, ActualSentMessage: "Hi", PositiveRewards: []PositiveReward{RewardLinkingChirp},
+			SendTimestamp: time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC), ReplyTimestamp: time.Date(2025, 1, 15, 11, 0, 0, 0, time.UTC), InsertedAt: inserted},
+		{ID: "fb-0003", MessageID: "m3", CustomerResponded: true, Score: ScoreBad, PositiveRewards: []PositiveReward{}, InsertedAt: inserted},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("Feedback() has %d entries; want %d", len(got), len(want))
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.ID != w.ID || g.MessageID != w.MessageID || g.CustomerResponded != w.CustomerResponded || g.Score != w.Score ||
+			g.ActualSentMessage != w.ActualSentMessage || !reflect.DeepEqual(g.PositiveRewards, w.PositiveRewards) ||
+			!g.SendTimestamp.Equal(w.SendTimestamp) || !g.ReplyTimestamp.Equal(w.ReplyTimestamp) || !g.InsertedAt.Equal(w.InsertedAt) {
+			t.Errorf("Feedback()[%d] = %+v; want %+v", i, g, w)
+		}
+	}
+
+	// A copy: changing it changes nothing in the server.
+	got[1].PositiveRewards[0] = "changed"
+	got[0].ID = "changed"
+	if again := s.Feedback(); again[0].ID != "fb-0001" || again[1].PositiveRewards[0] != RewardLinkingChirp {
+		t.Errorf("Feedback() after changing its result = %+v; want the server's entries unchanged", again[:2])
+	}
+}
+
+func TestFakeServerAuth(t *testing.T) {
+	s := NewFakeServer()
+	t0 := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
+	fakeTestSetClock(s, t0)
+	c := fakeTestClient(t, s)
+	ctx := context.Background()
+
+	ar, err := c.Authenticate(ctx)
+	if err != nil {
+		t.Fatalf("Authenticate() error = %v", err)
+	}
+	if ar.CompanyID != FakeCompanyGUID || ar.CompanyName != "Acme Lending" || ar.ExpiresIn != 3600 || ar.TokenType != "Bearer" {
+		t.Errorf("Authenticate() = %v; want company %s, Acme Lending, 3600s, Bearer", ar, FakeCompanyGUID)
+	}
+	if got, want := string(s.lastBody("/api/auth/token")), `{"api_key":"`+FakeAPIKey+`"}`; got != want {
+		t.Errorf("token request body differs from {\"api_key\": FakeAPIKey} (body withheld)")
+	}
+	for _, tok := range []struct{ name, value, typ string }{{"access", ar.AccessToken, "access"}, {"refresh", ar.RefreshToken, "refresh"}} {
+		parts := strings.Split(tok.value, ".")
+		if len(parts) != 3 {
+			t.Fatalf("%s token has %d dot-separated parts; want 3 (a JWT)", tok.name, len(parts))
+		}
+		if !strings.Contains(parts[2], fakeTestSecret) {
+			t.Errorf("%s token's signature lacks the word %s", tok.name, fakeTestSecret)
+		}
+		for i, p := range parts {
+			if _, err := base64.RawURLEncoding.DecodeString(p); err != nil {
+				t.Errorf("%s token part %d is not base64url: %v", tok.name, i, err)
+			}
+		}
+		raw, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		var claims struct {
+			Sub string `json:"sub"`
+			Typ string `json:"typ"`
+			Exp int64  `json:"exp"`
+		}
+		if err := json.Unmarshal(raw, &claims); err != nil {
+			t.Fatalf("%s token claims: %v", tok.name, err)
+		}
+		wantExp := t0.Add(time.Hour).Unix()
+		if tok.typ == "refresh" {
+			wantExp = t0.Add(7 * 24 * time.Hour).Unix()
+		}
+		if claims.Sub != FakeCompanyGUID || claims.Typ != tok.typ || claims.Exp != wantExp {
+			t.Errorf("%s token claims = %+v; want sub %s, typ %s, exp %d", tok.name, claims, FakeCompanyGUID, tok.typ, wantExp)
+		}
+	}
+	if exp, ok := jwtExpiry(ar.AccessToken); !ok || !exp.Equal(t0.Add(time.Hour)) {
+		t.Errorf("the client reads the access token's exp as %v, %v; want %v", exp, ok, t0.Add(time.Hour))
+	}
+
+	// A refresh keeps the refresh token: the answer has none.
+	rr, err := c.RefreshAccessToken(ctx)
+	if err != nil {
+		t.Fatalf("RefreshAccessToken() error = %v", err)
+	}
+	if rr.AccessToken == ar.AccessToken || rr.ExpiresIn != 3600 || rr.TokenType != "Bearer" {
+		t.Errorf("RefreshAccessToken() gave the same token, or ExpiresIn %d, TokenType %q; want a new one, 3600, Bearer", rr.ExpiresIn, rr.TokenType)
+	}
+	if h := s.lastHeader("/api/auth/refresh"); h.Get("Authorization") != "" || h.Get("Content-Type") != "application/json" {
+		t.Errorf("refresh request: Authorization set %v, Content-Type %q; want none, application/json", h.Get("Authorization") != "", h.Get("Content-Type"))
+	}
+	refreshBody := `{"refresh_token":"` + ar.RefreshToken + `"}`
+	if string(s.lastBody("/api/auth/refresh")) != refreshBody {
+		t.Errorf("refresh request body is not {\"refresh_token\": <the one issued>} (body withheld)")
+	}
+	w := fakeTestPost(s, "POST", "/api/auth/refresh", refreshBody, nil)
+	var keys map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &keys); err != nil || w.Code != 200 {
+		t.Fatalf("refresh: status %d, decoding: %v", w.Code, err)
+	}
+	if _, ok := keys["refresh_token"]; ok || len(keys) != 3 {
+		t.Errorf("refresh answer has fields %d (refresh_token among them: %v); want access_token, token_type, expires_in", len(keys), ok)
+	}
+
+	// Knobs: the raw expires_in, none at all, rotation.
+	s.mu.Lock()
+	s.expiresIn = -5
+	s.mu.Unlock()
+	if ar, err := c.Authenticate(ctx); err != nil || ar.ExpiresIn != -5 {
+		t.Errorf("Authenticate() with expiresIn -5: ExpiresIn = %v (err %v); want -5", ar.ExpiresIn, err)
+	}
+	s.mu.Lock()
+	s.noExpiry, s.rotate = true, true
+	s.mu.Unlock()
+	for _, path := range []string{"/api/auth/token", "/api/auth/refresh"} {
+		body := `{"api_key":"` + FakeAPIKey + `"}`
+		if path == "/api/auth/refresh" {
+			body = refreshBody
+		}
+		w := fakeTestPost(s, "POST", path, body, nil)
+		var keys map[string]any
+		if err := json.Unmarshal(w.Body.Bytes(), &keys); err != nil || w.Code != 200 {
+			t.Fatalf("%s with noExpiry: status %d, decoding: %v", path, w.Code, err)
+		}
+		if _, ok := keys["expires_in"]; ok {
+			t.Errorf("%s with noExpiry: answer has expires_in", path)
+		}
+		if _, ok := keys["refresh_token"]; !ok {
+			t.Errorf("%s with rotation: answer has no refresh_token", path)
+		}
+	}
+	if w := fakeTestPost(s, "POST", "/api/auth/refresh", refreshBody, nil); w.Code != 401 {
+		t.Errorf("refresh with a rotated-out token: status %d; want 401", w.Code)
+	}
+}
+
+func TestFakeServerSetTokenLifetime(t *testing.T) {
+	tests := []struct {
+		life          time.Duration
+		wantExpiresIn int
+	}{
+		{time.Hour, 3600},
+		{90 * time.Second, 90},
+		{90*time.Second + 999*time.Millisecond, 90},
+		{500 * time.Millisecond, 0},
+		{-1500 * time.Millisecond, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.life.String(), func(t *testing.T) {
+			s := NewFakeServer()
+			t0 := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
+			advance := fakeTestSetClock(s, t0)
+			s.SetTokenLifetime(tt.life)
+			c := fakeTestClient(t, s)
+			ar, err := c.Authenticate(context.Background())
+			if err != nil {
+				t.Fatalf("Authenticate() error = %v", err)
+			}
+			if ar.ExpiresIn != tt.wantExpiresIn {
+				t.Errorf("ExpiresIn = %d; want %d", ar.ExpiresIn, tt.wantExpiresIn)
+			}
+			// The token is accepted until its lifetime ends, by the
+			// server's clock, and refused from then on.
+			auth := map[string]string{"Authorization": "Bearer " + ar.AccessToken}
+			if tt.life > 0 {
+				advance(tt.life - time.Nanosecond)
+				if w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, auth); w.Code != 200 {
+					t.Errorf("1ns before expiry: status %d; want 200", w.Code)
+				}
+				advance(time.Nanosecond)
+			}
+			if w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, auth); w.Code != 401 {
+				t.Errorf("at expiry: status %d; want 401", w.Code)
+			}
+		})
+	}
+}
+
+// TestFakeServerExpiredToken: a token expired by the server's clock is
+// refused with 401, and a client recovers by refreshing it.
+func TestFakeServerExpiredToken(t *testing.T) {
+	s := NewFakeServer()
+	advance := fakeTestSetClock(s, time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC))
+	c := fakeTestClient(t, s)
+	ctx := context.Background()
+	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+		t.Fatalf("SubmitFeedback() error = %v", err)
+	}
+	old := c.Token().AccessToken
+
+	advance(time.Hour)
+	w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, map[string]string{"Authorization": "Bearer " + old})
+	if got, want := w.Body.String(), `{"errors":{"detail":"Unauthorized"}}`; w.Code != 401 || got != want {
+		t.Fatalf("expired token: %d %s; want 401 %s", w.Code, fakeTestShow(got), want)
+	}
+	// The client still holds it as fresh (its own clock has not moved):
+	// the 401 makes it refresh and replay.
+	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+		t.Fatalf("SubmitFeedback() with an expired token: error = %v", err)
+	}
+	for path, want := range map[string]int{"/api/auth/token": 1, "/api/auth/refresh": 1, "/api/feedback": 4} {
+		if got := s.Requests(path); got != want {
+			t.Errorf("Requests(%q) = %d; want %d", path, got, want)
+		}
+	}
+	if n := len(s.Feedback()); n != 2 {
+		t.Errorf("len(Feedback()) = %d; want 2", n)
+	}
+}
+
+// TestFakeServerRevokeTokens: revoked tokens are refused, the refresh
+// included, and a client recovers through the API key.
+func TestFakeServerRevokeTokens(t *testing.T) {
+	s := NewFakeServer()
+	c := fakeTestClient(t, s)
+	ctx := context.Background()
+	if _, err := c.OptimizeMessage(ctx, fakeTestRequest()); err != nil {
+		t.Fatalf("OptimizeMessage() error = %v", err)
+	}
+	old := c.Token().AccessToken
+	s.RevokeTokens()
+	if w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, map[string]string{"Authorization": "Bearer " + old}); w.Code != 401 {
+		t.Errorf("revoked token: status %d; want 401", w.Code)
+	}
+	res, err := c.OptimizeMessage(ctx, fakeTestRequest())
+	if err != nil {
+		t.Fatalf("OptimizeMessage() after RevokeTokens: error = %v", err)
+	}
+	if res.MessageID != "msg-0002" {
+		t.Errorf("MessageID = %q; want msg-0002", res.MessageID)
+	}
+	// One refused request, one refused refresh, one new exchange, the replay.
+	for path, want := range map[string]int{"/api/auth/token": 2, "/api/auth/refresh": 1, "/api/message_optimizer": 3} {
+		if got := s.Requests(path); got != want {
+			t.Errorf("Requests(%q) = %d; want %d", path, got, want)
+		}
+	}
+	if c.Token().AccessToken == old {
+		t.Errorf("the client still holds the revoked token")
+	}
+}
+
+func TestFakeServerIdempotency(t *testing.T) {
+	s := NewFakeServer()
+	access, _ := s.grant()
+	post := func(path, key, body string) *httptest.ResponseRecorder {
+		return fakeTestPost(s, "POST", path, body, map[string]string{"Authorization": "Bearer " + access, "Idempotency-Key": key})
+	}
+	first := post("/api/feedback", "k1", fakeTestFeedback)
+	again := post("/api/feedback", "k1", fakeTestFeedback)
+	if first.Code != 200 || again.Code != first.Code || again.Body.String() != first.Body.String() {
+		t.Errorf("same key twice: %d %s, then %d %s; want the first answer again", first.Code, first.Body, again.Code, again.Body)
+	}
+	if again.Header().Get("Idempotent-Replayed") != "true" || first.Header().Get("Idempotent-Replayed") != "" {
+		t.Errorf("Idempotent-Replayed = %q, then %q; want none, then true", first.Header().Get("Idempotent-Replayed"), again.Header().Get("Idempotent-Replayed"))
+	}
+	if n := len(s.Feedback()); n != 1 {
+		t.Errorf("len(Feedback()) after a replay = %d; want 1", n)
+	}
+	if w := post("/api/feedback", "k1", strings.Replace(fakeTestFeedback, "good", "bad", 1)); w.Code != 422 {
+		t.Errorf("same key, another body: status %d; want 422", w.Code)
+	}
+	tests := []struct {
+		path, key, body, wantID string
+	}{
+		{"/api/feedback", "k2", fakeTestFeedback, `"id":"fb-0002"`},
+		{"/api/feedback", "", fakeTestFeedback, `"id":"fb-0003"`}, // no key: served, not remembered
+		{"/api/feedback", "", fakeTestFeedback, `"id":"fb-0004"`},
+		{"/api/message_optimizer", "k1", fakeTestOptimizer, `"message_id":"msg-0001"`}, // keys are per path
+		{"/api/message_optimizer", "k1", fakeTestOptimizer, `"message_id":"msg-0001"`},
+		{"/api/message_optimizer", "k3", fakeTestOptimizer, `"message_id":"msg-0002"`},
+	}
+	for _, tt := range tests {
+		if w := post(tt.path, tt.key, tt.body); w.Code != 200 || !strings.Contains(w.Body.String(), tt.wantID) {
+			t.Errorf("POST %s with key %q = %d %s; want 200 with %s", tt.path, tt.key, w.Code, w.Body, tt.wantID)
+		}
+	}
+	if n := len(s.Feedback()); n != 4 {
+		t.Errorf("len(Feedback()) = %d; want 4", n)
+	}
+	// A refused request is not remembered: the same key then succeeds.
+	if w := post("/api/feedback", "k4", `{}`); w.Code != 422 {
+		t.Errorf("bad body: status %d; want 422", w.Code)
+	}
+	if w := post("/api/feedback", "k4", fakeTestFeedback); w.Code != 200 {
+		t.Errorf("after a refusal, the same key: status %d; want 200", w.Code)
+	}
+
+	// Through the client: a retry after a 503 carries the same key and is
+	// stored once; replaying its request by hand gives its answer again.
+	c := fakeTestClient(t, s)
+	s.Fail("/api/feedback", http.StatusServiceUnavailable, "busy")
+	got, err := c.SubmitFeedback(context.Background(), Feedback{MessageID: "retried", Score: ScoreGood})
+	if err != nil {
+		t.Fatalf("SubmitFeedback() error = %v", err)
+	}
+	if got.ID != "fb-0006" || len(s.Feedback()) != 6 {
+		t.Errorf("SubmitFeedback() after a retry: ID %s, %d stored; want fb-0006, 6", got.ID, len(s.Feedback()))
+	}
+	h := s.lastHeader("/api/feedback")
+	w := post("/api/feedback", h.Get("Idempotency-Key"), string(s.lastBody("/api/feedback")))
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"id":"fb-0006","message_id":"retried"`) || len(s.Feedback()) != 6 {
+		t.Errorf("the client's request replayed: %d %s, %d stored; want fb-0006 again, 6 stored", w.Code, w.Body, len(s.Feedback()))
+	}
+}
+
+// TestFakeServerDeterministic: two fresh servers given the same calls give
+// the same answers.
+func TestFakeServerDeterministic(t *testing.T) {
+	run := func() string {
+		s := NewFakeServer()
+		c := fakeTestClient(t, s)
+		ctx := context.Background()
+		var out []any
+		for _, text := range []string{"Pay by Friday.", "Your loan is approved"} {
+			req := fakeTestRequest()
+			req.Candidate = Message{Content: text}
+			r, err := c.OptimizeMessage(ctx, req)
+			if err != nil {
+				t.Fatalf("OptimizeMessage() error = %v", err)
+			}
+			out = append(out, *r)
+		}
+		p, err := c.ProcessMessage(ctx, fakeTestRequest())
+		if err != nil {
+			t.Fatalf("ProcessMessage() error = %v", err)
+		}
+		out = append(out, *p)
+		f, err := c.SubmitFeedback(ctx, Feedback{MessageID: "msg-0001", Score: ScoreGood})
+		if err != nil {
+			t.Fatalf("SubmitFeedback() error = %v", err)
+		}
+		b, err := c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "msg-0002", Score: ScoreBad}, {MessageID: "msg-0002", Score: ScoreGood}})
+		if err != nil {
+			t.Fatalf("SubmitFeedbackBulk() error = %v", err)
+		}
+		for _, fr := range append([]FeedbackResponse{*f}, b.Feedback...) {
+			fr.InsertedAt = time.Time{} // the only field from the wall clock
+			out = append(out, fr)
+		}
+		return fmt.Sprintf("%+v", out)
+	}
+	if a, b := run(), run(); a != b {
+		t.Errorf("second server answered\n%s\nwant the first's\n%s", b, a)
+	}
+}
+
+func TestFakeServerFail(t *testing.T) {
+	s := NewFakeServer()
+	c := fakeTestClient(t, s, WithMaxRetries(0))
+	ctx := context.Background()
+
+	// Queued answers come in order, then the server answers again.
+	s.Fail("/api/message_optimizer", http.StatusServiceUnavailable, "maintenance")
+	s.Fail("/api/message_optimizer", http.StatusTooManyRequests, `slow "down"`)
+	for _, want := range []struct {
+		status int
+		msg    string
+	}{{503, "maintenance"}, {429, `slow "down"`}} {
+		_, err := c.OptimizeMessage(ctx, fakeTestRequest())
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.StatusCode != want.status || ae.Message != want.msg {
+			t.Errorf("OptimizeMessage() error = %v; want an *APIError %d %q", err, want.status, want.msg)
+		}
+	}
+	if res, err := c.OptimizeMessage(ctx, fakeTestRequest()); err != nil || res.MessageID != "msg-0001" {
+		t.Errorf("OptimizeMessage() after the failures = %v, %v; want msg-0001", res, err)
+	}
+	if got := s.Requests("/api/message_optimizer"); got != 3 {
+		t.Errorf("Requests(optimizer) = %d; want 3", got)
+	}
+
+	// Before every check: a token exchange fails, and so does a request
+	// that would be refused.
+	s.Fail("/api/auth/token", http.StatusForbidden, "key lacks permissions")
+	if _, err := c.Authenticate(ctx); !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), "key lacks permissions") {
+		t.Errorf("Authenticate() error = %v; want ErrForbidden with the message", err)
+	}
+	s.Fail("/nowhere", http.StatusBadGateway, "upstream")
+	if w := fakeTestPost(s, "GET", "/nowhere", "", nil); w.Code != 502 || fakeTestError(t, w.Body.Bytes()) != "upstream" {
+		t.Errorf("failed GET on an unknown path = %d %s; want 502 upstream", w.Code, w.Body)
+	}
+
+	// script: any body and headers.
+	s.script("/api/feedback", http.StatusBadGateway, "<html>Bad gateway</html>", nil)
+	s.script("/api/feedback", http.StatusTooManyRequests, `{"error":"slow down"}`, map[string]string{"Retry-After": "7"})
+	s.script("/api/feedback", http.StatusOK, `plain`, map[string]string{"Content-Type": "text/plain"})
+	for _, want := range []struct {
+		status           int
+		body, ct, header string
+	}{
+		{502, "<html>Bad gateway</html>", "text/html; charset=utf-8", ""},
+		{429, `{"error":"slow down"}`, "application/json; charset=utf-8", "7"},
+		{200, "plain", "text/plain", ""},
+	} {
+		w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, nil)
+		if w.Code != want.status || w.Body.String() != want.body || w.Header().Get("Content-Type") != want.ct || w.Header().Get("Retry-After") != want.header {
+			t.Errorf("scripted answer = %d %q (Content-Type %q, Retry-After %q); want %d %q (%q, %q)",
+				w.Code, w.Body, w.Header().Get("Content-Type"), w.Header().Get("Retry-After"), want.status, want.body, want.ct, want.header)
+		}
+	}
+}
+
+// TestFakeServerHook: the hook runs first and may answer; an answer it
+// gives leaves the queued ones in place.
+func TestFakeServerHook(t *testing.T) {
+	s := NewFakeServer()
+	var seen []string
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		b, _ := io.ReadAll(r.Body)
+		seen = append(seen, r.Method+" "+r.URL.Path+" "+string(b)) // requests here are sequential
+		if r.URL.Path == "/api/feedback" {
+			w.WriteHeader(http.StatusTeapot)
+			return true
+		}
+		return false
+	})
+	s.Fail("/api/feedback", http.StatusServiceUnavailable, "later")
+	if w := fakeTestPost(s, "POST", "/api/feedback", `{"a":1}`, nil); w.Code != http.StatusTeapot {
+		t.Errorf("hooked request: status %d; want 418", w.Code)
+	}
+	if w := fakeTestPost(s, "POST", "/api/nothing", `{"b":2}`, nil); w.Code != 404 {
+		t.Errorf("request the hook let through: status %d; want 404", w.Code)
+	}
+	if want := []string{`POST /api/feedback {"a":1}`, `POST /api/nothing {"b":2}`}; !reflect.DeepEqual(seen, want) {
+		t.Errorf("the hook saw %q; want %q", seen, want)
+	}
+	s.setHook(nil)
+	if w := fakeTestPost(s, "POST", "/api/feedback", `{}`, nil); w.Code != 503 {
+		t.Errorf("after the hook: status %d; want the queued 503", w.Code)
+	}
+	if got := s.Requests("/api/feedback"); got != 2 {
+		t.Errorf("Requests(feedback) = %d; want 2", got)
+	}
+}
+
+// TestFakeServerConcurrent: many goroutines share one server and one
+// client; every call succeeds and every count is exact.
+func TestFakeServerConcurrent(t *testing.T) {
+	const goroutines, calls = 50, 20
+	s := NewFakeServer()
+	c := fakeTestClient(t, s)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines*calls)
+	ids := make(chan string, goroutines*calls)
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < calls; i++ {
+				if (g+i)%2 == 0 {
+					res, err := c.OptimizeMessage(ctx, fakeTestRequest())
+					if err != nil {
+						errs <- err
+						continue
+					}
+					ids <- res.MessageID
+				} else {
+					res, err := c.SubmitFeedback(ctx, Feedback{MessageID: fmt.Sprintf("g%d-%d", g, i), Score: ScoreGood})
+					if err != nil {
+						errs <- err
+						continue
+					}
+					ids <- res.ID
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	close(ids)
+	for err := range errs {
+		t.Errorf("call failed: %v", err)
+	}
+	seen := map[string]bool{}
+	for id := range ids {
+		if seen[id] {
+			t.Errorf("id %s given twice", id)
+		}
+		seen[id] = true
+	}
+	const half = goroutines * calls / 2
+	for i := 1; i <= half; i++ {
+		for _, id := range []string{fmt.Sprintf("msg-%04d", i), fmt.Sprintf("fb-%04d", i)} {
+			if !seen[id] {
+				t.Errorf("id %s never given", id)
+			}
+		}
+	}
+	for path, want := range map[string]int{"/api/auth/token": 1, "/api/auth/refresh": 0, "/api/message_optimizer": half, "/api/feedback": half} {
+		if got := s.Requests(path); got != want {
+			t.Errorf("Requests(%q) = %d; want %d", path, got, want)
+		}
+	}
+	if got := len(s.Feedback()); got != half {
+		t.Errorf("len(Feedback()) = %d; want %d", got, half)
+	}
+}
+
+// TestFakeServerContextCancel: the in-memory transport returns when the
+// request's context ends, while the handler is still running.
+func TestFakeServerContextCancel(t *testing.T) {
+	s := NewFakeServer()
+	c := fakeTestClient(t, s)
+	if _, err := c.AccessToken(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	handlerDone := make(chan struct{})
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/api/message_optimizer" {
+			return false
+		}
+		defer close(handlerDone)
+		close(entered)
+		<-release
+		return false
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	result := make(chan error, 1)
+	go func() {
+		_, err := c.OptimizeMessage(ctx, fakeTestRequest())
+		result <- err
+	}()
+	<-entered
+	cancel()
+	if err := <-result; !errors.Is(err, context.Canceled) {
+		t.Errorf("OptimizeMessage() with its context canceled: error = %v; want context.Canceled", err)
+	}
+	close(release) // the handler ends, its answer unread
+	<-handlerDone
+	if got := s.Requests("/api/message_optimizer"); got != 1 {
+		t.Errorf("Requests(optimizer) = %d; want 1 (no retry after a cancellation)", got)
+	}
+
+	// A context already ended: nothing is sent.
+	if _, err := c.OptimizeMessage(ctx, fakeTestRequest()); !errors.Is(err, context.Canceled) {
+		t.Errorf("OptimizeMessage() with an ended context: error = %v; want context.Canceled", err)
+	}
+	if got := s.Requests("/api/message_optimizer"); got != 1 {
+		t.Errorf("Requests(optimizer) = %d; want still 1", got)
+	}
+}
+
+// fakeTestBody is a request body that records its closing.
+type fakeTestBody struct {
+	io.Reader
+	closed bool
+}
+
+func (b *fakeTestBody) Close() error { b.closed = true; return nil }
+
+// TestFakeServerTransport checks the in-memory round trip as an
+// http.RoundTripper: the response it builds, the body it closes, the panic
+// it survives.
+func TestFakeServerTransport(t *testing.T) {
+	s := NewFakeServer()
+	access, _ := s.grant()
+	tr := &fakeTransport{s: s}
+	newReq := func(body *fakeTestBody) *http.Request {
+		req, err := http.NewRequest("POST", "http://apala.invalid/api/feedback", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+access)
+		return req
+	}
+
+	body := &fakeTestBody{Reader: strings.NewReader(fakeTestFeedback)}
+	req := newReq(body)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("RoundTrip() error = %v", err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Status != "200 OK" || resp.Request != req || resp.ContentLength != int64(len(got)) ||
+		resp.Header.Get("Content-Type") != "application/json; charset=utf-8" || !bytes.HasPrefix(got, []byte(`{"id":"fb-0001"`)) {
+		t.Errorf("RoundTrip() = %s, Request set %v, ContentLength %d, Content-Type %q, body %s; want 200 OK, the request, the body's length, JSON, fb-0001",
+			resp.Status, resp.Request == req, resp.ContentLength, resp.Header.Get("Content-Type"), got)
+	}
+	if !body.closed {
+		t.Errorf("RoundTrip() left the request body open")
+	}
+	if req.Header.Get("Content-Type") != "application/json" || len(req.Header) != 2 {
+		t.Errorf("RoundTrip() changed the request's header")
+	}
+
+	resp, err = tr.RoundTrip(newReq(&fakeTestBody{Reader: strings.NewReader(`{}`)}))
+	if err != nil {
+		t.Fatalf("RoundTrip() error = %v", err)
+	}
+	if resp.StatusCode != 422 || resp.Status != "422 Unprocessable Entity" {
+		t.Errorf("RoundTrip() of a bad body = %q; want 422 Unprocessable Entity", resp.Status)
+	}
+
+	// A handler that panics drops the request, as a net/http server does.
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool { panic(http.ErrAbortHandler) })
+	body = &fakeTestBody{Reader: strings.NewReader(fakeTestFeedback)}
+	if resp, err := tr.RoundTrip(newReq(body)); err == nil || resp != nil || !body.closed {
+		t.Errorf("RoundTrip() with a panicking handler: response %v, error %v, body closed %v; want no response, an error, the body closed", resp != nil, err, body.closed)
+	}
+	s.setHook(nil)
+
+	// A context that already ended: nothing reaches the server.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	body = &fakeTestBody{Reader: strings.NewReader(fakeTestFeedback)}
+	before := s.Requests("/api/feedback")
+	if _, err := tr.RoundTrip(newReq(body).WithContext(ctx)); !errors.Is(err, context.Canceled) || !body.closed {
+		t.Errorf("RoundTrip() with an ended context: error = %v, body closed %v; want context.Canceled, closed", err, body.closed)
+	}
+	if got := s.Requests("/api/feedback"); got != before {
+		t.Errorf("Requests(feedback) = %d; want %d", got, before)
+	}
+
+	// A body larger than the server takes.
+	big := `{"message_id":"` + strings.Repeat("x", 1<<20) + `","customer_responded":true,"score":"good"}`
+	resp, err = tr.RoundTrip(newReq(&fakeTestBody{Reader: strings.NewReader(big)}))
+	if err != nil {
+		t.Fatalf("RoundTrip() of %d bytes: error %v", len(big), err)
+	}
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("RoundTrip() of %d bytes: status %d; want 413", len(big), resp.StatusCode)
+	}
+}
+
+// TestFakeServerOverSocket: mounted on httptest.NewServer, the fake serves
+// a client built the ordinary way.
+func TestFakeServerOverSocket(t *testing.T) {
+	s := NewFakeServer()
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	c, err := NewClient(FakeAPIKey, WithBaseURL(srv.URL), WithCompanyGUID(FakeCompanyGUID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	res, err := c.OptimizeMessage(ctx, fakeTestRequest())
+	if err != nil || res.MessageID != "msg-0001" {
+		t.Fatalf("OptimizeMessage() = %v, %v; want msg-0001", res, err)
+	}
+	fb, err := c.SubmitFeedback(ctx, Feedback{MessageID: res.MessageID, CustomerResponded: true, Score: ScoreGood})
+	if err != nil || fb.ID != "fb-0001" {
+		t.Fatalf("SubmitFeedback() = %v, %v; want fb-0001", fb, err)
+	}
+	if got := s.Feedback(); len(got) != 1 || !reflect.DeepEqual(got[0], *fb) {
+		t.Errorf("Feedback() = %+v; want [%+v]", got, *fb)
+	}
+	if got := string(s.lastBody("/api/feedback")); got != `{"message_id":"msg-0001","customer_responded":true,"score":"good"}` {
+		t.Errorf("lastBody(feedback) = %s", got)
+	}
+	s.RevokeTokens()
+	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: res.MessageID, Score: ScoreBad}); err != nil {
+		t.Fatalf("SubmitFeedback() after RevokeTokens: %v", err)
+	}
+	if got := s.Requests("/api/auth/token"); got != 2 {
+		t.Errorf("Requests(token) = %d; want 2", got)
+	}
+}
+
+// TestFakeServerZeroValue: a FakeServer needs no constructor.
+func TestFakeServerZeroValue(t *testing.T) {
+	var s FakeServer
+	if s.Requests("/api/feedback") != 0 || len(s.Feedback()) != 0 {
+		t.Errorf("zero FakeServer: Requests %d, %d feedback entries; want 0, 0", s.Requests("/api/feedback"), len(s.Feedback()))
+	}
+	c := fakeTestClient(t, &s)
+	ar, err := c.Authenticate(context.Background())
+	if err != nil || ar.ExpiresIn != 3600 {
+		t.Fatalf("Authenticate() = ExpiresIn %v, error %v; want 3600, nil", ar.ExpiresIn, err)
+	}
+	if res, err := c.OptimizeMessage(context.Background(), fakeTestRequest()); err != nil || res.MessageID != "msg-0001" {
+		t.Errorf("OptimizeMessage() = %v, %v; want msg-0001", res, err)
+	}
+}
+
+// BenchmarkFakeServerOptimizeMessage measures OptimizeMessage against a
+// FakeServer in memory: the client's work, the transport's, and the
+// server's decoding, checking and answering.
+func BenchmarkFakeServerOptimizeMessage(b *testing.B) {
+	s := NewFakeServer()
+	c := fakeTestClient(b, s)
+	req := MessageRequest{CustomerID: fakeTestCustomer, Candidate: Message{Content: "Your payment is due on Friday."}}
+	ctx := context.Background()
+	if _, err := c.OptimizeMessage(ctx, req); err != nil { // authenticates
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.OptimizeMessage(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
