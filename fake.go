@@ -93,7 +93,9 @@ const (
 // as Phoenix does, to a missing, unknown, expired or revoked bearer token. A
 // refresh keeps the refresh token (no rotation).
 //
-// Its answers are deterministic: the optimizer's message ids are "msg-0001",
+// Its answers are deterministic: every answer carries an X-Request-Id,
+// "req-0001", "req-0002", ... in the order requests arrive (as Phoenix's
+// Plug.RequestId sends one); the optimizer's message ids are "msg-0001",
 // "msg-0002", ... and feedback ids "fb-0001", ..., in the order the requests
 // arrive; an optimized message is the candidate, trimmed and without a final
 // period, followed by " - reply YES and we will call you today.". A
@@ -120,6 +122,7 @@ type FakeServer struct {
 	rotate    bool                                              // answer a refresh with a new refresh token and revoke the old one
 	hook      func(w http.ResponseWriter, r *http.Request) bool // see setHook
 
+	requests   int                        // requests received, on every path: n of the last X-Request-Id req-000n
 	serial     int                        // tokens issued so far
 	tokens     map[string]fakeToken       // tokens accepted, access and refresh
 	optimized  int                        // optimizer answers given: n of the last msg-000n
@@ -373,6 +376,8 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 
 	s.mu.Lock()
 	s.ready()
+	s.requests++
+	rid := fakeID("req-", s.requests)
 	p := s.pathLocked(path)
 	p.requests++
 	p.body, p.header = body, r.Header
@@ -387,6 +392,8 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 	}
 	s.mu.Unlock()
 
+	// Every answer names its request, as Phoenix's Plug.RequestId does.
+	w.Header().Set("X-Request-Id", rid)
 	if hook != nil {
 		if hook(w, r) {
 			return
