@@ -647,7 +647,7 @@ func ExampleWithLogger() {
 func Example_production() {
 	srv := apala.NewFakeServer() // stands in for your Apala endpoint
 	c, err := srv.NewClient(     // in yours: apala.NewClient(key, apala.WithBaseURL(...), apala.WithCompanyGUID(...), ...)
-		apala.WithMaxRetries(3),                                     // transient failures: 4 attempts in all
+		apala.WithMaxRetries(3), // transient failures: 4 attempts in all
 		apala.WithRetryBackoff(200*time.Millisecond, 5*time.Second), // jittered, exponential
 		apala.WithTimeout(10*time.Second),                           // per attempt
 	)
