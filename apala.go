@@ -1651,7 +1651,9 @@ const (
 	MonthlyIncome10000Plus MonthlyIncomeBin = "INCOME_10000_PLUS"
 )
 
-// ApplicationReason is why the customer applied for the loan (1.x servers).
+// ApplicationReason is why the customer applied for the loan. Only 1.x
+// servers of the API (those of its 1.x SDKs) read it; leave it empty for
+// newer ones, and it is left out of the request.
 type ApplicationReason string
 
 // Application reasons.
@@ -1698,7 +1700,7 @@ type CustomerMetadata struct {
 	RequestedLoanAmountBin LoanAmountBin
 	AgeBin                 AgeBin
 	MonthlyIncomeBin       MonthlyIncomeBin
-	ApplicationReason      ApplicationReason // 1.x servers only
+	ApplicationReason      ApplicationReason // 1.x servers only: see ApplicationReason
 }
 
 // MessageRequest is the input of ProcessMessage and OptimizeMessage: a
@@ -1707,8 +1709,8 @@ type MessageRequest struct {
 	Messages    []Message         // the conversation so far, oldest first; may be empty
 	Candidate   Message           // the message to analyse
 	CustomerID  string            // the customer's UUID
-	CompanyGUID string            // the company's UUID; the client's CompanyGUID() when empty
-	ZipCode     string            // optional; 5 digits when given
+	CompanyGUID string            // the company's UUID (the token answer's company_id); the client's CompanyGUID() when empty
+	ZipCode     string            // optional; 5 digits when given (OptimizeMessage: 1.x servers only)
 	Metadata    *CustomerMetadata // optional; sent by OptimizeMessage only
 }
 
