@@ -5,15 +5,25 @@
 // share it; it authenticates on first use and keeps its access token fresh by
 // itself:
 //
-//	c, err := apala.NewClient(key, apala.WithBaseURL("https://api.example.com"))
+//	c, err := apala.NewClient(key,
+//		apala.WithBaseURL("https://api.example.com"),
+//		apala.WithCompanyGUID("550e8400-e29b-41d4-a716-446655440000"))
 //	if err != nil {
 //		return err
 //	}
 //	defer c.Close()
 //	opt, err := c.OptimizeMessage(ctx, apala.MessageRequest{...})
 //
-// [NewClientFromEnv] reads the key, base URL and company GUID from
-// APALA_API_KEY, APALA_BASE_URL and APALA_COMPANY_GUID.
+// The company GUID is your company's UUID, the company_id of the token
+// answer: every message call names it, from [WithCompanyGUID] or the
+// request's CompanyGUID, and fails with a [*ValidationError] before sending
+// anything without one. [NewClientFromEnv] reads the key, base URL and
+// company GUID from APALA_API_KEY, APALA_BASE_URL and APALA_COMPANY_GUID.
+//
+// Options configure a client ([NewClient]) or one call (the message and
+// feedback calls, [Client.Do]): retries, timeouts, headers, the
+// idempotency key, and [WithResponseInfo] for the status, request id and
+// attempts of a call.
 //
 // # Authentication
 //
@@ -41,6 +51,12 @@
 //
 // [Client.Authenticate] and [Client.RefreshAccessToken] do the same by hand
 // and return the server's answer; few programs need them.
+//
+// [WithAPIKeyFunc] asks a function for the key at every exchange, so that a
+// key rotated in a secret store is picked up without a restart.
+// [WithTokenStore] shares tokens between clients and processes:
+// [NewFileTokenStore] makes the processes of one host take one token
+// request per token lifetime between them.
 //
 // # Errors
 //
@@ -72,6 +88,9 @@
 // bytes of one: server text is scrubbed of every secret the call carried, in
 // any encoding, before it is cut to length.
 //
+// For a support ticket, quote [APIError.RequestID] (the answer's
+// X-Request-Id).
+//
 // # Concurrency
 //
 // A [Client] is safe for concurrent use by any number of goroutines. At most
@@ -87,4 +106,14 @@
 // at Info, authentication (company, lifetime) and refreshes; at Warn, a
 // scheduled retry (reason, delay), a refused refresh falling back to the
 // API key, and a failed automatic token request (the error, the cooldown).
+// [WithHooks] reports every HTTP attempt and token request to functions of
+// yours, with the caller's context, to feed metrics and traces.
+//
+// # Testing
+//
+// [FakeServer] is an Apala API in memory, shipped with the package as
+// net/http/httptest is with net/http: [FakeServer.NewClient] returns a client
+// wired to it, so that code using this package is tested against the real
+// client. It is strict, deterministic, and can fail requests, revoke tokens
+// and shorten their lifetime on demand.
 package apala
