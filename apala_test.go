@@ -1459,8 +1459,12 @@ func TestIdempotencyKeyPerCall(t *testing.T) {
 	}
 }
 
+// TestParseRetryAfter pins the cap at the literal 60s the package promises,
+// not at the constant that implements it, so that a change of the constant
+// fails here.
 func TestParseRetryAfter(t *testing.T) {
 	now := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
+	const capped = 60 * time.Second
 	tests := []struct {
 		in   string
 		want time.Duration
@@ -1470,10 +1474,17 @@ func TestParseRetryAfter(t *testing.T) {
 		{" 7 ", 7 * time.Second},
 		{"0", 0},
 		{"-4", 0},
-		{"600", maxRetryAfter},
+		{"59", 59 * time.Second},
+		{"60", capped},
+		{"61", capped},
+		{"120", capped},
+		{"600", capped},
 		{"99999999999999999999", 0},
 		{now.Add(20 * time.Second).Format(http.TimeFormat), 20 * time.Second},
-		{now.Add(time.Hour).Format(http.TimeFormat), maxRetryAfter},
+		{now.Add(59 * time.Second).Format(http.TimeFormat), 59 * time.Second},
+		{now.Add(2 * time.Minute).Format(http.TimeFormat), capped},
+		{now.Add(5 * time.Minute).Format(http.TimeFormat), capped},
+		{now.Add(time.Hour).Format(http.TimeFormat), capped},
 		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
 		{"soon", 0},
 	}
@@ -3117,9 +3128,11 @@ func FuzzRetryAfter(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, v string) {
+		// The literal bound, not maxRetryAfter: the oracle must not move
+		// with the constant it judges.
 		d := parseRetryAfter(v, now)
-		if d < 0 || d > maxRetryAfter {
-			t.Fatalf("parseRetryAfter(%q) = %v; want within [0, %v]", v, d, maxRetryAfter)
+		if d < 0 || d > 60*time.Second {
+			t.Fatalf("parseRetryAfter(%q) = %v; want within [0s, 60s]", v, d)
 		}
 	})
 }
