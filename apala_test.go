@@ -636,6 +636,155 @@ func TestNewClient(t *testing.T) {
 	}
 }
 
+// loopbackOracle is the tests' own judge of a loopback host, kept apart from
+// isLoopback so that it cannot share its mistakes: the name localhost in any
+// case, a dotted-quad IPv4 address in 127.0.0.0/8 (parsed here by hand), or
+// the IPv6 address ::1 or an IPv4-mapped 127.0.0.0/8 address
+// (::ffff:127.x.y.z), its 16 bytes checked here. Only the IPv6 parsing is
+// borrowed, from net.ParseIP; isLoopback's verdict is not.
+//
+// A long s (U+017F) counts as an s: strings.EqualFold folds it so, and the
+// IDNA mapping net/http applies before dialing turns it into an s too, so
+// http://localhoſt reaches localhost and nothing leaves the machine.
+func loopbackOracle(host string) bool {
+	var b strings.Builder
+	for _, r := range host {
+		switch {
+		case 'A' <= r && r <= 'Z':
+			r += 'a' - 'A'
+		case r == '\u017f':
+			r = 's'
+		}
+		b.WriteRune(r)
+	}
+	if b.String() == "localhost" {
+		return true
+	}
+	if !strings.Contains(host, ":") {
+		// IPv4: exactly four decimal fields of 0 to 255, no leading zero.
+		fields := strings.Split(host, ".")
+		if len(fields) != 4 {
+			return false
+		}
+		for _, f := range fields {
+			if f == "" || len(f) > 3 || (len(f) > 1 && f[0] == '0') || strings.Trim(f, "0123456789") != "" {
+				return false
+			}
+			if n, _ := strconv.Atoi(f); n > 255 {
+				return false
+			}
+		}
+		return fields[0] == "127"
+	}
+	ip := net.ParseIP(host)
+	if len(ip) != net.IPv6len {
+		return false
+	}
+	for _, x := range ip[:10] {
+		if x != 0 {
+			return false
+		}
+	}
+	switch {
+	case ip[10] == 0xff && ip[11] == 0xff: // ::ffff:a.b.c.d
+		return ip[12] == 127
+	case ip[10] == 0 && ip[11] == 0: // ::1
+		return ip[12] == 0 && ip[13] == 0 && ip[14] == 0 && ip[15] == 1
+	}
+	return false
+}
+
+// TestBaseURLLoopback: http:// without WithInsecureHTTP is accepted for a
+// loopback host and refused, for that reason, for every other host, however
+// close to loopback it looks. The same URL is accepted with WithInsecureHTTP,
+// and the table is checked against loopbackOracle, which FuzzBaseURL uses.
+//
+// Decisions: the name must be localhost exactly (any case): localhost.,
+// localhost.localdomain and every name under a domain are refused, as are the
+// numeric spellings a resolver may or may not read as 127.0.0.1 (0x7f.0.0.1,
+// 2130706433, 127.1, leading zeros) and a zoned ::1; the IPv4-mapped
+// [::ffff:127.0.0.1] is accepted: it is 127.0.0.1, and dialing it goes there.
+func TestBaseURLLoopback(t *testing.T) {
+	tests := []struct {
+		host   string
+		accept bool
+	}{
+		{"localhost", true},
+		{"LOCALHOST", true},
+		{"LocalHost", true},
+		{"localho\u017ft", true}, // long s: see loopbackOracle
+		{"127.0.0.1", true},
+		{"127.0.0.0", true},
+		{"127.1.2.3", true},
+		{"127.255.255.254", true},
+		{"127.255.255.255", true},
+		{"[::1]", true},
+		{"[0:0:0:0:0:0:0:1]", true},
+		{"[::0001]", true},
+		{"[::ffff:127.0.0.1]", true},
+		{"[::FFFF:7f00:1]", true},
+		{"[::ffff:127.255.0.1]", true},
+
+		{"localhost.evil.com", false},
+		{"localhost.localdomain", false},
+		{"localhost.", false},
+		{"localhost-evil.com", false},
+		{"evil-localhost", false},
+		{"xlocalhost", false},
+		{"localhostx", false},
+		{"127.0.0.1.nip.io", false},
+		{"127.0.0.1.evil.com", false},
+		{"127.0.0.1.", false},
+		{"0x7f.0.0.1", false},
+		{"0x7f000001", false},
+		{"2130706433", false},
+		{"017700000001", false},
+		{"0177.0.0.1", false},
+		{"127.000.000.001", false},
+		{"127.1", false},
+		{"127.0.1", false},
+		{"128.0.0.1", false},
+		{"126.255.255.255", false},
+		{"0.0.0.0", false},
+		{"10.0.0.1", false},
+		{"api.example.com", false},
+		{"[::]", false},
+		{"[::2]", false},
+		{"[::127.0.0.1]", false},
+		{"[::ffff:128.0.0.1]", false},
+		{"[::1%25lo]", false},
+		{"[fe80::1]", false},
+	}
+	for _, tt := range tests {
+		raw := "http://" + tt.host + ":4000"
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatalf("url.Parse(%q): %v", raw, err)
+		}
+		if got := loopbackOracle(u.Hostname()); got != tt.accept {
+			t.Errorf("loopbackOracle(%q) = %v; want %v", u.Hostname(), got, tt.accept)
+		}
+		c, err := NewClient("k", WithBaseURL(raw))
+		switch {
+		case tt.accept && err != nil:
+			t.Errorf("NewClient(%s) error = %v; want it accepted (loopback)", raw, err)
+		case !tt.accept && err == nil:
+			t.Errorf("NewClient(%s) accepted clear-text HTTP; want it refused (not loopback)", raw)
+		case !tt.accept && !strings.Contains(err.Error(), "not loopback"):
+			t.Errorf("NewClient(%s) error = %v; want it refused as not loopback", raw, err)
+		}
+		if err == nil {
+			c.Close()
+		}
+		c, err = NewClient("k", WithBaseURL(raw), WithInsecureHTTP())
+		if err != nil {
+			t.Errorf("NewClient(%s, WithInsecureHTTP()) error = %v; want it accepted", raw, err)
+			continue
+		}
+		c.Close()
+	}
+}
+
 func TestNewClientFromEnv(t *testing.T) {
 	t.Setenv(EnvAPIKey, "")
 	if _, err := NewClientFromEnv(); !errors.Is(err, ErrMissingAPIKey) || !strings.Contains(err.Error(), EnvAPIKey) {
@@ -3249,6 +3398,15 @@ func FuzzBaseURL(f *testing.F) {
 			if strings.Contains(err.Error(), fuzzKey) {
 				t.Fatalf("the error holds the API key")
 			}
+			// Refused without WithInsecureHTTP, accepted with it: the
+			// clear-text rule refused it, so the host must not be loopback.
+			if ci, err := NewClient(fuzzKey, WithBaseURL(raw), WithInsecureHTTP()); err == nil {
+				u := ci.base
+				ci.Close()
+				if u.Scheme == "http" && loopbackOracle(u.Hostname()) {
+					t.Fatalf("refused clear-text HTTP to %q, a loopback host", u.Hostname())
+				}
+			}
 			return
 		}
 		defer c.Close()
@@ -3258,8 +3416,8 @@ func FuzzBaseURL(f *testing.F) {
 			t.Fatalf("accepted scheme %q", u.Scheme)
 		case u.Host == "" || u.User != nil:
 			t.Fatalf("accepted a URL without a host or with user info")
-		case u.Scheme == "http" && !isLoopback(u.Hostname()):
-			t.Fatalf("accepted clear-text HTTP to a host that is not loopback")
+		case u.Scheme == "http" && !loopbackOracle(u.Hostname()):
+			t.Fatalf("accepted clear-text HTTP to %q, a host that is not loopback", u.Hostname())
 		case !validPath("/api/feedback") || strings.Contains(c.baseStr+"/api/feedback", "#"):
 			t.Fatalf("the base URL makes request URLs with a fragment")
 		}
