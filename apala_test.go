@@ -1897,6 +1897,116 @@ func TestBoundedReading(t *testing.T) {
 	}
 }
 
+// meteredBody is a response body of size bytes made on the fly (a JSON
+// opening, then x's), counting the bytes the client reads from it.
+type meteredBody struct {
+	size, off int64
+	read      *atomic.Int64
+}
+
+func (b *meteredBody) Read(p []byte) (int, error) {
+	if b.off >= b.size {
+		return 0, io.EOF
+	}
+	if left := b.size - b.off; int64(len(p)) > left {
+		p = p[:left]
+	}
+	for i := range p {
+		if b.off+int64(i) < 6 {
+			p[i] = `{"a":"`[b.off+int64(i)]
+		} else {
+			p[i] = 'x'
+		}
+	}
+	b.off += int64(len(p))
+	b.read.Add(int64(len(p)))
+	return len(p), nil
+}
+
+func (b *meteredBody) Close() error { return nil }
+
+// meteredTransport answers every request in memory with status and a
+// meteredBody of size bytes, declared in Content-Length or not.
+type meteredTransport struct {
+	status   int
+	size     int64
+	declared bool
+	read     atomic.Int64
+}
+
+func (t *meteredTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		r.Body.Close()
+	}
+	cl := int64(-1)
+	if t.declared {
+		cl = t.size
+	}
+	return &http.Response{
+		StatusCode: t.status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": {"text/html"}},
+		Body:          &meteredBody{size: t.size, read: &t.read},
+		ContentLength: cl, Request: r,
+	}, nil
+}
+
+// TestBoundedReadingBytes counts the bytes read from a response body, not
+// the words of the error: a success body is read up to 10 MiB and one byte
+// more (to see that it is larger), whether its length is declared or not; an
+// error body up to 64 KiB and one byte for its message, then drained up to
+// 1 MiB more so the connection can be reused. The numbers are the literal
+// promises, not the constants that implement them.
+func TestBoundedReadingBytes(t *testing.T) {
+	const (
+		successCap = 10 << 20           // read at most successCap+1
+		errorCap   = 64<<10 + 1 + 1<<20 // message and drain
+	)
+	tests := []struct {
+		name     string
+		status   int
+		size     int64
+		declared bool
+		ok       bool  // the call succeeds
+		maxRead  int64 // bytes read at most
+		wantRead int64 // bytes read exactly, when not -1
+	}{
+		{"success, 20 MiB declared", 200, 20 << 20, true, false, successCap + 1, -1},
+		{"success, 20 MiB undeclared", 200, 20 << 20, false, false, successCap + 1, -1},
+		{"success, 10 MiB + 1 undeclared", 200, successCap + 1, false, false, successCap + 1, -1},
+		{"success, 10 MiB + 1 declared", 200, successCap + 1, true, false, successCap + 1, -1},
+		{"success, exactly 10 MiB", 200, successCap, false, true, successCap, successCap},
+		{"error, 20 MiB declared", 500, 20 << 20, true, false, errorCap, -1},
+		{"error, 20 MiB undeclared", 500, 20 << 20, false, false, errorCap, -1},
+		{"error, 200 KiB: drained whole", 500, 200 << 10, false, false, errorCap, 200 << 10},
+		{"error, message and drain exactly", 500, errorCap, false, false, errorCap, errorCap},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mt := &meteredTransport{status: tt.status, size: tt.size, declared: tt.declared}
+			c, err := NewClient("k", WithHTTPClient(&http.Client{Transport: mt}), WithMaxRetries(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 3600, c.mono(), c.now()))
+			err = c.Do(ctx, "POST", "/api/feedback", map[string]any{}, nil)
+			switch got := mt.read.Load(); {
+			case got > tt.maxRead:
+				t.Errorf("bytes read of a %d-byte body = %d; want at most %d", tt.size, got, tt.maxRead)
+			case tt.wantRead >= 0 && got != tt.wantRead:
+				t.Errorf("bytes read of a %d-byte body = %d; want %d (read whole, so the connection can be reused)", tt.size, got, tt.wantRead)
+			}
+			if tt.ok != (err == nil) {
+				t.Fatalf("Do() error = %v; want success %v", err, tt.ok)
+			}
+			var ae *APIError
+			if tt.status >= 400 && (!errors.As(err, &ae) || ae.StatusCode != tt.status) {
+				t.Errorf("Do() error = %v; want *APIError %d", err, tt.status)
+			}
+		})
+	}
+}
+
 func TestConnectionsReused(t *testing.T) {
 	s := newDemoServer()
 	var conns atomic.Int32
@@ -2909,9 +3019,9 @@ func TestMessageAPIErrors(t *testing.T) {
 
 // ---- the fault matrix ----
 
-// countingTransport counts attempts per path and response bodies not yet
-// closed. Requests for a path in refuse go to an address where nothing
-// listens, for a real "connection refused".
+// countingTransport counts attempts per path, response bodies not yet
+// closed and the bytes read from them. Requests for a path in refuse go to
+// an address where nothing listens, for a real "connection refused".
 type countingTransport struct {
 	base   http.RoundTripper
 	dead   string // host:port with no listener
@@ -2920,6 +3030,7 @@ type countingTransport struct {
 	mu       sync.Mutex
 	attempts map[string]int
 	open     atomic.Int64
+	read     atomic.Int64
 }
 
 var _ http.RoundTripper = (*countingTransport)(nil)
@@ -2937,7 +3048,7 @@ func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	t.open.Add(1)
-	resp.Body = &countedBody{ReadCloser: resp.Body, open: &t.open}
+	resp.Body = &countedBody{ReadCloser: resp.Body, open: &t.open, read: &t.read}
 	return resp, nil
 }
 
@@ -2951,6 +3062,13 @@ type countedBody struct {
 	io.ReadCloser
 	once sync.Once
 	open *atomic.Int64
+	read *atomic.Int64
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read.Add(int64(n))
+	return n, err
 }
 
 func (b *countedBody) Close() error {
@@ -3035,6 +3153,7 @@ func TestFaultMatrix(t *testing.T) {
 		want     func(error) bool
 		attempts int       // on the family's path
 		expires  time.Time // for a success: the expiry Token must show (zero: unchecked)
+		maxRead  int64     // bytes the client may read from all bodies (0: unchecked)
 	}
 	status := func(code int, body string) func(family, string, http.ResponseWriter, *http.Request) {
 		return func(_ family, _ string, w http.ResponseWriter, _ *http.Request) {
@@ -3116,8 +3235,8 @@ func TestFaultMatrix(t *testing.T) {
 		{name: "HTML with 200", serve: status(200, "<html><body>login</body></html>"), want: isMalformed, attempts: 1},
 		{name: "malformed JSON", serve: status(200, `{"access_token": "abc`), want: isMalformed, attempts: 1},
 		{name: "missing required fields", serve: answer(func(f family) string { return missingFields[f.path] }), want: isMissing, attempts: 1},
-		{name: "20 MiB body", serve: big(false), want: isTooBig, attempts: 1},
-		{name: "20 MiB chunked body", serve: big(true), want: isTooBig, attempts: 1},
+		{name: "20 MiB body", serve: big(false), want: isTooBig, attempts: 1, maxRead: 10<<20 + 1},
+		{name: "20 MiB chunked body", serve: big(true), want: isTooBig, attempts: 1, maxRead: 10<<20 + 1},
 		{name: "expires_in 0", authOnly: true, attempts: 1, expires: time.Now().Add(30 * time.Minute),
 			serve: answer(func(f family) string { return authAnswer(f, "0") })},
 		{name: "expires_in negative", authOnly: true, attempts: 1, expires: time.Now().Add(30 * time.Minute),
@@ -3207,6 +3326,9 @@ func TestFaultMatrix(t *testing.T) {
 				c.Close()
 				if n := ct.open.Load(); n != 0 {
 					t.Errorf("%d response bodies left open", n)
+				}
+				if n := ct.read.Load(); ft.maxRead > 0 && n > ft.maxRead {
+					t.Errorf("bytes read from response bodies = %d; want at most %d", n, ft.maxRead)
 				}
 			})
 		}
