@@ -2218,6 +2218,101 @@ func TestClose(t *testing.T) {
 	}
 }
 
+// TestCloseCancelsFlight: Close ends a token request in progress by
+// cancelling it, not by waiting for it to end. With no per-attempt timeout
+// and no deadline on the caller's context, the server holds the request
+// until the test releases it or the request's context ends, and the test
+// releases it only after Close has returned: the handler must have seen its
+// request cancelled first. A caller waiting for the token gets ErrClosed, and
+// no goroutine is left. The 30s bounds only stop a hung test.
+func TestCloseCancelsFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		stale bool // hold a stale token: the flight is a background refresh
+	}{{"exchange with a caller waiting", false}, {"background refresh", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := useFakeClock(t)
+			before := runtime.NumGoroutine()
+			s := NewDemoServer()
+			c, err := NewClient(DemoAPIKey, WithBaseURL(s.URL), WithTimeout(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := pathToken
+			if tc.stale {
+				if _, err := c.AccessToken(ctx); err != nil {
+					t.Fatal(err)
+				}
+				clk.Advance(59*time.Minute + 30*time.Second)
+				path = pathRefresh
+			}
+			release := make(chan struct{})
+			arrived := make(chan struct{}, 1)
+			ended := make(chan string, 1) // why the handler stopped holding
+			s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.URL.Path != path {
+					return false
+				}
+				arrived <- struct{}{}
+				select {
+				case <-release:
+					ended <- "released by the test"
+				case <-r.Context().Done():
+					ended <- "cancelled"
+				}
+				return true
+			})
+			callerErr := make(chan error, 1)
+			if tc.stale {
+				if _, err := c.AccessToken(ctx); err != nil { // returns at once, starts the refresh
+					t.Fatal(err)
+				}
+			} else {
+				go func() { _, err := c.AccessToken(ctx); callerErr <- err }()
+			}
+			select {
+			case <-arrived:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the token request never reached the server")
+			}
+
+			closed := make(chan struct{})
+			go func() { c.Close(); close(closed) }()
+			select {
+			case <-closed:
+			case <-time.After(30 * time.Second):
+				t.Errorf("Close() still waiting after 30s while the server holds the token request: it did not cancel it")
+				close(release)
+				<-closed
+			}
+			var why string
+			select {
+			case why = <-ended:
+			case <-time.After(30 * time.Second):
+				why = "still held after 30s"
+			}
+			if why != "cancelled" {
+				t.Errorf("the held token request ended %s; want cancelled by Close before the test released it", why)
+			}
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+			if !tc.stale {
+				if err := <-callerErr; !errors.Is(err, ErrClosed) {
+					t.Errorf("waiting caller: AccessToken() error = %v; want ErrClosed", err)
+				}
+			}
+			if c.flight.Load() != nil {
+				t.Errorf("a flight is still recorded after Close")
+			}
+			s.Close()
+			settle(t, before)
+		})
+	}
+}
+
 func TestNoGoroutineLeft(t *testing.T) {
 	clk := useFakeClock(t)
 	before := runtime.NumGoroutine()
