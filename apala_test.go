@@ -3017,7 +3017,14 @@ func TestValidation(t *testing.T) {
 	}{
 		{"customer id not a UUID", process(with(func(r *MessageRequest) { r.CustomerID = "cust-42" })), "CustomerID"},
 		{"customer id empty", optimize(with(func(r *MessageRequest) { r.CustomerID = "" })), "CustomerID"},
+		{"customer id one short", process(with(func(r *MessageRequest) { r.CustomerID = customerID[:35] })), "CustomerID"},
+		{"customer id and a 0", process(with(func(r *MessageRequest) { r.CustomerID = customerID + "0" })), "CustomerID"},
+		{"customer id and a hyphen", optimize(with(func(r *MessageRequest) { r.CustomerID = customerID + "-" })), "CustomerID"},
+		{"customer id of 40 characters", optimize(with(func(r *MessageRequest) { r.CustomerID = customerID + "0000" })), "CustomerID"},
 		{"company GUID not a UUID", process(with(func(r *MessageRequest) { r.CompanyGUID = "acme" })), "CompanyGUID"},
+		{"company GUID and a 0", process(with(func(r *MessageRequest) { r.CompanyGUID = DemoCompanyGUID + "0" })), "CompanyGUID"},
+		{"company GUID and a hyphen", optimize(with(func(r *MessageRequest) { r.CompanyGUID = DemoCompanyGUID + "-" })), "CompanyGUID"},
+		{"company GUID of 40 characters", optimize(with(func(r *MessageRequest) { r.CompanyGUID = DemoCompanyGUID + "abcd" })), "CompanyGUID"},
 		{"zip code of 4 digits", process(with(func(r *MessageRequest) { r.ZipCode = "9021" })), "ZipCode"},
 		{"zip code with a letter", optimize(with(func(r *MessageRequest) { r.ZipCode = "9021a" })), "ZipCode"},
 		{"empty content", process(with(func(r *MessageRequest) { r.Messages[1].Content = "  " })), "Messages[1].Content"},
@@ -3052,6 +3059,34 @@ func TestValidation(t *testing.T) {
 			}
 			if !strings.HasPrefix(err.Error(), "apala: ") || !strings.Contains(err.Error(), tt.field) {
 				t.Errorf("error text %q; want it prefixed and naming %s", err, tt.field)
+			}
+			if n := s.totalHits(); n != 0 {
+				t.Errorf("%d requests reached the server; want none", n)
+			}
+		})
+	}
+	// A company GUID given to the client is checked as strictly: a
+	// *ValidationError from NewClient and NewClientFromEnv, nothing sent.
+	for _, guid := range []string{DemoCompanyGUID + "0", DemoCompanyGUID + "-", DemoCompanyGUID + "0000", DemoCompanyGUID[:35], "acme"} {
+		t.Run("WithCompanyGUID "+guid, func(t *testing.T) {
+			s := NewDemoServer()
+			defer s.Close()
+			t.Setenv(EnvAPIKey, DemoAPIKey)
+			t.Setenv(EnvBaseURL, s.URL)
+			t.Setenv(EnvCompanyGUID, guid)
+			for what, newClient := range map[string]func() (*Client, error){
+				"NewClient":        func() (*Client, error) { return NewClient(DemoAPIKey, WithBaseURL(s.URL), WithCompanyGUID(guid)) },
+				"NewClientFromEnv": func() (*Client, error) { return NewClientFromEnv() },
+			} {
+				c, err := newClient()
+				var ve *ValidationError
+				if !errors.As(err, &ve) || ve.Field != "CompanyGUID" {
+					t.Errorf("%s() error = %v; want a *ValidationError for CompanyGUID", what, err)
+				}
+				if c != nil { // accepted: a call would send the GUID
+					_, _ = c.ProcessMessage(ctx, MessageRequest{Candidate: Message{Content: "Hi", Channel: ChannelSMS}, CustomerID: customerID})
+					c.Close()
+				}
 			}
 			if n := s.totalHits(); n != 0 {
 				t.Errorf("%d requests reached the server; want none", n)
