@@ -3043,7 +3043,8 @@ func TestValidation(t *testing.T) {
 		{"feedback without score", feedback(Feedback{MessageID: "m"}), "Score"},
 		{"feedback score uppercase", feedback(Feedback{MessageID: "m", Score: "GOOD"}), "Score"},
 		{"feedback reward", feedback(Feedback{MessageID: "m", Score: ScoreGood, PositiveRewards: []PositiveReward{RewardLinkingChirp, "LINKING_CHIRP"}}), "PositiveRewards[1]"},
-		{"empty bulk", bulk(), "Items"},
+		{"nil bulk", func(c *Client) error { _, err := c.SubmitFeedbackBulk(ctx, nil); return err }, "Items"},
+		{"empty bulk", func(c *Client) error { _, err := c.SubmitFeedbackBulk(ctx, []Feedback{}); return err }, "Items"},
 		{"bulk item", bulk(good, good, Feedback{MessageID: "m", Score: "great"}), "Items[2].Score"},
 	}
 	for _, tt := range tests {
