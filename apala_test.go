@@ -1002,6 +1002,7 @@ func TestNewPairDeadlines(t *testing.T) {
 		return "h." + base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"exp":%d}`, exp.Unix()))) + ".s"
 	}
 	const never = time.Duration(1<<63 - 1)
+	const tenYears = 10 * 365 * 24 * time.Hour // the cap on a lifetime, literal
 	tests := []struct {
 		name          string
 		margin        time.Duration
@@ -1022,7 +1023,7 @@ func TestNewPairDeadlines(t *testing.T) {
 		{"jwt exp, negative expires_in", DefaultRefreshMargin, jwt(base.Add(30 * time.Minute)), -5, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
 		{"jwt already expired", DefaultRefreshMargin, jwt(base.Add(-time.Minute)), 0, 0, never, never, time.Time{}},
 		{"opaque token", DefaultRefreshMargin, "opaque", 0, 0, never, never, time.Time{}},
-		{"absurd expires_in", DefaultRefreshMargin, "a", 1 << 62, 0, maxLifetime - time.Minute, maxLifetime - 10*time.Second, base.Add(maxLifetime)},
+		{"absurd expires_in", DefaultRefreshMargin, "a", 1 << 62, 0, tenYears - time.Minute, tenYears - 10*time.Second, base.Add(tenYears)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -3256,9 +3257,12 @@ func TestFaultMatrix(t *testing.T) {
 	}
 	isTooBig := func(err error) bool { return err != nil && strings.Contains(err.Error(), "limit") }
 
-	// body builds a fault's 200 answer per family.
+	// authAnswer builds a fault's 200 answer per family. Its token's exp
+	// claim is one fixed instant, jwtExp, so that a Token read from it can be
+	// compared exactly, whenever the subtest runs.
+	jwtExp := time.Now().Add(30 * time.Minute).Truncate(time.Second)
 	authAnswer := func(f family, expiresIn string) string {
-		tok := jwtExpiring(time.Now().Add(30 * time.Minute))
+		tok := jwtExpiring(jwtExp)
 		fields := `"access_token":"` + tok + `","token_type":"Bearer"`
 		if expiresIn != "" {
 			fields += `,"expires_in":` + expiresIn
@@ -3282,9 +3286,10 @@ func TestFaultMatrix(t *testing.T) {
 		serve    func(f family, other string, w http.ResponseWriter, r *http.Request)
 		authOnly bool // token and refresh families only
 		want     func(error) bool
-		attempts int       // on the family's path
-		expires  time.Time // for a success: the expiry Token must show (zero: unchecked)
-		maxRead  int64     // bytes the client may read from all bodies (0: unchecked)
+		attempts int           // on the family's path
+		expires  time.Time     // for a success: the expiry Token must show exactly (zero: unchecked)
+		lifetime time.Duration // for a success: ExpiresAt is this long after the send (0: unchecked)
+		maxRead  int64         // bytes the client may read from all bodies (0: unchecked)
 	}
 	status := func(code int, body string) func(family, string, http.ResponseWriter, *http.Request) {
 		return func(_ family, _ string, w http.ResponseWriter, _ *http.Request) {
@@ -3322,7 +3327,6 @@ func TestFaultMatrix(t *testing.T) {
 			}
 		}
 	}
-	hour := time.Now().Add(time.Hour)
 	faults := []fault{
 		{name: "connection refused", refuse: true, want: isConn, attempts: 1 + retries},
 		{name: "reset mid-body", want: isConn, attempts: 1 + retries,
@@ -3368,15 +3372,15 @@ func TestFaultMatrix(t *testing.T) {
 		{name: "missing required fields", serve: answer(func(f family) string { return missingFields[f.path] }), want: isMissing, attempts: 1},
 		{name: "20 MiB body", serve: big(false), want: isTooBig, attempts: 1, maxRead: 10<<20 + 1},
 		{name: "20 MiB chunked body", serve: big(true), want: isTooBig, attempts: 1, maxRead: 10<<20 + 1},
-		{name: "expires_in 0", authOnly: true, attempts: 1, expires: time.Now().Add(30 * time.Minute),
+		{name: "expires_in 0", authOnly: true, attempts: 1, expires: jwtExp,
 			serve: answer(func(f family) string { return authAnswer(f, "0") })},
-		{name: "expires_in negative", authOnly: true, attempts: 1, expires: time.Now().Add(30 * time.Minute),
+		{name: "expires_in negative", authOnly: true, attempts: 1, expires: jwtExp,
 			serve: answer(func(f family) string { return authAnswer(f, "-3600") })},
-		{name: "expires_in absent", authOnly: true, attempts: 1, expires: time.Now().Add(30 * time.Minute),
+		{name: "expires_in absent", authOnly: true, attempts: 1, expires: jwtExp,
 			serve: answer(func(f family) string { return authAnswer(f, "") })},
-		{name: "expires_in absurd", authOnly: true, attempts: 1, expires: time.Now().Add(maxLifetime),
+		{name: "expires_in absurd", authOnly: true, attempts: 1, lifetime: 10 * 365 * 24 * time.Hour, // the cap
 			serve: answer(func(f family) string { return authAnswer(f, "9223372036854775807") })},
-		{name: "expires_in 3600", authOnly: true, attempts: 1, expires: hour,
+		{name: "expires_in 3600", authOnly: true, attempts: 1, lifetime: time.Hour,
 			serve: answer(func(f family) string { return authAnswer(f, "3600") })},
 	}
 
@@ -3425,7 +3429,13 @@ func TestFaultMatrix(t *testing.T) {
 					ct.refuse = fam.path
 				}
 
+				// The send happens between these two readings of the clock
+				// the client reads, so a lifetime counted from it ends
+				// between each plus the lifetime: bounds taken around the
+				// call, never a tolerance.
+				callStart := time.Now()
 				err = fam.call(c)
+				callEnd := time.Now()
 				if got := ct.count(fam.path); got != ft.attempts {
 					t.Errorf("attempts = %d; want %d", got, ft.attempts)
 				}
@@ -3437,9 +3447,13 @@ func TestFaultMatrix(t *testing.T) {
 					if err != nil {
 						t.Fatalf("error = %v; want success", err)
 					}
-					if !ft.expires.IsZero() {
-						if d := after.ExpiresAt.Sub(ft.expires); d < -5*time.Second || d > 5*time.Second {
-							t.Errorf("ExpiresAt %v from the wanted %v", d, ft.expires)
+					if !ft.expires.IsZero() && !after.ExpiresAt.Equal(ft.expires) {
+						t.Errorf("ExpiresAt = %v; want %v, the token's exp claim", after.ExpiresAt, ft.expires)
+					}
+					if ft.lifetime != 0 {
+						lo, hi := callStart.Add(ft.lifetime), callEnd.Add(ft.lifetime)
+						if got := after.ExpiresAt; got.Before(lo) || got.After(hi) {
+							t.Errorf("ExpiresAt = %v; want %v after the send, between %v and %v", got, ft.lifetime, lo, hi)
 						}
 					}
 				} else {
