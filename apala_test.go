@@ -2985,10 +2985,14 @@ func TestMissingResponseFields(t *testing.T) {
 func TestBulkNeverSilentlyPartial(t *testing.T) {
 	one := `{"id":"f1","message_id":"a","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00Z"}`
 	items := []Feedback{{MessageID: "a", Score: ScoreGood}, {MessageID: "b", Score: ScoreBad}}
-	tests := []struct{ name, body, want string }{
-		{"short count", `{"success":true,"count":1,"feedback":[` + one + `]}`, "stored 1 of 2"},
-		{"failure flag", `{"success":false,"count":0,"feedback":[]}`, "reported failure"},
-		{"short list", `{"success":true,"count":2,"feedback":[` + one + `]}`, "(1 returned)"},
+	tests := []struct {
+		name, body, want string
+		success          bool // the answer returned with the error: as the server sent it
+		count, entries   int
+	}{
+		{"short count", `{"success":true,"count":1,"feedback":[` + one + `]}`, "stored 1 of 2", true, 1, 1},
+		{"failure flag", `{"success":false,"count":0,"feedback":[]}`, "reported failure", false, 0, 0},
+		{"short list", `{"success":true,"count":2,"feedback":[` + one + `]}`, "(1 returned)", true, 2, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -3000,6 +3004,13 @@ func TestBulkNeverSilentlyPartial(t *testing.T) {
 			}
 			if got == nil {
 				t.Fatalf("SubmitFeedbackBulk() returned no answer with the error")
+			}
+			if got.Success != tt.success || got.Count != tt.count || len(got.Feedback) != tt.entries {
+				t.Errorf("answer with the error: success %v, count %d, %d entries; want the server's %v, %d, %d",
+					got.Success, got.Count, len(got.Feedback), tt.success, tt.count, tt.entries)
+			}
+			if tt.entries > 0 && got.Feedback[0].ID != "f1" {
+				t.Errorf("answer with the error: entry id %q; want the server's f1", got.Feedback[0].ID)
 			}
 		})
 	}
