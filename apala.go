@@ -474,9 +474,11 @@ type TokenInfo struct {
 // WithTokenStore makes the client share its tokens through s: before every
 // token request it loads s and adopts a fresh token another client saved
 // for the same base URL and key, and after every token request it saves
-// what it got. When s is also a TokenLocker, the client holds its lock from
-// the load until the save, so that processes racing for a token make one
-// request between them. Failures of s are logged at Warn and never fail a
+// what it got. When s is also a TokenLocker, a client that needs a token
+// request takes its lock, loads s again (another process may have just
+// saved one), and holds the lock until it saved its result, so that
+// processes racing for a token make one request between them; adopting a
+// stored token takes no lock. Failures of s are logged at Warn and never fail a
 // call. The hot path does not touch s. Client only.
 func WithTokenStore(s TokenStore) Option {
 	o := Option{name: "WithTokenStore", scope: forClient}

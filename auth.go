@@ -672,24 +672,35 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 	defer f.cancel()
 
 	old := c.pair.Load()
-	unlock := c.lockStore(ctx)
-	adopted := false
-	switch f.kind {
-	case flightAuth:
-		f.auth, f.pair, f.err = c.exchange(ctx)
-	case flightRefresh:
-		f.refresh, f.pair, f.err = c.refresh(ctx, old)
-	default:
-		if f.pair = c.adopt(ctx, old); f.pair != nil {
-			adopted = true
-		} else {
-			f.pair, f.err = c.obtain(ctx)
+	if f.kind == flightAuto {
+		// A fresh token in the store needs no lock: only a token request
+		// does.
+		f.pair = c.adopt(ctx, old)
+	}
+	if f.pair == nil {
+		unlock, locked := c.lockStore(ctx)
+		switch f.kind {
+		case flightAuth:
+			f.auth, f.pair, f.err = c.exchange(ctx)
+		case flightRefresh:
+			f.refresh, f.pair, f.err = c.refresh(ctx, old)
+		default:
+			// Again under the lock: the process that held it may have
+			// just saved a token.
+			if locked {
+				f.pair = c.adopt(ctx, old)
+			}
+			if f.pair == nil {
+				if f.pair, f.err = c.obtain(ctx); f.err == nil {
+					c.save(ctx, f.pair)
+				}
+			}
 		}
+		if f.err == nil && f.kind != flightAuto {
+			c.save(ctx, f.pair)
+		}
+		unlock()
 	}
-	if f.err == nil && !adopted {
-		c.save(ctx, f.pair)
-	}
-	unlock()
 
 	var cooldown time.Duration
 	c.mu.Lock()
@@ -1019,19 +1030,19 @@ func (c *Client) currentKeyID(ctx context.Context) (string, error) {
 }
 
 // lockStore takes the store's lock when it is a TokenLocker, and returns
-// what releases it. A lock that cannot be taken is logged, and the token
-// request goes on without it.
-func (c *Client) lockStore(ctx context.Context) (unlock func()) {
+// what releases it and whether the lock is held. A lock that cannot be
+// taken is logged, and the token request goes on without it.
+func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 	l, ok := c.cfg.store.(TokenLocker)
 	if !ok {
-		return func() {}
+		return func() {}, false
 	}
 	unlock, err := l.Lock(ctx)
 	if err != nil || unlock == nil {
 		c.storeFailed(ctx, "lock", err)
-		return func() {}
+		return func() {}, false
 	}
-	return unlock
+	return unlock, true
 }
 
 // adopt loads the store and returns a pair made of the token stored there
