@@ -1,8 +1,9 @@
 package apala
 
-// This file holds the package's tests, benchmarks and the fake server they
-// share with example_test.go (DemoServer, exported to the examples only: it
-// exists under go test, never in the package's API).
+// This file holds the package's tests of the client, its options, the round
+// trip and the message calls, their shared helpers, and the benchmarks. The
+// token lifecycle's tests are in auth_test.go, FakeServer's in fake_test.go;
+// every test runs against FakeServer (fake.go).
 
 import (
 	"bytes"
@@ -33,131 +34,99 @@ import (
 	"unicode/utf8"
 )
 
-// Demo credentials. Every secret the fake server hands out contains
-// secretMarker, so a leak test only has to look for that one word.
-const (
-	DemoAPIKey      = "demo-SECRET-api-key"
-	DemoCompanyID   = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
-	DemoCompanyName = "Acme Lending"
-	DemoCompanyGUID = "550e8400-e29b-41d4-a716-446655440000"
-	secretMarker    = "SECRET"
-)
+// ---- helpers ----
 
-// DemoServer is a small in-memory Apala API speaking API.md: the auth
-// endpoints, message processing and optimisation, and feedback. Tests and
-// examples start one each.
-type DemoServer struct {
+// secretMarker is in every secret the tests hand out: FakeAPIKey, every
+// token FakeServer issues, the tests' own. A leak test looks for it alone.
+const secretMarker = "SECRET"
+
+// testServer is a FakeServer on a loopback socket, for the tests that need
+// a real one: other transports, connection reuse, faults below HTTP, other
+// processes. It counts the connections it accepts.
+type testServer struct {
+	*FakeServer
 	*httptest.Server
-
-	mu        sync.Mutex
-	apiKey    string
-	expiresIn int  // seconds; 0 or less is sent as is
-	noExpiry  bool // leave expires_in out of auth answers
-	rotate    bool // return a new refresh token on refresh
-	now       func() time.Time
-	serial    int
-	access    map[string]bool // access tokens the server accepts
-	refresh   map[string]bool // refresh tokens the server accepts
-	hits      map[string]int
-	bodies    map[string][]byte // the last request body per path
-	headers   map[string]http.Header
-	scripted  map[string][]scripted // answers given before the real ones
-	hook      func(w http.ResponseWriter, r *http.Request) bool
-	feedbacks int
+	conns *atomic.Int32
 }
 
-type scripted struct {
-	status int
-	body   string
-	header map[string]string
-}
-
-// NewDemoServer starts a fake Apala API that accepts DemoAPIKey and issues
-// tokens that live for an hour.
-func NewDemoServer() *DemoServer {
-	s := newDemoServer()
+// startServer starts a FakeServer on a loopback socket, closed when the
+// test ends.
+func startServer(tb testing.TB) *testServer {
+	tb.Helper()
+	s := &testServer{FakeServer: NewFakeServer()}
+	s.Server = httptest.NewUnstartedServer(s.FakeServer)
+	s.conns = countConnections(s.Server)
 	s.Start()
+	tb.Cleanup(s.Close)
 	return s
 }
 
-// newDemoServer returns a DemoServer not yet started, for a test that sets
-// up its http.Server first.
-func newDemoServer() *DemoServer {
-	s := &DemoServer{
-		apiKey:    DemoAPIKey,
-		expiresIn: 3600,
-		now:       time.Now,
-		access:    map[string]bool{},
-		refresh:   map[string]bool{},
-		hits:      map[string]int{},
-		bodies:    map[string][]byte{},
-		headers:   map[string]http.Header{},
-		scripted:  map[string][]scripted{},
+// countConnections counts the connections srv, not yet started, accepts.
+func countConnections(srv *httptest.Server) *atomic.Int32 {
+	var n atomic.Int32
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			n.Add(1)
+		}
 	}
-	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
-	return s
+	return &n
 }
 
-// Fail makes the next answer on path have this status and body (JSON, or
-// any text); repeated calls queue further answers.
-func (s *DemoServer) Fail(path string, status int, body string) {
-	s.script(path, scripted{status: status, body: body})
+// setup starts a FakeServer on a loopback socket and returns it with a
+// client of it: newTestClient's, with the server's URL and opts.
+func setup(tb testing.TB, opts ...Option) (*testServer, *Client) {
+	tb.Helper()
+	s := startServer(tb)
+	return s, newTestClient(tb, append([]Option{WithBaseURL(s.URL)}, opts...)...)
 }
 
-func (s *DemoServer) script(path string, a scripted) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.scripted[path] = append(s.scripted[path], a)
+// newTestClient returns a client with FakeAPIKey and FakeCompanyGUID that
+// retries after 1ms to 5ms, so that tests stay fast, closed when the test
+// ends. opts come last and win: WithBaseURL for a server on a socket,
+// WithHTTPClient for a transport of the test's own. Only a test of building
+// a client, or one that needs another key, calls NewClient itself.
+func newTestClient(tb testing.TB, opts ...Option) *Client {
+	tb.Helper()
+	all := append([]Option{WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithCompanyGUID(FakeCompanyGUID)}, opts...)
+	c, err := NewClient(FakeAPIKey, all...)
+	if err != nil {
+		tb.Fatalf("NewClient() error = %v", err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
 }
 
-// RevokeTokens makes the server reject every access token issued so far,
-// as after a key rotation or a server restart.
-func (s *DemoServer) RevokeTokens() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.access = map[string]bool{}
-}
-
-// SetTokenLifetime sets expires_in for tokens issued from now on.
-func (s *DemoServer) SetTokenLifetime(d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.expiresIn = int(d / time.Second)
-}
-
-// Hits returns how many requests reached path.
-func (s *DemoServer) Hits(path string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.hits[path]
-}
-
-func (s *DemoServer) lastBody(path string) []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.bodies[path]
-}
-
-func (s *DemoServer) lastHeader(path string) http.Header {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.headers[path]
-}
-
-// grant gives c a token pair the server accepts, as if c had authenticated,
-// without a request: for tests whose client must send nothing else first.
-func (s *DemoServer) grant(c *Client) {
-	s.mu.Lock()
-	at, rt := s.newPair(3600)
-	s.mu.Unlock()
-	p := c.newPair(at, rt, "Bearer", 3600, c.mono(), c.now())
-	p.companyID, p.companyName = DemoCompanyID, DemoCompanyName
+// holdToken makes c hold a token pair of the fake's company, as if a token
+// request sent age ago on c's clock had been answered with it and
+// expiresIn, and returns the pair; nothing is sent. With a FakeServer's
+// grant the pair is one the server accepts.
+func holdToken(c *Client, access, refresh string, expiresIn int, age time.Duration) *tokenPair {
+	p := c.newPair(access, refresh, "Bearer", expiresIn, c.mono()-age, c.now().Add(-age))
+	p.companyID, p.companyName = FakeCompanyGUID, fakeCompanyName
 	c.pair.Store(p)
+	return p
 }
 
-// hold makes requests to path wait until the returned function is called,
-// or the test ends.
-func (s *DemoServer) hold(tb testing.TB, path string) (release func()) {
+// setKnobs runs set with s.mu held: the one way the tests change a
+// FakeServer's knobs (now, lifetime, expiresIn, noExpiry, rotate, apiKey).
+// Test-only, like every method of FakeServer in this file.
+func (s *FakeServer) setKnobs(set func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ready()
+	set()
+}
+
+// setClock stops s's clock at t0 and returns a function that moves it.
+func (s *FakeServer) setClock(t0 time.Time) (advance func(time.Duration)) {
+	now := t0 // guarded by s.mu, which the server holds whenever it reads its clock
+	s.setKnobs(func() { s.now = func() time.Time { return now } })
+	return func(d time.Duration) { s.setKnobs(func() { now = now.Add(d) }) }
+}
+
+// hold makes the requests to path wait, once counted, until the returned
+// function is called or the test ends. It takes s's hook.
+func (s *FakeServer) hold(tb testing.TB, path string) (release func()) {
 	ch := make(chan struct{})
 	var once sync.Once
 	release = func() { once.Do(func() { close(ch) }) }
@@ -171,301 +140,27 @@ func (s *DemoServer) hold(tb testing.TB, path string) (release func()) {
 	return release
 }
 
-func (s *DemoServer) setHook(h func(w http.ResponseWriter, r *http.Request) bool) {
+// totalRequests reports how many requests s received, on every path.
+func (s *FakeServer) totalRequests() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.hook = h
+	return s.requests
 }
 
-// issue makes a JWT-shaped token whose signature carries secretMarker.
-func (s *DemoServer) issue(kind string, life int) string {
-	s.serial++
-	claims := fmt.Sprintf(`{"sub":%q,"typ":%q,"n":%d,"exp":%d}`, DemoCompanyID, kind, s.serial, s.now().Add(time.Duration(life)*time.Second).Unix())
+// jwtExpiring returns an unsigned JWT whose exp claim is at.
+func jwtExpiring(at time.Time) string {
 	enc := base64.RawURLEncoding
-	return enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." +
-		enc.EncodeToString([]byte(claims)) + "." + secretMarker + fmt.Sprint(s.serial)
+	return enc.EncodeToString([]byte(`{"alg":"none"}`)) + "." +
+		enc.EncodeToString([]byte(fmt.Sprintf(`{"exp":%d}`, at.Unix()))) + ".SECRETsig"
 }
 
-// newPair issues an access token living life seconds and a week-long
-// refresh token, both accepted from now on. s.mu must be held.
-func (s *DemoServer) newPair(life int) (access, refresh string) {
-	access, refresh = s.issue("access", life), s.issue("refresh", 7*24*3600)
-	s.access[access], s.refresh[refresh] = true, true
-	return access, refresh
-}
-
+// writeJSON answers a request with v as JSON: for a hook, or a server of a
+// test's own.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
-
-func (s *DemoServer) serve(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.mu.Lock()
-	s.hits[r.URL.Path]++
-	s.bodies[r.URL.Path] = body
-	s.headers[r.URL.Path] = r.Header.Clone()
-	hook := s.hook
-	var sc *scripted
-	if q := s.scripted[r.URL.Path]; len(q) > 0 {
-		sc = &q[0]
-		s.scripted[r.URL.Path] = q[1:]
-	}
-	s.mu.Unlock()
-
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	if hook != nil && hook(w, r) {
-		return
-	}
-	if sc != nil {
-		for k, v := range sc.header {
-			w.Header().Set(k, v)
-		}
-		if json.Valid([]byte(sc.body)) {
-			w.Header().Set("Content-Type", "application/json")
-		} else if w.Header().Get("Content-Type") == "" {
-			w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		}
-		w.WriteHeader(sc.status)
-		_, _ = io.WriteString(w, sc.body)
-		return
-	}
-	if r.Method != http.MethodPost {
-		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method not allowed"})
-		return
-	}
-	if !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want application/json"})
-		return
-	}
-	switch r.URL.Path {
-	case pathToken:
-		s.serveToken(w, r, body)
-		return
-	case pathRefresh:
-		s.serveRefresh(w, r, body)
-		return
-	}
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	s.mu.Lock()
-	ok = ok && s.access[tok]
-	s.mu.Unlock()
-	if !ok {
-		writeJSON(w, http.StatusUnauthorized, map[string]any{"errors": map[string]string{"detail": "Unauthorized"}})
-		return
-	}
-	s.serveAPI(w, r, body)
-}
-
-// decodeStrict decodes exactly one JSON object with no unknown fields.
-func decodeStrict(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data")
-	}
-	return nil
-}
-
-func (s *DemoServer) serveToken(w http.ResponseWriter, r *http.Request, body []byte) {
-	var in struct {
-		APIKey *string `json:"api_key"`
-	}
-	if r.Header.Get("Authorization") != "" || decodeStrict(body, &in) != nil || in.APIKey == nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want exactly {\"api_key\": ...}"})
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if *in.APIKey != s.apiKey {
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid API key"})
-		return
-	}
-	at, rt := s.newPair(s.expiresIn)
-	out := map[string]any{
-		"access_token": at, "refresh_token": rt, "token_type": "Bearer",
-		"company_id": DemoCompanyID, "company_name": DemoCompanyName,
-	}
-	if !s.noExpiry {
-		out["expires_in"] = s.expiresIn
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-func (s *DemoServer) serveRefresh(w http.ResponseWriter, r *http.Request, body []byte) {
-	var in struct {
-		RefreshToken *string `json:"refresh_token"`
-	}
-	if r.Header.Get("Authorization") != "" || decodeStrict(body, &in) != nil || in.RefreshToken == nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want exactly {\"refresh_token\": ...}"})
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.refresh[*in.RefreshToken] {
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid refresh token"})
-		return
-	}
-	at := s.issue("access", s.expiresIn)
-	s.access[at] = true
-	out := map[string]any{"access_token": at, "token_type": "Bearer"}
-	if !s.noExpiry {
-		out["expires_in"] = s.expiresIn
-	}
-	if s.rotate {
-		delete(s.refresh, *in.RefreshToken)
-		rt := s.issue("refresh", 7*24*3600)
-		s.refresh[rt] = true
-		out["refresh_token"] = rt
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-// serveAPI answers the message and feedback endpoints after checking each
-// request against API.md; a request that breaks a rule gets a 422 naming it.
-func (s *DemoServer) serveAPI(w http.ResponseWriter, r *http.Request, body []byte) {
-	if r.Header.Get("Idempotency-Key") == "" {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing Idempotency-Key"})
-		return
-	}
-	bad := func(msg string) { writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": msg}) }
-	switch r.URL.Path {
-	case "/api/message_processing":
-		var in struct {
-			Company          string        `json:"company"`
-			CustomerID       string        `json:"customer_id"`
-			ZipCode          string        `json:"zip_code"`
-			Messages         []wireMessage `json:"messages"`
-			CandidateMessage wireMessage   `json:"candidate_message"`
-		}
-		if err := decodeStrict(body, &in); err != nil {
-			bad(err.Error())
-			return
-		}
-		if msg := checkWireMessages(append(in.Messages, in.CandidateMessage)); msg != "" {
-			bad(msg)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{
-			"company": in.Company, "customer_id": in.CustomerID,
-			"candidate_message": map[string]string{
-				"content": in.CandidateMessage.Content, "channel": string(in.CandidateMessage.Channel),
-				"message_id": in.CandidateMessage.MessageID,
-			},
-		})
-	case "/api/message_optimizer":
-		var in struct {
-			Company          string        `json:"company"`
-			CustomerID       string        `json:"customer_id"`
-			ZipCode          string        `json:"zip_code"`
-			Messages         []wireMessage `json:"messages"`
-			CandidateMessage string        `json:"candidate_message"`
-
-			IsRepeatBorrower       *int   `json:"is_repeat_borrower"`
-			StateID                *int   `json:"state_id"`
-			CreditScoreBin         string `json:"credit_score_bin"`
-			RequestedLoanAmountBin string `json:"requested_loan_amount_bin"`
-			AgeBin                 string `json:"age_bin"`
-			MonthlyIncomeBin       string `json:"monthly_income_bin"`
-			ApplicationReason      string `json:"application_reason"`
-		}
-		if err := decodeStrict(body, &in); err != nil {
-			bad(err.Error())
-			return
-		}
-		if msg := checkWireMessages(in.Messages); msg != "" {
-			bad(msg)
-			return
-		}
-		channel := "SMS"
-		if len(in.CandidateMessage) > 160 {
-			channel = "EMAIL"
-		}
-		s.mu.Lock()
-		s.serial++
-		id := fmt.Sprintf("msg-%04d", s.serial)
-		s.mu.Unlock()
-		writeJSON(w, http.StatusOK, map[string]string{
-			"message_id":          id,
-			"optimized_message":   strings.TrimSpace(strings.TrimSuffix(in.CandidateMessage, ".")) + " - reply YES and we will call you today.",
-			"recommended_channel": channel,
-			"original_message":    in.CandidateMessage,
-		})
-	case "/api/feedback":
-		var in wireFeedback
-		if err := decodeStrict(body, &in); err != nil {
-			bad(err.Error())
-			return
-		}
-		writeJSON(w, http.StatusOK, s.storeFeedback(in))
-	case "/api/feedback/bulk":
-		var in struct {
-			Feedback []wireFeedback `json:"feedback"`
-		}
-		if err := decodeStrict(body, &in); err != nil {
-			bad(err.Error())
-			return
-		}
-		var out []map[string]any
-		for _, f := range in.Feedback {
-			out = append(out, s.storeFeedback(f))
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"success": true, "count": len(out), "feedback": out})
-	default:
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint"})
-	}
-}
-
-func checkWireMessages(ms []wireMessage) string {
-	for i, m := range ms {
-		switch {
-		case m.Content == "":
-			return fmt.Sprintf("messages[%d].content is empty", i)
-		case m.Channel != "SMS" && m.Channel != "EMAIL" && m.Channel != "OTHER":
-			return fmt.Sprintf("messages[%d].channel is invalid", i)
-		case m.ReplyOrNot != "true" && m.ReplyOrNot != "false":
-			return fmt.Sprintf("messages[%d].reply_or_not must be the string true or false", i)
-		}
-		if _, err := time.Parse(time.RFC3339, m.SendTimestamp); err != nil {
-			return fmt.Sprintf("messages[%d].send_timestamp is not RFC 3339", i)
-		}
-	}
-	return ""
-}
-
-func (s *DemoServer) storeFeedback(f wireFeedback) map[string]any {
-	s.mu.Lock()
-	s.feedbacks++
-	n := s.feedbacks
-	s.mu.Unlock()
-	rewards := f.PositiveRewards
-	if rewards == nil {
-		rewards = []PositiveReward{}
-	}
-	nullable := func(v string) any {
-		if v == "" {
-			return nil
-		}
-		return v
-	}
-	return map[string]any{
-		"id":                  fmt.Sprintf("fb-%04d", n),
-		"message_id":          f.MessageID,
-		"customer_responded":  f.CustomerResponded,
-		"score":               f.Score,
-		"actual_sent_message": nullable(f.ActualSentMessage),
-		"positive_rewards":    rewards,
-		"send_timestamp":      nullable(f.SendTimestamp),
-		"reply_timestamp":     nullable(f.ReplyTimestamp),
-		"inserted_at":         "2025-01-15T10:30:00.123456", // Python isoformat(), no offset
-	}
-}
-
-// ---- test helpers ----
 
 // fakeClock is a settable clock; its times carry no monotonic reading.
 type fakeClock struct {
@@ -495,26 +190,6 @@ func useFakeClock(t *testing.T) *fakeClock {
 	timeNow, timeSince = clk.Now, clk.Since
 	t.Cleanup(func() { timeNow, timeSince = time.Now, time.Since })
 	return clk
-}
-
-// setup starts a demo server and a client for it with fast retries.
-func setup(t *testing.T, opts ...Option) (*DemoServer, *Client) {
-	t.Helper()
-	s := NewDemoServer()
-	t.Cleanup(s.Close)
-	c := newTestClient(t, s.URL, opts...)
-	return s, c
-}
-
-func newTestClient(t testing.TB, baseURL string, opts ...Option) *Client {
-	t.Helper()
-	all := append([]Option{WithBaseURL(baseURL), WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithCompanyGUID(DemoCompanyGUID)}, opts...)
-	c, err := NewClient(DemoAPIKey, all...)
-	if err != nil {
-		t.Fatalf("NewClient: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
 }
 
 // waitIdle waits until no token flight is in progress. It polls; the bound
@@ -576,8 +251,6 @@ func noSecret(t *testing.T, what, s string) {
 		t.Errorf("%s holds a secret (output withheld)", what)
 	}
 }
-
-var ctx = context.Background()
 
 // ---- construction ----
 
@@ -789,23 +462,23 @@ func TestBaseURLLoopback(t *testing.T) {
 }
 
 func TestNewClientFromEnv(t *testing.T) {
+	ctx := context.Background()
 	t.Setenv(EnvAPIKey, "")
 	if _, err := NewClientFromEnv(); !errors.Is(err, ErrMissingAPIKey) || !strings.Contains(err.Error(), EnvAPIKey) {
 		t.Errorf("NewClientFromEnv() without key: error = %v; want ErrMissingAPIKey naming %s", err, EnvAPIKey)
 	}
 
-	s := NewDemoServer()
-	defer s.Close()
-	t.Setenv(EnvAPIKey, DemoAPIKey)
+	s := startServer(t)
+	t.Setenv(EnvAPIKey, FakeAPIKey)
 	t.Setenv(EnvBaseURL, s.URL)
-	t.Setenv(EnvCompanyGUID, DemoCompanyGUID)
+	t.Setenv(EnvCompanyGUID, FakeCompanyGUID)
 	c, err := NewClientFromEnv()
 	if err != nil {
 		t.Fatalf("NewClientFromEnv() error = %v", err)
 	}
 	defer c.Close()
-	if got := c.CompanyGUID(); got != DemoCompanyGUID {
-		t.Errorf("CompanyGUID() = %q; want %q", got, DemoCompanyGUID)
+	if got := c.CompanyGUID(); got != FakeCompanyGUID {
+		t.Errorf("CompanyGUID() = %q; want %q", got, FakeCompanyGUID)
 	}
 	if _, err := c.Authenticate(ctx); err != nil {
 		t.Fatalf("Authenticate() error = %v", err)
@@ -825,18 +498,18 @@ func TestNewClientFromEnv(t *testing.T) {
 }
 
 func TestBaseURLPrefixKept(t *testing.T) {
+	ctx := context.Background()
 	var paths []string
 	var mu sync.Mutex
-	s := NewDemoServer()
-	defer s.Close()
+	s := NewFakeServer()
 	proxy := httptest.NewServer(http.StripPrefix("/apala", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		paths = append(paths, r.URL.Path)
 		mu.Unlock()
-		s.Config.Handler.ServeHTTP(w, r)
+		s.ServeHTTP(w, r)
 	})))
 	defer proxy.Close()
-	c := newTestClient(t, proxy.URL+"/apala/")
+	c := newTestClient(t, WithBaseURL(proxy.URL+"/apala/"))
 	if err := c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil); err != nil {
 		t.Fatalf("Do() error = %v", err)
 	}
@@ -850,6 +523,7 @@ func TestBaseURLPrefixKept(t *testing.T) {
 // ---- authentication ----
 
 func TestAuthenticate(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
 	sentAt := clk.Now()
@@ -862,14 +536,14 @@ func TestAuthenticate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Authenticate() error = %v", err)
 	}
-	if got, want := string(s.lastBody(pathToken)), `{"api_key":"`+DemoAPIKey+`"}`; got != want {
+	if got, want := string(s.lastBody(pathToken)), `{"api_key":"`+FakeAPIKey+`"}`; got != want {
 		t.Errorf("token request body differs from {\"api_key\": <key>} (body withheld)")
 	}
 	if h := s.lastHeader(pathToken); h.Get("Authorization") != "" || h.Get("Content-Type") != "application/json" {
 		t.Errorf("token request: Authorization set = %v, Content-Type = %q; want none, application/json", h.Get("Authorization") != "", h.Get("Content-Type"))
 	}
-	if ar.CompanyName != DemoCompanyName || ar.CompanyID != DemoCompanyID || ar.ExpiresIn != 3600 || ar.TokenType != "Bearer" {
-		t.Errorf("Authenticate() = %v; want company %q, 3600s, Bearer", ar, DemoCompanyName)
+	if ar.CompanyName != fakeCompanyName || ar.CompanyID != FakeCompanyGUID || ar.ExpiresIn != 3600 || ar.TokenType != "Bearer" {
+		t.Errorf("Authenticate() = %v; want company %q, 3600s, Bearer", ar, fakeCompanyName)
 	}
 	if ar.AccessToken == "" || ar.RefreshToken == "" {
 		t.Errorf("Authenticate() returned empty tokens")
@@ -881,8 +555,8 @@ func TestAuthenticate(t *testing.T) {
 	if want := sentAt.Add(time.Hour); !tok.ExpiresAt.Equal(want) {
 		t.Errorf("Token().ExpiresAt = %v; want %v (send time + expires_in)", tok.ExpiresAt, want)
 	}
-	if !tok.Valid() || tok.CompanyName != DemoCompanyName || tok.TokenType != "Bearer" {
-		t.Errorf("Token() = %v; want valid, company %q", tok, DemoCompanyName)
+	if !tok.Valid() || tok.CompanyName != fakeCompanyName || tok.TokenType != "Bearer" {
+		t.Errorf("Token() = %v; want valid, company %q", tok, fakeCompanyName)
 	}
 	clk.Advance(time.Hour)
 	if tok.Valid() {
@@ -897,6 +571,7 @@ func TestAuthenticate(t *testing.T) {
 }
 
 func TestAuthenticateErrors(t *testing.T) {
+	ctx := context.Background()
 	tests := []struct {
 		name    string
 		status  int
@@ -918,7 +593,7 @@ func TestAuthenticateErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, c := setup(t, WithMaxRetries(0))
-			s.Fail(pathToken, tt.status, tt.body)
+			s.script(pathToken, tt.status, tt.body, nil)
 			ar, err := c.Authenticate(ctx)
 			if err == nil || ar != nil {
 				t.Fatalf("Authenticate() = %v, %v; want an error", ar, err)
@@ -938,11 +613,12 @@ func TestAuthenticateErrors(t *testing.T) {
 }
 
 func TestRefreshAccessToken(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrNotAuthenticated) {
 		t.Errorf("RefreshAccessToken() before auth: error = %v; want ErrNotAuthenticated", err)
 	}
-	if n := s.Hits(pathRefresh) + s.Hits(pathToken); n != 0 {
+	if n := s.Requests(pathRefresh) + s.Requests(pathToken); n != 0 {
 		t.Errorf("requests sent with no refresh token = %d; want 0", n)
 	}
 	ar, err := c.Authenticate(ctx)
@@ -962,7 +638,7 @@ func TestRefreshAccessToken(t *testing.T) {
 	if s.lastHeader(pathRefresh).Get("Authorization") != "" {
 		t.Errorf("refresh request carries an Authorization header")
 	}
-	if c.Token().AccessToken != rr.AccessToken || c.Token().CompanyName != DemoCompanyName {
+	if c.Token().AccessToken != rr.AccessToken || c.Token().CompanyName != fakeCompanyName {
 		t.Errorf("Token() after refresh is not the refreshed one, or lost the company")
 	}
 	// The old refresh token is kept: a second refresh uses it again.
@@ -974,9 +650,7 @@ func TestRefreshAccessToken(t *testing.T) {
 	}
 
 	// Rotation: a returned refresh token replaces the old one.
-	s.mu.Lock()
-	s.rotate = true
-	s.mu.Unlock()
+	s.setKnobs(func() { s.rotate = true })
 	if _, err := c.RefreshAccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -989,21 +663,18 @@ func TestRefreshAccessToken(t *testing.T) {
 	}
 
 	// Refused: the explicit call returns the error and does not fall back.
-	s.Fail(pathRefresh, 401, `{"error":"refresh token expired"}`)
-	before := s.Hits(pathToken)
+	s.Fail(pathRefresh, 401, "refresh token expired")
+	before := s.Requests(pathToken)
 	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
 		t.Errorf("refused RefreshAccessToken() error = %v; want ErrUnauthorized", err)
 	}
-	if s.Hits(pathToken) != before {
+	if s.Requests(pathToken) != before {
 		t.Errorf("explicit refresh fell back to the API key")
 	}
 }
 
 func TestNewPairDeadlines(t *testing.T) {
 	base := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
-	jwt := func(exp time.Time) string {
-		return "h." + base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"exp":%d}`, exp.Unix()))) + ".s"
-	}
 	const never = time.Duration(1<<63 - 1)
 	const tenYears = 10 * 365 * 24 * time.Hour // the cap on a lifetime, literal
 	tests := []struct {
@@ -1022,9 +693,9 @@ func TestNewPairDeadlines(t *testing.T) {
 		{"margin capped at half", DefaultRefreshMargin, "a", 60, 0, 30 * time.Second, 60*time.Second - 7500*time.Millisecond, base.Add(time.Minute)},
 		{"short", DefaultRefreshMargin, "a", 2, 0, time.Second, 1750 * time.Millisecond, base.Add(2 * time.Second)},
 		{"zero margin", 0, "a", 3600, 0, time.Hour, time.Hour, base.Add(time.Hour)},
-		{"jwt exp", DefaultRefreshMargin, jwt(base.Add(30 * time.Minute)), 0, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
-		{"jwt exp, negative expires_in", DefaultRefreshMargin, jwt(base.Add(30 * time.Minute)), -5, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
-		{"jwt already expired", DefaultRefreshMargin, jwt(base.Add(-time.Minute)), 0, 0, never, never, time.Time{}},
+		{"jwt exp", DefaultRefreshMargin, jwtExpiring(base.Add(30 * time.Minute)), 0, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
+		{"jwt exp, negative expires_in", DefaultRefreshMargin, jwtExpiring(base.Add(30 * time.Minute)), -5, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
+		{"jwt already expired", DefaultRefreshMargin, jwtExpiring(base.Add(-time.Minute)), 0, 0, never, never, time.Time{}},
 		{"opaque token", DefaultRefreshMargin, "opaque", 0, 0, never, never, time.Time{}},
 		{"absurd expires_in", DefaultRefreshMargin, "a", 1 << 62, 0, tenYears - time.Minute, tenYears - 10*time.Second, base.Add(tenYears)},
 	}
@@ -1048,6 +719,7 @@ func TestNewPairDeadlines(t *testing.T) {
 // ---- the lifecycle ----
 
 func TestLifecycle(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
 
@@ -1055,35 +727,29 @@ func TestLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("AccessToken() error = %v", err)
 	}
-	if s.Hits(pathToken) != 1 {
-		t.Fatalf("token requests = %d; want 1 (lazy authentication)", s.Hits(pathToken))
+	if s.Requests(pathToken) != 1 {
+		t.Fatalf("token requests = %d; want 1 (lazy authentication)", s.Requests(pathToken))
 	}
 
 	// Fresh, a second before the margin: no request, none started (a
 	// refresh just started may not have reached the server yet: the flight
 	// is what tells). At 59m exactly the token is already stale.
 	clk.Advance(59*time.Minute - time.Second)
-	if tok, _ := c.AccessToken(ctx); tok != first || c.flight.Load() != nil || s.Hits(pathRefresh) != 0 {
+	if tok, _ := c.AccessToken(ctx); tok != first || c.flight.Load() != nil || s.Requests(pathRefresh) != 0 {
 		t.Fatalf("fresh token: a new token or a refresh started")
 	}
 
 	// Stale: the same token at once, one refresh in the background.
-	block := make(chan struct{})
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path == pathRefresh {
-			<-block
-		}
-		return false
-	})
+	release := s.hold(t, pathRefresh)
 	clk.Advance(31 * time.Second) // 59m30s: inside the 60s margin, before the 10s leeway
 	for i := 0; i < 10; i++ {
 		if tok, err := c.AccessToken(ctx); err != nil || tok != first {
 			t.Fatalf("stale token: AccessToken() did not return the held token at once (err %v)", err)
 		}
 	}
-	close(block)
+	release()
 	waitIdle(t, c)
-	if n := s.Hits(pathRefresh); n != 1 {
+	if n := s.Requests(pathRefresh); n != 1 {
 		t.Errorf("background refreshes = %d; want 1", n)
 	}
 	second, _ := c.AccessToken(ctx)
@@ -1101,21 +767,20 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || third == second {
 		t.Fatalf("expired token: AccessToken() = same token or error %v", err)
 	}
-	if n := s.Hits(pathRefresh); n != 2 {
+	if n := s.Requests(pathRefresh); n != 2 {
 		t.Errorf("refreshes = %d; want 2", n)
 	}
-	if n := s.Hits(pathToken); n != 1 {
+	if n := s.Requests(pathToken); n != 1 {
 		t.Errorf("API-key exchanges = %d; want 1", n)
 	}
 }
 
 func TestUnknownExpiryUsedUntilRejected(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
-	s.mu.Lock()
-	s.noExpiry = true
-	s.mu.Unlock()
-	// Without expires_in the demo server's JWT exp (real time + 1h) is read.
+	s.setKnobs(func() { s.noExpiry = true })
+	// Without expires_in the fake's JWT exp (real time + 1h) is read.
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1124,7 +789,7 @@ func TestUnknownExpiryUsedUntilRejected(t *testing.T) {
 	}
 
 	// An opaque token with no expires_in is used until the server rejects it.
-	s.Fail(pathToken, 200, `{"access_token":"opaque-`+secretMarker+`","refresh_token":"r-`+secretMarker+`"}`)
+	s.script(pathToken, 200, `{"access_token":"opaque-`+secretMarker+`","refresh_token":"r-`+secretMarker+`"}`, nil)
 	if _, err := c.Authenticate(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1132,16 +797,17 @@ func TestUnknownExpiryUsedUntilRejected(t *testing.T) {
 	if tok := c.Token(); !tok.ExpiresAt.IsZero() || !tok.Valid() {
 		t.Errorf("opaque token: ExpiresAt = %v, Valid() = %v; want zero, true", tok.ExpiresAt, tok.Valid())
 	}
-	before := s.Hits(pathToken) + s.Hits(pathRefresh)
+	before := s.Requests(pathToken) + s.Requests(pathRefresh)
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if s.Hits(pathToken)+s.Hits(pathRefresh) != before {
+	if s.Requests(pathToken)+s.Requests(pathRefresh) != before {
 		t.Errorf("a token of unknown expiry was refreshed without a rejection")
 	}
 }
 
 func TestRefreshRefusedFallsBackToAPIKey(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	for _, status := range []int{400, 401, 403} {
 		t.Run(fmt.Sprint(status), func(t *testing.T) {
@@ -1150,13 +816,13 @@ func TestRefreshRefusedFallsBackToAPIKey(t *testing.T) {
 			if _, err := c.AccessToken(ctx); err != nil {
 				t.Fatal(err)
 			}
-			s.Fail(pathRefresh, status, `{"error":"refresh refused"}`)
+			s.Fail(pathRefresh, status, "refresh refused")
 			clk.Advance(2 * time.Hour)
 			if _, err := c.AccessToken(ctx); err != nil {
 				t.Fatalf("AccessToken() after refused refresh: %v", err)
 			}
-			if s.Hits(pathRefresh) != 1 || s.Hits(pathToken) != 2 {
-				t.Errorf("refresh, token requests = %d, %d; want 1, 2", s.Hits(pathRefresh), s.Hits(pathToken))
+			if s.Requests(pathRefresh) != 1 || s.Requests(pathToken) != 2 {
+				t.Errorf("refresh, token requests = %d, %d; want 1, 2", s.Requests(pathRefresh), s.Requests(pathToken))
 			}
 			if !strings.Contains(logs.String(), `"level":"WARN","msg":"apala: refresh refused; exchanging the API key"`) {
 				t.Errorf("no Warn record for the fall-back")
@@ -1169,6 +835,7 @@ func TestRefreshRefusedFallsBackToAPIKey(t *testing.T) {
 // held or with an expired one, cause exactly one token request and all share
 // its result, its error included.
 func TestOneFlightShared(t *testing.T) {
+	ctx := context.Background()
 	tests := []struct {
 		name    string
 		expired bool // hold an expired token first: the flight is a refresh
@@ -1191,19 +858,11 @@ func TestOneFlightShared(t *testing.T) {
 				clk.Advance(2 * time.Hour)
 				path = pathRefresh
 			}
-			release := make(chan struct{})
-			s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-				if r.URL.Path != path {
-					return false
-				}
-				<-release
-				if tt.fail {
-					writeJSON(w, 503, map[string]string{"error": "down"})
-					return true
-				}
-				return false
-			})
-			before := s.Hits(path)
+			release := s.hold(t, path)
+			if tt.fail {
+				s.Fail(path, 503, "down") // given once the request is released
+			}
+			before := s.Requests(path)
 			const n = 1000
 			var wg sync.WaitGroup
 			toks := make([]string, n)
@@ -1215,16 +874,16 @@ func TestOneFlightShared(t *testing.T) {
 					toks[i], errs[i] = c.AccessToken(ctx)
 				}(i)
 			}
-			for s.Hits(path) == before {
+			for s.Requests(path) == before {
 				time.Sleep(time.Millisecond)
 			}
-			close(release)
+			release()
 			wg.Wait()
-			if got := s.Hits(path) - before; got != 1 {
+			if got := s.Requests(path) - before; got != 1 {
 				t.Errorf("requests to %s = %d; want 1", path, got)
 			}
-			if tt.expired && s.Hits(pathToken) != 1 {
-				t.Errorf("API-key exchanges = %d; want only the first", s.Hits(pathToken))
+			if tt.expired && s.Requests(pathToken) != 1 {
+				t.Errorf("API-key exchanges = %d; want only the first", s.Requests(pathToken))
 			}
 			var first *APIError
 			for i := range toks {
@@ -1250,6 +909,7 @@ func TestOneFlightShared(t *testing.T) {
 // window all return the current token while the one background refresh is
 // held by the server: none waited on the network.
 func TestStaleWindowNobodyWaits(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
 	if _, err := c.Authenticate(ctx); err != nil {
@@ -1274,10 +934,10 @@ func TestStaleWindowNobodyWaits(t *testing.T) {
 	if wrong.Load() != 0 {
 		t.Errorf("%d callers got an error or another token; want the current one", wrong.Load())
 	}
-	for s.Hits(pathRefresh) == 0 { // the flight may not have reached the server yet
+	for s.Requests(pathRefresh) == 0 { // the flight may not have reached the server yet
 		time.Sleep(time.Millisecond)
 	}
-	if got := s.Hits(pathRefresh); got != 1 {
+	if got := s.Requests(pathRefresh); got != 1 {
 		t.Errorf("refresh requests = %d; want 1", got)
 	}
 }
@@ -1286,6 +946,7 @@ func TestStaleWindowNobodyWaits(t *testing.T) {
 // token, and a stale one while its refresh is in flight, are still handed
 // out: neither path touches the lock.
 func TestTokenPathsTakeNoLock(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
 	if _, err := c.Authenticate(ctx); err != nil {
@@ -1321,6 +982,7 @@ func TestTokenPathsTakeNoLock(t *testing.T) {
 // TestMany401OneNewToken: 100 goroutines all answered 401 on the same token
 // cause one new token and one replay each.
 func TestMany401OneNewToken(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	if _, err := c.Authenticate(ctx); err != nil {
 		t.Fatal(err)
@@ -1355,10 +1017,12 @@ func TestMany401OneNewToken(t *testing.T) {
 			t.Fatalf("caller %d: %v", i, err)
 		}
 	}
-	if got := s.Hits(pathRefresh) + s.Hits(pathToken) - 1; got != 1 {
-		t.Errorf("new tokens = %d; want 1", got)
+	// One new token, in one flight: RevokeTokens revoked the refresh token
+	// too, so its refresh is refused and it falls back to the API key.
+	if r, x := s.Requests(pathRefresh), s.Requests(pathToken); r != 1 || x != 2 {
+		t.Errorf("refresh, token requests = %d, %d; want 1, 2 (one flight: the refused refresh, then the API key)", r, x)
 	}
-	if got := s.Hits("/api/feedback"); got != 2*n {
+	if got := s.Requests("/api/feedback"); got != 2*n {
 		t.Errorf("feedback requests = %d; want %d (each call: a 401, then one replay)", got, 2*n)
 	}
 }
@@ -1367,11 +1031,10 @@ func TestMany401OneNewToken(t *testing.T) {
 // without pause for two simulated minutes cause no more token requests than
 // the cooldown schedule allows.
 func TestRevokedKeyUnderLoad(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t, WithMaxRetries(0))
-	s.mu.Lock()
-	s.apiKey = "another key"
-	s.mu.Unlock()
+	s.setKnobs(func() { s.apiKey = "another key" })
 	const step = 250 * time.Millisecond
 	var (
 		elapsed  time.Duration
@@ -1400,7 +1063,7 @@ func TestRevokedKeyUnderLoad(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		if got := s.Hits(pathToken); got != want {
+		if got := s.Requests(pathToken); got != want {
 			t.Fatalf("after %v: token requests = %d; want %d", elapsed, got, want)
 		}
 	}
@@ -1410,19 +1073,16 @@ func TestRevokedKeyUnderLoad(t *testing.T) {
 }
 
 func TestFlightDetachedFromCaller(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
-	release := make(chan struct{})
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		<-release
-		return false
-	})
+	release := s.hold(t, pathToken)
 	cctx, cancel := context.WithCancel(ctx)
 	firstErr := make(chan error)
 	go func() {
 		_, err := c.AccessToken(cctx)
 		firstErr <- err
 	}()
-	for s.Hits(pathToken) == 0 {
+	for s.Requests(pathToken) == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	second := make(chan error)
@@ -1434,21 +1094,20 @@ func TestFlightDetachedFromCaller(t *testing.T) {
 	if err := <-firstErr; !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled caller: error = %v; want context.Canceled", err)
 	}
-	close(release)
+	release()
 	if err := <-second; err != nil {
 		t.Errorf("other caller: error = %v; want the shared token", err)
 	}
-	if s.Hits(pathToken) != 1 {
-		t.Errorf("token requests = %d; want 1", s.Hits(pathToken))
+	if s.Requests(pathToken) != 1 {
+		t.Errorf("token requests = %d; want 1", s.Requests(pathToken))
 	}
 }
 
 func TestFailureCooldown(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t, WithMaxRetries(0))
-	s.mu.Lock()
-	s.apiKey = "another key" // the client's key is revoked
-	s.mu.Unlock()
+	s.setKnobs(func() { s.apiKey = "another key" }) // the client's key is revoked
 
 	want := []struct {
 		advance  time.Duration
@@ -1472,15 +1131,13 @@ func TestFailureCooldown(t *testing.T) {
 		if !errors.Is(err, ErrUnauthorized) {
 			t.Fatalf("step %d: error = %v; want ErrUnauthorized", i, err)
 		}
-		if got := s.Hits(pathToken); got != step.requests {
+		if got := s.Requests(pathToken); got != step.requests {
 			t.Fatalf("step %d: token requests = %d; want %d", i, got, step.requests)
 		}
 	}
 
 	// An explicit Authenticate ignores the cooldown, and success resets it.
-	s.mu.Lock()
-	s.apiKey = DemoAPIKey
-	s.mu.Unlock()
+	s.setKnobs(func() { s.apiKey = FakeAPIKey })
 	if _, err := c.Authenticate(ctx); err != nil {
 		t.Fatalf("Authenticate() during cooldown: %v", err)
 	}
@@ -1492,6 +1149,7 @@ func TestFailureCooldown(t *testing.T) {
 // ---- requests ----
 
 func TestDo401ReplaysOnce(t *testing.T) {
+	ctx := context.Background()
 	for _, retries := range []int{0, 2} {
 		t.Run(fmt.Sprint("retries=", retries), func(t *testing.T) {
 			s, c := setup(t, WithMaxRetries(retries))
@@ -1499,29 +1157,29 @@ func TestDo401ReplaysOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			old := c.pair.Load()
-			s.RevokeTokens()
+			s.revokeAccess()
 			var out map[string]any
 			fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
 			if err := c.Do(ctx, "POST", "/api/feedback", fb, &out); err != nil {
 				t.Fatalf("Do() after revocation: %v", err)
 			}
-			if s.Hits("/api/feedback") != 2 {
-				t.Errorf("attempts = %d; want 2 (one replay)", s.Hits("/api/feedback"))
+			if s.Requests("/api/feedback") != 2 {
+				t.Errorf("attempts = %d; want 2 (one replay)", s.Requests("/api/feedback"))
 			}
-			if c.pair.Load() == old || s.Hits(pathRefresh) != 1 {
+			if c.pair.Load() == old || s.Requests(pathRefresh) != 1 || s.Requests(pathToken) != 1 {
 				t.Errorf("token not renewed through a refresh")
 			}
 
 			// A second 401 on the replay is returned, not replayed again.
-			s.Fail("/api/feedback", 401, `{"errors":{"detail":"Unauthorized"}}`)
-			s.Fail("/api/feedback", 401, `{"errors":{"detail":"Unauthorized"}}`)
-			before := s.Hits("/api/feedback")
+			s.script("/api/feedback", 401, `{"errors":{"detail":"Unauthorized"}}`, nil)
+			s.script("/api/feedback", 401, `{"errors":{"detail":"Unauthorized"}}`, nil)
+			before := s.Requests("/api/feedback")
 			err := c.Do(ctx, "POST", "/api/feedback", fb, &out)
 			var ae *APIError
 			if !errors.Is(err, ErrUnauthorized) || !errors.As(err, &ae) || ae.Message != "Unauthorized" || ae.Path != "/api/feedback" || ae.Method != "POST" {
 				t.Errorf("Do() error = %v; want *APIError 401 Unauthorized", err)
 			}
-			if got := s.Hits("/api/feedback") - before; got != 2 {
+			if got := s.Requests("/api/feedback") - before; got != 2 {
 				t.Errorf("attempts = %d; want 2", got)
 			}
 		})
@@ -1530,9 +1188,8 @@ func TestDo401ReplaysOnce(t *testing.T) {
 
 func TestRejectKeepsNewerToken(t *testing.T) {
 	_, c := setup(t)
-	old := c.newPair("old", "r", "", 3600, 0, time.Now())
-	newer := c.newPair("newer", "r", "", 3600, 0, time.Now())
-	c.pair.Store(newer)
+	old := holdToken(c, "old", "r", 3600, 0)
+	newer := holdToken(c, "newer", "r", 3600, 0)
 	c.reject(old)
 	if c.pair.Load() != newer {
 		t.Errorf("reject of a replaced token dropped the newer one")
@@ -1544,6 +1201,7 @@ func TestRejectKeepsNewerToken(t *testing.T) {
 }
 
 func TestDoRetries(t *testing.T) {
+	ctx := context.Background()
 	tests := []struct {
 		name     string
 		statuses []int
@@ -1565,7 +1223,7 @@ func TestDoRetries(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s, c := setup(t, WithMaxRetries(tt.retries))
 			for _, st := range tt.statuses {
-				s.Fail("/api/feedback", st, `{"error":"scripted"}`)
+				s.Fail("/api/feedback", st, "scripted")
 			}
 			var keys []string
 			var mu sync.Mutex
@@ -1579,7 +1237,7 @@ func TestDoRetries(t *testing.T) {
 			})
 			fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
 			err := c.Do(ctx, "POST", "/api/feedback", fb, nil)
-			if got := s.Hits("/api/feedback"); got != tt.attempts {
+			if got := s.Requests("/api/feedback"); got != tt.attempts {
 				t.Errorf("attempts = %d; want %d", got, tt.attempts)
 			}
 			wantOK := tt.attempts > len(tt.statuses)
@@ -1691,6 +1349,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestIdempotencyKeyPerCall(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
 	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
@@ -1745,9 +1404,10 @@ func TestParseRetryAfter(t *testing.T) {
 }
 
 func TestRetryAfterHonoured(t *testing.T) {
+	ctx := context.Background()
 	var logs logBuffer
 	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
-	s.script("/api/feedback", scripted{status: 429, body: `{"error":"slow down"}`, header: map[string]string{"Retry-After": "1"}})
+	s.script("/api/feedback", 429, `{"error":"slow down"}`, map[string]string{"Retry-After": "1"})
 	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
 	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
 		t.Fatalf("Do() error = %v", err)
@@ -1771,9 +1431,11 @@ func TestRetryAfterHonoured(t *testing.T) {
 // Sleeping would end in the deadline's error, so the error's kind tells which
 // happened, with no clock read: a 60s wait, a 59s deadline.
 func TestRetryAfterPastDeadline(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
-	s.grant(c)
-	s.script("/api/feedback", scripted{status: 503, body: `{"error":"maintenance"}`, header: map[string]string{"Retry-After": "60"}})
+	access, refresh := s.grant()
+	holdToken(c, access, refresh, 3600, 0)
+	s.script("/api/feedback", 503, `{"error":"maintenance"}`, map[string]string{"Retry-After": "60"})
 	dctx, cancel := context.WithTimeout(ctx, 59*time.Second)
 	defer cancel()
 	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
@@ -1782,13 +1444,14 @@ func TestRetryAfterPastDeadline(t *testing.T) {
 	if !errors.As(err, &ae) || ae.StatusCode != 503 || ae.RetryAfter != 60*time.Second || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Do() error = %v; want the 503 with RetryAfter 60s, returned before the deadline", err)
 	}
-	if s.Hits("/api/feedback") != 1 {
-		t.Errorf("attempts = %d; want 1", s.Hits("/api/feedback"))
+	if s.Requests("/api/feedback") != 1 {
+		t.Errorf("attempts = %d; want 1", s.Requests("/api/feedback"))
 	}
 }
 
 func TestConnectionRefused(t *testing.T) {
-	c := newTestClient(t, "http://"+deadAddr(t), WithMaxRetries(1))
+	ctx := context.Background()
+	c := newTestClient(t, WithBaseURL("http://"+deadAddr(t)), WithMaxRetries(1))
 	_, err := c.AccessToken(ctx)
 	var ue *url.Error
 	if !errors.Is(err, ErrConnection) || !errors.As(err, &ue) {
@@ -1804,12 +1467,13 @@ func TestConnectionRefused(t *testing.T) {
 // retried. Attempts are counted where the client makes them, not at the
 // server, which a busy machine may not let a request reach within 50ms.
 func TestPerAttemptTimeout(t *testing.T) {
-	s := NewDemoServer()
-	defer s.Close()
+	ctx := context.Background()
+	s := startServer(t)
 	ct := &countingTransport{base: http.DefaultTransport.(*http.Transport).Clone(), attempts: map[string]int{}}
 	defer ct.base.(*http.Transport).CloseIdleConnections()
-	c := newTestClient(t, s.URL, WithHTTPClient(&http.Client{Transport: ct}), WithTimeout(50*time.Millisecond), WithMaxRetries(1))
-	s.grant(c) // no token request, which the short timeout could fail
+	c := newTestClient(t, WithBaseURL(s.URL), WithHTTPClient(&http.Client{Transport: ct}), WithTimeout(50*time.Millisecond), WithMaxRetries(1))
+	access, refresh := s.grant()
+	holdToken(c, access, refresh, 3600, 0) // no token request, which the short timeout could fail
 	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
 		<-r.Context().Done() // hang until the client gives up
 		return true
@@ -1824,6 +1488,7 @@ func TestPerAttemptTimeout(t *testing.T) {
 }
 
 func TestCallerContext(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
@@ -1834,7 +1499,7 @@ func TestCallerContext(t *testing.T) {
 	})
 	cctx, cancel := context.WithCancel(ctx)
 	go func() {
-		for s.Hits("/api/feedback") == 0 {
+		for s.Requests("/api/feedback") == 0 {
 			time.Sleep(time.Millisecond)
 		}
 		cancel()
@@ -1850,6 +1515,7 @@ func TestCallerContext(t *testing.T) {
 }
 
 func TestRedirectsNotFollowed(t *testing.T) {
+	ctx := context.Background()
 	var elsewhere atomic.Int32
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		elsewhere.Add(1)
@@ -1864,7 +1530,7 @@ func TestRedirectsNotFollowed(t *testing.T) {
 		for _, code := range []int{307, 308} {
 			t.Run(fmt.Sprint(tc.name, code), func(t *testing.T) {
 				s, c := setup(t, tc.opts...)
-				s.script(pathToken, scripted{status: code, header: map[string]string{"Location": other.URL + pathToken}})
+				s.script(pathToken, code, "", map[string]string{"Location": other.URL + pathToken})
 				_, err := c.AccessToken(ctx)
 				var ae *APIError
 				if !errors.As(err, &ae) || ae.StatusCode != code || !strings.Contains(err.Error(), "redirect not followed") {
@@ -1882,6 +1548,7 @@ func TestRedirectsNotFollowed(t *testing.T) {
 }
 
 func TestBoundedReading(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
@@ -1969,6 +1636,7 @@ func (t *meteredTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // 1 MiB more so the connection can be reused. The numbers are the literal
 // promises, not the constants that implement them.
 func TestBoundedReadingBytes(t *testing.T) {
+	ctx := context.Background()
 	const (
 		successCap = 10 << 20           // read at most successCap+1
 		errorCap   = 64<<10 + 1 + 1<<20 // message and drain
@@ -1995,13 +1663,9 @@ func TestBoundedReadingBytes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			mt := &meteredTransport{status: tt.status, size: tt.size, declared: tt.declared}
-			c, err := NewClient("k", WithHTTPClient(&http.Client{Transport: mt}), WithMaxRetries(0))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 3600, c.mono(), c.now()))
-			err = c.Do(ctx, "POST", "/api/feedback", map[string]any{}, nil)
+			c := newTestClient(t, WithHTTPClient(&http.Client{Transport: mt}), WithMaxRetries(0))
+			holdToken(c, "a.b.c", "r", 3600, 0)
+			err := c.Do(ctx, "POST", "/api/feedback", map[string]any{}, nil)
 			switch got := mt.read.Load(); {
 			case got > tt.maxRead:
 				t.Errorf("bytes read of a %d-byte body = %d; want at most %d", tt.size, got, tt.maxRead)
@@ -2020,26 +1684,18 @@ func TestBoundedReadingBytes(t *testing.T) {
 }
 
 func TestConnectionsReused(t *testing.T) {
-	s := newDemoServer()
-	var conns atomic.Int32
-	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	s.Start()
-	defer s.Close()
-	c := newTestClient(t, s.URL, WithMaxRetries(0))
+	ctx := context.Background()
+	s, c := setup(t, WithMaxRetries(0))
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 10; i++ {
-		s.Fail("/api/feedback", 500, `{"error":"`+strings.Repeat("x", 100<<10)+`"}`)
+		s.Fail("/api/feedback", 500, strings.Repeat("x", 100<<10))
 		_ = c.Do(ctx, "POST", "/api/feedback", map[string]any{}, nil)
-		s.Fail("/api/feedback", 404, `<html>`+strings.Repeat("x", 200<<10)+`</html>`)
+		s.script("/api/feedback", 404, `<html>`+strings.Repeat("x", 200<<10)+`</html>`, nil)
 		_ = c.Do(ctx, "POST", "/api/feedback", map[string]any{}, nil)
 	}
-	if got := conns.Load(); got != 1 {
+	if got := s.conns.Load(); got != 1 {
 		t.Errorf("connections opened = %d; want 1 (error bodies drained)", got)
 	}
 }
@@ -2055,7 +1711,7 @@ func TestAPIErrorMessage(t *testing.T) {
 		{`{"errors":{"customer_id":["is invalid"]}}`, `{"customer_id":["is invalid"]}`},
 		{`{"error":{"code":7}}`, `{"code":7}`},
 		{`{"error":"line\nbreak"}`, "line break"},
-		{`{"error":"echo ` + DemoAPIKey + `"}`, "echo [REDACTED]"},
+		{`{"error":"echo ` + FakeAPIKey + `"}`, "echo [REDACTED]"},
 		{`<html>Bad</html>`, ""},
 		{`plain text`, ""},
 		{`[1,2]`, ""},
@@ -2071,6 +1727,7 @@ func TestAPIErrorMessage(t *testing.T) {
 }
 
 func TestDoInput(t *testing.T) {
+	ctx := context.Background()
 	_, c := setup(t)
 	for _, p := range []string{"", "api", "//evil.example/x", "/a b", "/a\\b", "/a#b"} {
 		var ve *ValidationError
@@ -2090,6 +1747,7 @@ func TestDoInput(t *testing.T) {
 // ---- secrets, logging ----
 
 func TestSecretsNeverPrinted(t *testing.T) {
+	ctx := context.Background()
 	var logs logBuffer
 	s, c := setup(t, WithLogger(newJSONLogger(&logs)), WithMaxRetries(2))
 	ar, err := c.Authenticate(ctx)
@@ -2101,14 +1759,14 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A scenario with retries, a 401 replay and a refused refresh.
-	s.Fail("/api/feedback", 503, `{"error":"busy"}`)
+	s.Fail("/api/feedback", 503, "busy")
 	s.RevokeTokens()
-	s.Fail(pathRefresh, 401, `{"error":"bad refresh `+ar.RefreshToken+`"}`)
+	s.Fail(pathRefresh, 401, "bad refresh "+ar.RefreshToken)
 	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
 	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
 		t.Fatal(err)
 	}
-	s.Fail("/api/feedback", 400, `{"error":"your token `+c.Token().AccessToken+` and key `+DemoAPIKey+`"}`)
+	s.Fail("/api/feedback", 400, "your token "+c.Token().AccessToken+" and key "+FakeAPIKey)
 	errEcho := c.Do(ctx, "POST", "/api/feedback", fb, nil)
 	if errEcho == nil {
 		t.Fatal("want an error")
@@ -2128,15 +1786,16 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		t.Errorf("the scenario did not log attempts and retries")
 	}
 	// The values still say what they are.
-	if got := fmt.Sprint(c.Token()); !strings.Contains(got, "[REDACTED]") || !strings.Contains(got, DemoCompanyName) {
+	if got := fmt.Sprint(c.Token()); !strings.Contains(got, "[REDACTED]") || !strings.Contains(got, fakeCompanyName) {
 		t.Errorf("Token printed as %q; want a redacted description with the company", got)
 	}
 }
 
 func TestLogging(t *testing.T) {
+	ctx := context.Background()
 	var logs logBuffer
 	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
-	s.Fail("/api/feedback", 502, `{"error":"bad gateway"}`)
+	s.Fail("/api/feedback", 502, "bad gateway")
 	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
 	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
 		t.Fatal(err)
@@ -2155,7 +1814,7 @@ func TestLogging(t *testing.T) {
 				}
 			}
 		}
-		if r["msg"] == "apala: authenticated" && (r["company_name"] != DemoCompanyName || r["expires_in"] != float64(time.Hour)) {
+		if r["msg"] == "apala: authenticated" && (r["company_name"] != fakeCompanyName || r["expires_in"] != float64(time.Hour)) {
 			t.Errorf("authenticated record = %v; want company and expires_in", r)
 		}
 	}
@@ -2170,12 +1829,13 @@ func TestLogging(t *testing.T) {
 }
 
 func TestSilentByDefault(t *testing.T) {
+	ctx := context.Background()
 	var logs logBuffer
 	prev := slog.Default()
 	slog.SetDefault(newJSONLogger(&logs))
 	defer slog.SetDefault(prev)
 	s, c := setup(t)
-	s.Fail("/api/feedback", 503, `{"error":"busy"}`)
+	s.Fail("/api/feedback", 503, "busy")
 	_ = c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil)
 	if logs.String() != "" {
 		t.Errorf("a client without WithLogger logged through slog.Default")
@@ -2185,6 +1845,7 @@ func TestSilentByDefault(t *testing.T) {
 // ---- Close, HTTPClient ----
 
 func TestClose(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
 	if _, err := c.AccessToken(ctx); err != nil {
@@ -2238,6 +1899,7 @@ func TestClose(t *testing.T) {
 // request cancelled first. A caller waiting for the token gets ErrClosed, and
 // no goroutine is left. The 30s bounds only stop a hung test.
 func TestCloseCancelsFlight(t *testing.T) {
+	ctx := context.Background()
 	for _, tc := range []struct {
 		name  string
 		stale bool // hold a stale token: the flight is a background refresh
@@ -2245,11 +1907,8 @@ func TestCloseCancelsFlight(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := useFakeClock(t)
 			before := runtime.NumGoroutine()
-			s := NewDemoServer()
-			c, err := NewClient(DemoAPIKey, WithBaseURL(s.URL), WithTimeout(0))
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := startServer(t)
+			c := newTestClient(t, WithBaseURL(s.URL), WithTimeout(0))
 			path := pathToken
 			if tc.stale {
 				if _, err := c.AccessToken(ctx); err != nil {
@@ -2326,14 +1985,12 @@ func TestCloseCancelsFlight(t *testing.T) {
 }
 
 func TestNoGoroutineLeft(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	before := runtime.NumGoroutine()
-	s := NewDemoServer()
+	s := startServer(t)
 	for i := 0; i < 20; i++ {
-		c, err := NewClient(DemoAPIKey, WithBaseURL(s.URL))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := newTestClient(t, WithBaseURL(s.URL))
 		if _, err := c.AccessToken(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -2391,14 +2048,14 @@ func TestHTTPClient(t *testing.T) {
 	req, _ = http.NewRequest("POST", s.URL+"/api/feedback", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", "k2")
-	before := s.Hits("/api/feedback")
+	before := s.Requests("/api/feedback")
 	resp, err = hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 || s.Hits("/api/feedback")-before != 2 {
-		t.Errorf("after revocation: status %d, attempts %d; want 200, 2", resp.StatusCode, s.Hits("/api/feedback")-before)
+	if resp.StatusCode != 200 || s.Requests("/api/feedback")-before != 2 {
+		t.Errorf("after revocation: status %d, attempts %d; want 200, 2", resp.StatusCode, s.Requests("/api/feedback")-before)
 	}
 
 	// Another origin gets no token.
@@ -2417,6 +2074,7 @@ func TestHTTPClient(t *testing.T) {
 // benchTokenReads measures AccessToken from one goroutine, then from
 // GOMAXPROCS goroutines at once.
 func benchTokenReads(b *testing.B, c *Client) {
+	ctx := context.Background()
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
@@ -2441,10 +2099,9 @@ func benchTokenReads(b *testing.B, c *Client) {
 // BenchmarkAccessToken measures the fresh-token path: one atomic load and a
 // monotonic clock read.
 func BenchmarkAccessToken(b *testing.B) {
-	s := NewDemoServer()
-	defer s.Close()
-	c := newTestClient(b, s.URL)
-	s.grant(c)
+	s, c := setup(b)
+	access, refresh := s.grant()
+	holdToken(c, access, refresh, 3600, 0)
 	benchTokenReads(b, c)
 	// The clock read alone, for scale: the rest of the fresh path is one
 	// atomic load and two comparisons.
@@ -2460,14 +2117,13 @@ func BenchmarkAccessToken(b *testing.B) {
 // BenchmarkAccessTokenStale measures the stale path: the token is inside the
 // refresh margin and a background refresh is in flight (held by the server).
 func BenchmarkAccessTokenStale(b *testing.B) {
-	s := NewDemoServer()
-	defer s.Close()
-	defer s.hold(b, pathRefresh)() // released before s.Close, which waits for the held handler
+	ctx := context.Background()
+	s, c := setup(b)
+	s.hold(b, pathRefresh) // released when the benchmark ends, before the server closes
 	// A 2-minute token sent 65s ago on the real clock: past its stale
 	// point (60s: the margin capped at half the lifetime), 45s before its
 	// leeway. The first call starts the refresh, which the server holds.
-	c := newTestClient(b, s.URL)
-	c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 120, c.mono()-65*time.Second, c.now().Add(-65*time.Second)))
+	holdToken(c, "a.b.c", "r", 120, 65*time.Second)
 	if _, err := c.AccessToken(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -2510,18 +2166,6 @@ type benchStored struct {
 	InsertedAt        string   `json:"inserted_at"`
 }
 
-// clientWithToken returns a client already holding an hour-long token, so
-// that a benchmark measures calls, not authentication.
-func clientWithToken(b *testing.B, opts ...Option) *Client {
-	c, err := NewClient("k", opts...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
-	c.pair.Store(c.newPair("a.b.c", "r", "Bearer", 3600, c.mono(), c.now()))
-	return c
-}
-
 // cannedTransport answers every request in memory with one fixed response
 // (status 0 means 200), so that a benchmark through it measures the client
 // alone and a fuzz target runs without a network.
@@ -2556,7 +2200,7 @@ func (t *cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func handPost(b *testing.B, hc *http.Client, url string, body []byte, out any) {
 	var key [16]byte
 	_, _ = rand.Read(key[:])
-	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, "POST", url, bytes.NewReader(body))
 	if err != nil {
@@ -2584,6 +2228,7 @@ func handPost(b *testing.B, hc *http.Client, url string, body []byte, out any) {
 // sees) and through an in-memory transport (the client's own cost, free of
 // the network's noise).
 func BenchmarkDo(b *testing.B) {
+	ctx := context.Background()
 	srv := benchEcho(b)
 	in := benchFeedback{MessageID: "m1", CustomerResponded: true, Score: "good"}
 	loopback := func() *http.Client {
@@ -2599,7 +2244,8 @@ func BenchmarkDo(b *testing.B) {
 		hc   func() *http.Client
 	}{{"loopback", loopback}, {"inmemory", inMemory}} {
 		b.Run(tr.name+"/apala", func(b *testing.B) {
-			c := clientWithToken(b, WithBaseURL(srv.URL), WithHTTPClient(tr.hc()))
+			c := newTestClient(b, WithBaseURL(srv.URL), WithHTTPClient(tr.hc()))
+			holdToken(c, "a.b.c", "r", 3600, 0) // calls measured, not authentication
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -2645,16 +2291,6 @@ func sameJSON(t *testing.T, what string, got []byte, want string) {
 	}
 }
 
-func (s *DemoServer) totalHits() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, v := range s.hits {
-		n += v
-	}
-	return n
-}
-
 var (
 	t0 = time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
 	t1 = time.Date(2025, 1, 15, 11, 45, 30, 250000000, time.FixedZone("EST", -5*3600))
@@ -2681,19 +2317,20 @@ const conversationWire = `[
 func intp(n int) *int { return &n }
 
 func TestProcessMessage(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	got, err := c.ProcessMessage(ctx, conversation())
 	if err != nil {
 		t.Fatalf("ProcessMessage: %v", err)
 	}
 	sameJSON(t, "ProcessMessage", s.lastBody("/api/message_processing"), `{
-		"company": "`+DemoCompanyGUID+`",
+		"company": "`+FakeCompanyGUID+`",
 		"customer_id": "`+customerID+`",
 		"zip_code": "90210",
 		"messages": `+conversationWire+`,
 		"candidate_message": {"content": "Please upload your bank statement.", "channel": "OTHER", "message_id": "m-3", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "false"}
 	}`)
-	want := &ProcessingResponse{Company: DemoCompanyGUID, CustomerID: customerID,
+	want := &ProcessingResponse{Company: FakeCompanyGUID, CustomerID: customerID,
 		CandidateMessage: CandidateMessage{Content: "Please upload your bank statement.", Channel: ChannelOther, MessageID: "m-3"}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("ProcessMessage() = %+v; want %+v", got, want)
@@ -2738,6 +2375,7 @@ func TestWireTime(t *testing.T) {
 // hex characters from crypto/rand, the current UTC time, the client's
 // company GUID, and no zip_code when none is given.
 func TestMessageDefaults(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	clk.Advance(123456 * time.Microsecond)
 	s, c := setup(t)
@@ -2752,8 +2390,8 @@ func TestMessageDefaults(t *testing.T) {
 	if _, ok := body["zip_code"]; ok {
 		t.Errorf("zip_code sent when none was given")
 	}
-	if body["company"] != DemoCompanyGUID {
-		t.Errorf("company = %v; want the client's %s", body["company"], DemoCompanyGUID)
+	if body["company"] != FakeCompanyGUID {
+		t.Errorf("company = %v; want the client's %s", body["company"], FakeCompanyGUID)
 	}
 	if m, ok := body["messages"].([]any); !ok || len(m) != 0 {
 		t.Errorf("messages = %v; want []", body["messages"])
@@ -2774,15 +2412,17 @@ func TestMessageDefaults(t *testing.T) {
 	if again["candidate_message"].(map[string]any)["message_id"] == id {
 		t.Errorf("two calls generated the same message_id")
 	}
-	// The request's own GUID wins over the client's.
-	other := "6ba7b810-9dad-41d1-80b4-00c04fd430c8"
-	req.CompanyGUID = other
-	if got, err := c.ProcessMessage(ctx, req); err != nil || got.Company != other {
-		t.Errorf("ProcessMessage with CompanyGUID: company %v, %v; want %s", got, err, other)
+	// The request's own GUID wins over the client's: a client of another
+	// company sends the request's, the one the server accepts.
+	other := newTestClient(t, WithBaseURL(s.URL), WithCompanyGUID("6ba7b810-9dad-41d1-80b4-00c04fd430c8"))
+	req.CompanyGUID = FakeCompanyGUID
+	if got, err := other.ProcessMessage(ctx, req); err != nil || got.Company != FakeCompanyGUID {
+		t.Errorf("ProcessMessage with CompanyGUID: company %v, %v; want %s", got, err, FakeCompanyGUID)
 	}
 }
 
 func TestOptimizeMessage(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	req := conversation()
 	req.Candidate.Channel = "" // optional here: only the content is sent
@@ -2796,7 +2436,7 @@ func TestOptimizeMessage(t *testing.T) {
 		t.Fatalf("OptimizeMessage: %v", err)
 	}
 	sameJSON(t, "OptimizeMessage", s.lastBody("/api/message_optimizer"), `{
-		"company": "`+DemoCompanyGUID+`",
+		"company": "`+FakeCompanyGUID+`",
 		"customer_id": "`+customerID+`",
 		"zip_code": "90210",
 		"messages": `+conversationWire+`,
@@ -2809,7 +2449,7 @@ func TestOptimizeMessage(t *testing.T) {
 		"monthly_income_bin": "INCOME_3000_4000",
 		"application_reason": "CAR_REPAIR"
 	}`)
-	want := &OptimizationResponse{MessageID: "msg-0003",
+	want := &OptimizationResponse{MessageID: "msg-0001",
 		OptimizedMessage: "Please upload your bank statement - reply YES and we will call you today.",
 		OriginalMessage:  "Please upload your bank statement.", RecommendedChannel: ChannelSMS}
 	if !reflect.DeepEqual(got, want) {
@@ -2824,12 +2464,14 @@ func TestOptimizeMessage(t *testing.T) {
 		t.Fatalf("OptimizeMessage: %v", err)
 	}
 	sameJSON(t, "OptimizeMessage (sparse)", s.lastBody("/api/message_optimizer"), `{
-		"company": "`+DemoCompanyGUID+`", "customer_id": "`+customerID+`", "messages": [],
+		"company": "`+FakeCompanyGUID+`", "customer_id": "`+customerID+`", "messages": [],
 		"candidate_message": "Please upload your bank statement.", "state_id": 1}`)
 }
 
 func TestSubmitFeedback(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
+	s.setClock(time.Date(2025, 1, 15, 10, 30, 0, 123456000, time.UTC)) // inserted_at is the server's time
 	got, err := c.SubmitFeedback(ctx, Feedback{
 		MessageID: "msg-0001", CustomerResponded: true, Score: ScoreGood,
 		ActualSentMessage: "Please upload your statement.",
@@ -2868,6 +2510,7 @@ func TestSubmitFeedback(t *testing.T) {
 }
 
 func TestSubmitFeedbackBulk(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	items := []Feedback{
 		{MessageID: "msg-0001", CustomerResponded: true, Score: ScoreGood, PositiveRewards: []PositiveReward{RewardSigningLoanAgreement}},
@@ -2890,6 +2533,7 @@ func TestSubmitFeedbackBulk(t *testing.T) {
 // TestFeedbackResponseDecoding feeds the feedback endpoints answers of every
 // shape the server may send.
 func TestFeedbackResponseDecoding(t *testing.T) {
+	ctx := context.Background()
 	const entry = `{"id":"fb-9","message_id":"m","customer_responded":false,"score":"bad","inserted_at":%s%s}`
 	tests := []struct {
 		name       string
@@ -2911,7 +2555,7 @@ func TestFeedbackResponseDecoding(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, c := setup(t)
-			s.Fail("/api/feedback", 200, fmt.Sprintf(entry, tt.insertedAt, tt.extra))
+			s.script("/api/feedback", 200, fmt.Sprintf(entry, tt.insertedAt, tt.extra), nil)
 			got, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreBad})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -2935,6 +2579,7 @@ func TestFeedbackResponseDecoding(t *testing.T) {
 // TestMissingResponseFields: an answer without a required field is an
 // error naming it, never a half-empty value.
 func TestMissingResponseFields(t *testing.T) {
+	ctx := context.Background()
 	fb := `"message_id":"m","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00Z"`
 	tests := []struct {
 		name, path, body, want string
@@ -2968,7 +2613,7 @@ func TestMissingResponseFields(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, c := setup(t)
-			s.Fail(tt.path, 200, tt.body)
+			s.script(tt.path, 200, tt.body, nil)
 			got, err := tt.call(c)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error = %v; want one naming %q", err, tt.want)
@@ -2983,6 +2628,7 @@ func TestMissingResponseFields(t *testing.T) {
 // TestBulkNeverSilentlyPartial: a failure flag or a short count is an error
 // that comes with the server's full answer.
 func TestBulkNeverSilentlyPartial(t *testing.T) {
+	ctx := context.Background()
 	one := `{"id":"f1","message_id":"a","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00Z"}`
 	items := []Feedback{{MessageID: "a", Score: ScoreGood}, {MessageID: "b", Score: ScoreBad}}
 	tests := []struct {
@@ -2997,7 +2643,7 @@ func TestBulkNeverSilentlyPartial(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, c := setup(t)
-			s.Fail("/api/feedback/bulk", 200, tt.body)
+			s.script("/api/feedback/bulk", 200, tt.body, nil)
 			got, err := c.SubmitFeedbackBulk(ctx, items)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("SubmitFeedbackBulk() error = %v; want one saying %q", err, tt.want)
@@ -3019,6 +2665,7 @@ func TestBulkNeverSilentlyPartial(t *testing.T) {
 // TestValidation hits each input rule once: the error is a *ValidationError
 // naming the field, and nothing reaches the server, not even a token request.
 func TestValidation(t *testing.T) {
+	ctx := context.Background()
 	valid := conversation
 	with := func(f func(*MessageRequest)) MessageRequest { r := valid(); f(&r); return r }
 	process := func(r MessageRequest) func(*Client) error {
@@ -3046,9 +2693,9 @@ func TestValidation(t *testing.T) {
 		{"customer id and a hyphen", optimize(with(func(r *MessageRequest) { r.CustomerID = customerID + "-" })), "CustomerID"},
 		{"customer id of 40 characters", optimize(with(func(r *MessageRequest) { r.CustomerID = customerID + "0000" })), "CustomerID"},
 		{"company GUID not a UUID", process(with(func(r *MessageRequest) { r.CompanyGUID = "acme" })), "CompanyGUID"},
-		{"company GUID and a 0", process(with(func(r *MessageRequest) { r.CompanyGUID = DemoCompanyGUID + "0" })), "CompanyGUID"},
-		{"company GUID and a hyphen", optimize(with(func(r *MessageRequest) { r.CompanyGUID = DemoCompanyGUID + "-" })), "CompanyGUID"},
-		{"company GUID of 40 characters", optimize(with(func(r *MessageRequest) { r.CompanyGUID = DemoCompanyGUID + "abcd" })), "CompanyGUID"},
+		{"company GUID and a 0", process(with(func(r *MessageRequest) { r.CompanyGUID = FakeCompanyGUID + "0" })), "CompanyGUID"},
+		{"company GUID and a hyphen", optimize(with(func(r *MessageRequest) { r.CompanyGUID = FakeCompanyGUID + "-" })), "CompanyGUID"},
+		{"company GUID of 40 characters", optimize(with(func(r *MessageRequest) { r.CompanyGUID = FakeCompanyGUID + "abcd" })), "CompanyGUID"},
 		{"zip code of 4 digits", process(with(func(r *MessageRequest) { r.ZipCode = "9021" })), "ZipCode"},
 		{"zip code with a letter", optimize(with(func(r *MessageRequest) { r.ZipCode = "9021a" })), "ZipCode"},
 		{"empty content", process(with(func(r *MessageRequest) { r.Messages[1].Content = "  " })), "Messages[1].Content"},
@@ -3085,22 +2732,21 @@ func TestValidation(t *testing.T) {
 			if !strings.HasPrefix(err.Error(), "apala: ") || !strings.Contains(err.Error(), tt.field) {
 				t.Errorf("error text %q; want it prefixed and naming %s", err, tt.field)
 			}
-			if n := s.totalHits(); n != 0 {
+			if n := s.totalRequests(); n != 0 {
 				t.Errorf("%d requests reached the server; want none", n)
 			}
 		})
 	}
 	// A company GUID given to the client is checked as strictly: a
 	// *ValidationError from NewClient and NewClientFromEnv, nothing sent.
-	for _, guid := range []string{DemoCompanyGUID + "0", DemoCompanyGUID + "-", DemoCompanyGUID + "0000", DemoCompanyGUID[:35], "acme"} {
+	for _, guid := range []string{FakeCompanyGUID + "0", FakeCompanyGUID + "-", FakeCompanyGUID + "0000", FakeCompanyGUID[:35], "acme"} {
 		t.Run("WithCompanyGUID "+guid, func(t *testing.T) {
-			s := NewDemoServer()
-			defer s.Close()
-			t.Setenv(EnvAPIKey, DemoAPIKey)
+			s := startServer(t)
+			t.Setenv(EnvAPIKey, FakeAPIKey)
 			t.Setenv(EnvBaseURL, s.URL)
 			t.Setenv(EnvCompanyGUID, guid)
 			for what, newClient := range map[string]func() (*Client, error){
-				"NewClient":        func() (*Client, error) { return NewClient(DemoAPIKey, WithBaseURL(s.URL), WithCompanyGUID(guid)) },
+				"NewClient":        func() (*Client, error) { return NewClient(FakeAPIKey, WithBaseURL(s.URL), WithCompanyGUID(guid)) },
 				"NewClientFromEnv": func() (*Client, error) { return NewClientFromEnv() },
 			} {
 				c, err := newClient()
@@ -3113,15 +2759,14 @@ func TestValidation(t *testing.T) {
 					c.Close()
 				}
 			}
-			if n := s.totalHits(); n != 0 {
+			if n := s.totalRequests(); n != 0 {
 				t.Errorf("%d requests reached the server; want none", n)
 			}
 		})
 	}
 	t.Run("no company GUID anywhere", func(t *testing.T) {
-		s := NewDemoServer()
-		defer s.Close()
-		c, err := NewClient(DemoAPIKey, WithBaseURL(s.URL))
+		s := startServer(t)
+		c, err := NewClient(FakeAPIKey, WithBaseURL(s.URL))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -3131,7 +2776,7 @@ func TestValidation(t *testing.T) {
 		if !errors.As(err, &ve) || ve.Field != "CompanyGUID" || !strings.Contains(err.Error(), EnvCompanyGUID) {
 			t.Errorf("error = %v; want a *ValidationError for CompanyGUID pointing at %s", err, EnvCompanyGUID)
 		}
-		if s.totalHits() != 0 {
+		if s.totalRequests() != 0 {
 			t.Errorf("a request reached the server")
 		}
 	})
@@ -3140,25 +2785,26 @@ func TestValidation(t *testing.T) {
 // TestMessageAPIErrors: the server's refusals come back as *APIError with
 // its message, through the same retry and replay rules as Do.
 func TestMessageAPIErrors(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
-	s.Fail("/api/message_optimizer", 422, `{"errors":{"detail":"customer_id is unknown"}}`)
+	s.script("/api/message_optimizer", 422, `{"errors":{"detail":"customer_id is unknown"}}`, nil)
 	_, err := c.OptimizeMessage(ctx, conversation())
 	var ae *APIError
 	if !errors.As(err, &ae) || ae.StatusCode != 422 || ae.Message != "customer_id is unknown" || ae.Path != "/api/message_optimizer" {
 		t.Fatalf("OptimizeMessage() error = %v; want *APIError 422 with the server's message", err)
 	}
-	if n := s.Hits("/api/message_optimizer"); n != 1 {
+	if n := s.Requests("/api/message_optimizer"); n != 1 {
 		t.Errorf("422 sent %d times; want 1 (never retried)", n)
 	}
 
 	for i := 0; i < 3; i++ {
-		s.Fail("/api/feedback", 503, `{"error":"maintenance"}`)
+		s.Fail("/api/feedback", 503, "maintenance")
 	}
 	_, err = c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
 	if !errors.Is(err, ErrServer) || !errors.As(err, &ae) || ae.Message != "maintenance" {
 		t.Fatalf("SubmitFeedback() error = %v; want ErrServer with the server's message", err)
 	}
-	if n := s.Hits("/api/feedback"); n != 3 {
+	if n := s.Requests("/api/feedback"); n != 3 {
 		t.Errorf("503 sent %d times; want 3 (the first attempt and 2 retries)", n)
 	}
 
@@ -3167,7 +2813,7 @@ func TestMessageAPIErrors(t *testing.T) {
 	if _, err := c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "m", Score: ScoreGood}}); err != nil {
 		t.Fatalf("SubmitFeedbackBulk after revocation: %v", err)
 	}
-	if n := s.Hits("/api/feedback/bulk"); n != 2 {
+	if n := s.Requests("/api/feedback/bulk"); n != 2 {
 		t.Errorf("bulk sent %d times; want 2 (401, then the replay)", n)
 	}
 }
@@ -3243,18 +2889,12 @@ func deadAddr(t *testing.T) string {
 	return addr
 }
 
-// jwtExpiring returns an unsigned JWT whose exp claim is at.
-func jwtExpiring(at time.Time) string {
-	enc := base64.RawURLEncoding
-	return enc.EncodeToString([]byte(`{"alg":"none"}`)) + "." +
-		enc.EncodeToString([]byte(fmt.Sprintf(`{"exp":%d}`, at.Unix()))) + ".SECRETsig"
-}
-
 // TestFaultMatrix drives each endpoint family (token, refresh, API call)
 // through each fault and checks the error kind, the number of attempts, that
 // no secret went to another host or into the error, that nothing was stored
 // from a bad answer, and that every response body was closed.
 func TestFaultMatrix(t *testing.T) {
+	ctx := context.Background()
 	type family struct {
 		name, path string
 		call       func(c *Client) error
@@ -3417,8 +3057,7 @@ func TestFaultMatrix(t *testing.T) {
 			fam, ft := fam, ft
 			t.Run(fam.name+"/"+ft.name, func(t *testing.T) {
 				t.Parallel()
-				s := NewDemoServer()
-				defer s.Close()
+				s := startServer(t)
 				var otherHits atomic.Int32
 				other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					otherHits.Add(1)
@@ -3431,16 +3070,13 @@ func TestFaultMatrix(t *testing.T) {
 				if timeout == 0 {
 					timeout = time.Minute
 				}
-				c, err := NewClient(DemoAPIKey, WithBaseURL(s.URL), WithHTTPClient(&http.Client{Transport: ct}),
-					WithMaxRetries(retries), WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithTimeout(timeout))
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
+				c := newTestClient(t, WithBaseURL(s.URL), WithHTTPClient(&http.Client{Transport: ct}),
+					WithMaxRetries(retries), WithTimeout(timeout))
 				clk := &fakeClock{t: start} // as NewClient reads timeNow and timeSince
 				c.now, c.since, c.baseTime = clk.Now, clk.Since, clk.Now()
 				if fam.path != pathToken {
-					s.grant(c)
+					access, refresh := s.grant()
+					holdToken(c, access, refresh, 3600, 0)
 				}
 				before := c.Token()
 
@@ -3456,7 +3092,7 @@ func TestFaultMatrix(t *testing.T) {
 					ct.refuse = fam.path
 				}
 
-				err = fam.call(c)
+				err := fam.call(c)
 				if got := ct.count(fam.path); got != ft.attempts {
 					t.Errorf("attempts = %d; want %d", got, ft.attempts)
 				}
@@ -3497,22 +3133,11 @@ func TestFaultMatrix(t *testing.T) {
 
 // ---- fuzzing ----
 
+// The tokens the fuzz targets' clients hold (their key is FakeAPIKey).
 const (
-	fuzzKey     = "fuzz-SECRET-api-key"
 	fuzzAccess  = "old-SECRET-access"
 	fuzzRefresh = "old-SECRET-refresh"
 )
-
-// fuzzClient returns a client whose every request gets tr's answer, with no
-// retries and no network.
-func fuzzClient(t *testing.T, tr *cannedTransport) *Client {
-	t.Helper()
-	c, err := NewClient(fuzzKey, WithHTTPClient(&http.Client{Transport: tr}), WithMaxRetries(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // visibleASCII is the fuzz targets' own test of a token that can travel in
 // an Authorization header: not empty, every byte printable ASCII other than
@@ -3539,6 +3164,7 @@ func checkHeld(t *testing.T, c *Client) {
 }
 
 func FuzzAuthResponse(f *testing.F) {
+	ctx := context.Background()
 	for _, seed := range []string{
 		`{"access_token":"a.b.c","refresh_token":"r","token_type":"Bearer","expires_in":3600,"company_id":"x","company_name":"y"}`,
 		`{"access_token":"a.b.c","expires_in":0}`,
@@ -3557,14 +3183,14 @@ func FuzzAuthResponse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		c := fuzzClient(t, &cannedTransport{header: jsonHeader, body: body})
+		c := newTestClient(t, WithMaxRetries(0), WithHTTPClient(&http.Client{Transport: &cannedTransport{header: jsonHeader, body: body}}))
 		defer c.Close()
 		resp, err := c.Authenticate(ctx)
 		if err != nil {
 			if c.Token().AccessToken != "" {
 				t.Fatalf("a token was stored from a refused answer")
 			}
-			if strings.Contains(err.Error(), fuzzKey) {
+			if strings.Contains(err.Error(), FakeAPIKey) {
 				t.Fatalf("the error holds the API key")
 			}
 			return
@@ -3577,6 +3203,7 @@ func FuzzAuthResponse(f *testing.F) {
 }
 
 func FuzzRefreshResponse(f *testing.F) {
+	ctx := context.Background()
 	for _, seed := range []string{
 		`{"access_token":"a.b.c","token_type":"Bearer","expires_in":3600}`,
 		`{"access_token":"a.b.c","expires_in":3600,"refresh_token":"rotated"}`,
@@ -3590,9 +3217,9 @@ func FuzzRefreshResponse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		c := fuzzClient(t, &cannedTransport{header: jsonHeader, body: body})
+		c := newTestClient(t, WithMaxRetries(0), WithHTTPClient(&http.Client{Transport: &cannedTransport{header: jsonHeader, body: body}}))
 		defer c.Close()
-		c.pair.Store(c.newPair(fuzzAccess, fuzzRefresh, "Bearer", 3600, c.mono(), c.now()))
+		holdToken(c, fuzzAccess, fuzzRefresh, 3600, 0)
 		resp, err := c.RefreshAccessToken(ctx)
 		if err != nil {
 			if c.Token().AccessToken != fuzzAccess {
@@ -3612,6 +3239,7 @@ func FuzzRefreshResponse(f *testing.F) {
 }
 
 func FuzzAPIErrorBody(f *testing.F) {
+	ctx := context.Background()
 	for _, seed := range []struct {
 		status int
 		ctype  string
@@ -3621,9 +3249,9 @@ func FuzzAPIErrorBody(f *testing.F) {
 		{401, "application/json", `{"errors":{"detail":"Unauthorized"}}`},
 		{422, "application/json", `{"errors":{"detail":{"field":["is invalid"]}}}`},
 		{422, "application/json", `{"detail":[{"msg":"field required"}]}`},
-		{403, "application/json", `{"message":"key ` + fuzzKey + ` lacks permissions"}`},
+		{403, "application/json", `{"message":"key ` + FakeAPIKey + ` lacks permissions"}`},
 		{500, "application/json", `{"error":"token ` + fuzzAccess + ` expired"}`},
-		{502, "text/html", `<html><body>` + fuzzKey + `</body></html>`},
+		{502, "text/html", `<html><body>` + FakeAPIKey + `</body></html>`},
 		{503, "", ``},
 		{429, "application/json", `{"error":null}`},
 		{404, "application/json; charset=utf-8", `"not found"`},
@@ -3634,16 +3262,16 @@ func FuzzAPIErrorBody(f *testing.F) {
 		if status < 300 || status > 599 {
 			status = 300 + (status%300+300)%300
 		}
-		c := fuzzClient(t, &cannedTransport{status: status, header: http.Header{"Content-Type": {ctype}}, body: body})
+		c := newTestClient(t, WithMaxRetries(0), WithHTTPClient(&http.Client{Transport: &cannedTransport{status: status, header: http.Header{"Content-Type": {ctype}}, body: body}}))
 		defer c.Close()
-		c.pair.Store(c.newPair(fuzzAccess, fuzzRefresh, "Bearer", 3600, c.mono(), c.now()))
+		holdToken(c, fuzzAccess, fuzzRefresh, 3600, 0)
 		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{"n": 1}, nil)
 		var ae *APIError
 		if !errors.As(err, &ae) || ae.StatusCode != status {
 			t.Fatalf("status %d: error %v is not an *APIError with that status", status, err)
 		}
 		for _, s := range []string{err.Error(), ae.Message, fmt.Sprintf("%+v", err)} {
-			for _, secret := range []string{fuzzKey, fuzzAccess, fuzzRefresh} {
+			for _, secret := range []string{FakeAPIKey, fuzzAccess, fuzzRefresh} {
 				if strings.Contains(s, secret) {
 					t.Fatalf("status %d: the error holds a secret", status)
 				}
@@ -3687,14 +3315,14 @@ func FuzzBaseURL(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		c, err := NewClient(fuzzKey, WithBaseURL(raw))
+		c, err := NewClient(FakeAPIKey, WithBaseURL(raw))
 		if err != nil {
-			if strings.Contains(err.Error(), fuzzKey) {
+			if strings.Contains(err.Error(), FakeAPIKey) {
 				t.Fatalf("the error holds the API key")
 			}
 			// Refused without WithInsecureHTTP, accepted with it: the
 			// clear-text rule refused it, so the host must not be loopback.
-			if ci, err := NewClient(fuzzKey, WithBaseURL(raw), WithInsecureHTTP()); err == nil {
+			if ci, err := NewClient(FakeAPIKey, WithBaseURL(raw), WithInsecureHTTP()); err == nil {
 				u, perr := url.Parse(ci.baseStr)
 				ci.Close()
 				if perr == nil && u.Scheme == "http" && loopbackOracle(u.Hostname()) {
@@ -3729,11 +3357,14 @@ func FuzzBaseURL(f *testing.F) {
 // every attempt, others at most two transient 503s (which the two retries
 // absorb); it also notes calls refused 401 twice (revoked again before the
 // replay), which the one replay cannot absorb. It answers every API request
-// itself, the 401s included: whether a token is accepted is read once, under
-// the server's lock, and the answer and the count follow that one reading,
-// so a revocation racing with the request cannot give a 401 it never counted.
+// itself, the 401s included: whether a token is accepted is read once, by
+// the server's own check under the server's lock, and the answer and the
+// count follow that one reading, so a revocation racing with the request
+// cannot give a 401 it never counted. An accepted request gets the server's
+// answer without its Idempotency-Key: the hook has already decided that
+// key's fate, and remembered answers would grow the heap the test watches.
 type soakFaults struct {
-	s         *DemoServer
+	s         *FakeServer
 	mu        sync.Mutex
 	rnd       *mrand.Rand
 	keys      map[string]*soakKey
@@ -3753,7 +3384,7 @@ func (f *soakFaults) hook(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	id := r.Header.Get("Idempotency-Key")
-	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	tok, bearer := fakeBearer(r.Header.Get("Authorization"))
 
 	f.mu.Lock()
 	k := f.keys[id]
@@ -3782,7 +3413,7 @@ func (f *soakFaults) hook(w http.ResponseWriter, r *http.Request) bool {
 		status = http.StatusServiceUnavailable
 	default:
 		f.s.mu.Lock()
-		accepted := f.s.access[tok]
+		accepted := bearer && f.s.validLocked(tok, false)
 		f.s.mu.Unlock()
 		if !accepted {
 			if k.n401++; k.n401 == 2 {
@@ -3800,7 +3431,7 @@ func (f *soakFaults) hook(w http.ResponseWriter, r *http.Request) bool {
 		writeJSON(w, status, map[string]any{"errors": map[string]string{"detail": "Unauthorized"}})
 	default: // accepted: answered without the server checking the token again
 		body, _ := io.ReadAll(r.Body)
-		f.s.serveAPI(w, r, body)
+		f.s.serveAPI(w, r.URL.Path, "", body)
 	}
 	return true
 }
@@ -3810,6 +3441,7 @@ func (f *soakFaults) hook(w http.ResponseWriter, r *http.Request) bool {
 // Every failed call must be one the server failed by design, the token
 // requests stay within the refresh schedule, and memory stays flat.
 func TestSoak(t *testing.T) {
+	ctx := context.Background()
 	if testing.Short() {
 		t.Skip("soak test: runs without -short (CI runs it)")
 	}
@@ -3819,12 +3451,15 @@ func TestSoak(t *testing.T) {
 		lifetime    = 2 * time.Second
 		revokeEvery = 1500 * time.Millisecond
 	)
-	s := NewDemoServer()
-	defer s.Close()
-	s.SetTokenLifetime(lifetime)
-	faults := &soakFaults{s: s, rnd: mrand.New(mrand.NewSource(1)), keys: map[string]*soakKey{}}
+	s := startServer(t)
+	// 2-second tokens for the client, and only for it: the server goes on
+	// accepting them until they are revoked, as a request held up on a busy
+	// machine past a token's expiry would add token requests the schedule
+	// below does not count.
+	s.setKnobs(func() { s.expiresIn = int(lifetime / time.Second) })
+	faults := &soakFaults{s: s.FakeServer, rnd: mrand.New(mrand.NewSource(1)), keys: map[string]*soakKey{}}
 	s.setHook(faults.hook)
-	c := newTestClient(t, s.URL)
+	c := newTestClient(t, WithBaseURL(s.URL))
 
 	stop := make(chan struct{})
 	var (
@@ -3848,7 +3483,10 @@ func TestSoak(t *testing.T) {
 				if i%4 == 0 {
 					_, err = c.OptimizeMessage(ctx, MessageRequest{CustomerID: customerID, Candidate: Message{Content: "Your payment is due."}})
 				} else {
-					_, err = c.SubmitFeedback(ctx, Feedback{MessageID: fmt.Sprintf("m-%d-%d", g, i), Score: ScoreGood})
+					// ProcessMessage, not SubmitFeedback: the server keeps
+					// every feedback entry, and the heap must stay flat.
+					_, err = c.ProcessMessage(ctx, MessageRequest{CustomerID: customerID,
+						Candidate: Message{Content: "Your payment is due.", Channel: ChannelSMS, MessageID: fmt.Sprintf("m-%d-%d", g, i)}})
 				}
 				calls.Add(1)
 				if err != nil {
@@ -3871,7 +3509,7 @@ func TestSoak(t *testing.T) {
 	defer tick.Stop()
 	for time.Since(start) < duration {
 		<-tick.C
-		s.RevokeTokens()
+		s.revokeAccess() // the refresh tokens kept: no refresh is refused here
 		revocations++
 		if heap5 == 0 && time.Since(start) >= 5*time.Second {
 			heap5 = heap()
@@ -3886,7 +3524,7 @@ func TestSoak(t *testing.T) {
 	byDesign := int64(faults.permanent + faults.twice401)
 	permanent, twice := faults.permanent, faults.twice401
 	faults.mu.Unlock()
-	refreshes, exchanges := s.Hits(pathRefresh), s.Hits(pathToken)
+	refreshes, exchanges := s.Requests(pathRefresh), s.Requests(pathToken)
 	t.Logf("%d calls, %d failed (%d permanent 503s, %d revoked twice), %d refreshes, %d API-key exchanges, %d revocations, heap %d KiB at 5s, %d KiB at 20s",
 		calls.Load(), failed.Load(), permanent, twice, refreshes, exchanges, revocations, heap5>>10, heapFinal>>10)
 
@@ -3917,6 +3555,7 @@ var optimizeReply = []byte(`{"message_id":"msg-0001","optimized_message":"Your p
 // conversation, flat metadata, string reply_or_not, RFC 3339 times), the
 // same headers and the same decoding, through an in-memory transport.
 func BenchmarkOptimizeMessage(b *testing.B) {
+	ctx := context.Background()
 	t0 := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
 	req := MessageRequest{
 		CustomerID: customerID,
@@ -3930,7 +3569,8 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 	}
 	hc := &http.Client{Transport: &cannedTransport{header: jsonHeader, body: optimizeReply}}
 	b.Run("apala", func(b *testing.B) {
-		c := clientWithToken(b, WithHTTPClient(hc), WithCompanyGUID(DemoCompanyGUID))
+		c := newTestClient(b, WithHTTPClient(hc))
+		holdToken(c, "a.b.c", "r", 3600, 0)
 		b.ReportAllocs()
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
@@ -3959,7 +3599,7 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
-			in := body{Company: DemoCompanyGUID, CustomerID: req.CustomerID, CandidateMessage: req.Candidate.Content,
+			in := body{Company: FakeCompanyGUID, CustomerID: req.CustomerID, CandidateMessage: req.Candidate.Content,
 				StateID: req.Metadata.StateID, CreditScoreBin: string(req.Metadata.CreditScoreBin), AgeBin: string(req.Metadata.AgeBin)}
 			in.Messages = make([]msg, len(req.Messages))
 			for j, m := range req.Messages {
@@ -3981,6 +3621,7 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 // after the client replaced that token (an Authenticate or a refresh during
 // the call) still has it scrubbed from the error.
 func TestScrubsTokenTheCallWasSentWith(t *testing.T) {
+	ctx := context.Background()
 	for _, renew := range []string{"Authenticate", "RefreshAccessToken"} {
 		t.Run(renew, func(t *testing.T) {
 			s, c := setup(t)
@@ -4028,6 +3669,7 @@ type unreplayable struct{ io.Reader }
 // replayed is returned, and the refused token is dropped all the same, so
 // the next request gets a new one.
 func TestHTTPClientRefusedTokenDropped(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	hc := c.HTTPClient()
 	if _, err := c.AccessToken(ctx); err != nil {
@@ -4073,7 +3715,7 @@ func TestHTTPClientAfterClose(t *testing.T) {
 			t.Errorf("Get(%s) after Close: error = %v; want ErrClosed", u, err)
 		}
 	}
-	if n := s.totalHits() + int(hits.Load()); n != 0 {
+	if n := s.totalRequests() + int(hits.Load()); n != 0 {
 		t.Errorf("requests after Close = %d; want 0", n)
 	}
 }
@@ -4081,24 +3723,25 @@ func TestHTTPClientAfterClose(t *testing.T) {
 // TestServerTextCut: the server's text is cut at 512 bytes after the
 // scrubbing, never inside a UTF-8 character.
 func TestServerTextCut(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t, WithMaxRetries(0))
 	c.pair.Store(nil)
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for pad := 500; pad < 512; pad++ {
-		s.Fail("/api/feedback", 400, `{"error":"`+strings.Repeat("x", pad)+DemoAPIKey+`"}`)
+		s.Fail("/api/feedback", 400, strings.Repeat("x", pad)+FakeAPIKey)
 		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
 		if err == nil {
 			t.Fatal("want an error")
 		}
 		noSecret(t, fmt.Sprintf("error with %d bytes before the key", pad), err.Error())
-		if run := secretRun(err.Error(), DemoAPIKey); run != "" {
+		if run := secretRun(err.Error(), FakeAPIKey); run != "" {
 			t.Fatalf("error with %d bytes before the key holds a part of it", pad)
 		}
 	}
 	for pad := 0; pad < 4; pad++ {
-		s.Fail("/api/feedback", 400, `{"error":"`+strings.Repeat("x", pad)+strings.Repeat("é€😀", 200)+`"}`)
+		s.Fail("/api/feedback", 400, strings.Repeat("x", pad)+strings.Repeat("é€😀", 200))
 		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
 		var ae *APIError
 		if !errors.As(err, &ae) || !utf8.ValidString(ae.Message) || !strings.HasSuffix(ae.Message, "...") || len(ae.Message) > 512+3 {
@@ -4126,8 +3769,9 @@ func secretRun(s string, secrets ...string) string {
 // TestTimestampValueNotQuoted: a malformed response timestamp is named, not
 // quoted: the value is the server's text.
 func TestTimestampValueNotQuoted(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
-	s.Fail("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"when `+DemoAPIKey+`"}`)
+	s.script("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"when `+FakeAPIKey+`"}`, nil)
 	_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
 	if err == nil || !strings.Contains(err.Error(), "inserted_at: not an ISO 8601 timestamp") {
 		t.Fatalf("error does not name inserted_at (withheld: it may quote the secret)")
@@ -4144,6 +3788,7 @@ func TestTimestampValueNotQuoted(t *testing.T) {
 // in a header, cut or straddling the 512-byte cut), and no run of 8 bytes of
 // any secret reaches an error string, fmt output or a log record.
 func TestNoSecretRunInServerText(t *testing.T) {
+	ctx := context.Background()
 	const key = `k/ey"<&>\SECRET-0123456789abcdef/xyz-é`
 	type answer struct {
 		status int
@@ -4309,22 +3954,14 @@ func TestNoSecretRunInServerText(t *testing.T) {
 // TestCertificateErrorNotRetried: a certificate that fails verification is
 // returned at once: no retry can fix it.
 func TestCertificateErrorNotRetried(t *testing.T) {
+	ctx := context.Background()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	var conns atomic.Int32
-	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			conns.Add(1)
-		}
-	}
+	conns := countConnections(srv)
 	srv.StartTLS()
 	defer srv.Close()
-	c, err := NewClient(DemoAPIKey, WithBaseURL(srv.URL), WithMaxRetries(2), WithRetryBackoff(time.Millisecond, time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_, err = c.AccessToken(ctx)
+	c := newTestClient(t, WithBaseURL(srv.URL), WithMaxRetries(2), WithRetryBackoff(time.Millisecond, time.Millisecond))
+	_, err := c.AccessToken(ctx)
 	var cve *tls.CertificateVerificationError
 	if !errors.Is(err, ErrConnection) || !errors.As(err, &cve) {
 		t.Fatalf("error = %v; want ErrConnection with the certificate error", err)
@@ -4337,16 +3974,17 @@ func TestCertificateErrorNotRetried(t *testing.T) {
 // TestUnknownEnumsKept: a channel, score or reward this version does not
 // know is kept as the server sent it; only a missing field is an error.
 func TestUnknownEnumsKept(t *testing.T) {
+	ctx := context.Background()
 	for _, ch := range []Channel{"WHATSAPP", "sms"} {
 		s, c := setup(t)
-		s.Fail("/api/message_optimizer", 200, `{"message_id":"m-1","optimized_message":"x","recommended_channel":"`+string(ch)+`"}`)
+		s.script("/api/message_optimizer", 200, `{"message_id":"m-1","optimized_message":"x","recommended_channel":"`+string(ch)+`"}`, nil)
 		got, err := c.OptimizeMessage(ctx, conversation())
 		if err != nil || got.RecommendedChannel != ch || got.MessageID != "m-1" {
 			t.Errorf("OptimizeMessage() with channel %q = %+v, %v; want it kept", ch, got, err)
 		}
 	}
 	s, c := setup(t)
-	s.Fail("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"excellent","positive_rewards":["paid_early"],"inserted_at":"2025-01-15T10:30:00"}`)
+	s.script("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"excellent","positive_rewards":["paid_early"],"inserted_at":"2025-01-15T10:30:00"}`, nil)
 	got, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
 	if err != nil || got.Score != "excellent" || len(got.PositiveRewards) != 1 || got.PositiveRewards[0] != "paid_early" {
 		t.Errorf("SubmitFeedback() = %+v, %v; want the unknown score and reward kept", got, err)
@@ -4356,13 +3994,14 @@ func TestUnknownEnumsKept(t *testing.T) {
 // TestBulkPartialMatchesErrPartial: a partial bulk answer is an error that
 // matches ErrPartial, returned with the server's full answer.
 func TestBulkPartialMatchesErrPartial(t *testing.T) {
+	ctx := context.Background()
 	const item = `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00"}`
 	for _, body := range []string{
 		`{"success":false,"count":0,"feedback":[]}`,
 		`{"success":true,"count":1,"feedback":[` + item + `]}`,
 	} {
 		s, c := setup(t)
-		s.Fail("/api/feedback/bulk", 200, body)
+		s.script("/api/feedback/bulk", 200, body, nil)
 		got, err := c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "m", Score: ScoreGood}, {MessageID: "n", Score: ScoreBad}})
 		if !errors.Is(err, ErrPartial) || got == nil {
 			t.Errorf("SubmitFeedbackBulk() on %s = %v, %v; want the answer and ErrPartial", body, got, err)
@@ -4373,6 +4012,7 @@ func TestBulkPartialMatchesErrPartial(t *testing.T) {
 // TestDoPathStaysUnderBase: a path with dot segments, escaped or not, is
 // refused before anything is sent.
 func TestDoPathStaysUnderBase(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	for _, p := range []string{"/api/../admin", "/api/./x", "/..", "/api/%2e%2e/admin", "/api/%2E%2e", "/api/.%2e/x", "/api/%2e", "/api/%2e%2e%2fadmin", "/api/x/..?q=1", "/api/%zz"} {
 		err := c.Do(ctx, "GET", p, nil, nil)
@@ -4381,7 +4021,7 @@ func TestDoPathStaysUnderBase(t *testing.T) {
 			t.Errorf("Do(%q) error = %v; want a *ValidationError for path", p, err)
 		}
 	}
-	if n := s.totalHits(); n != 0 {
+	if n := s.totalRequests(); n != 0 {
 		t.Errorf("requests = %d; want 0", n)
 	}
 	for _, p := range []string{"/api/feedback", "/api/a..b", "/api/.well-known", "/api/x?q=../y"} {
@@ -4393,6 +4033,7 @@ func TestDoPathStaysUnderBase(t *testing.T) {
 
 // TestDoNoContent: a 204 leaves out untouched and is no error.
 func TestDoNoContent(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path != "/api/empty" {
@@ -4413,6 +4054,7 @@ func TestDoNoContent(t *testing.T) {
 // TestExpiresInIntegralFloat: expires_in sent as 3600.0 is read as an hour,
 // from the token and the refresh endpoints.
 func TestExpiresInIntegralFloat(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
 	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
@@ -4446,9 +4088,10 @@ func TestExpiresInIntegralFloat(t *testing.T) {
 // TestRequestID: the answer's X-Request-Id reaches APIError (and its text),
 // the Debug log and ResponseInfo, scrubbed like any server text.
 func TestRequestID(t *testing.T) {
+	ctx := context.Background()
 	var logs logBuffer
 	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
-	s.script("/api/feedback", scripted{status: 403, body: `{"error":"no"}`, header: map[string]string{"X-Request-Id": "F0x-req-1"}})
+	s.script("/api/feedback", 403, `{"error":"no"}`, map[string]string{"X-Request-Id": "F0x-req-1"})
 	var info ResponseInfo
 	_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithResponseInfo(&info))
 	var ae *APIError
@@ -4465,7 +4108,7 @@ func TestRequestID(t *testing.T) {
 	if !found {
 		t.Errorf("no Debug attempt record carries request_id")
 	}
-	s.script("/api/feedback", scripted{status: 500, body: `{}`, header: map[string]string{"X-Request-Id": "id-" + DemoAPIKey}})
+	s.script("/api/feedback", 500, `{}`, map[string]string{"X-Request-Id": "id-" + FakeAPIKey})
 	_, err = c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithMaxRetries(0))
 	if !errors.As(err, &ae) || ae.RequestID != "id-[REDACTED]" {
 		t.Errorf("request id carrying the key = %q; want it scrubbed", ae.RequestID)
@@ -4476,11 +4119,12 @@ func TestRequestID(t *testing.T) {
 // TestOptionScope: an option given where it does not apply, or with a bad
 // argument, is a *ValidationError naming it, and nothing is sent.
 func TestOptionScope(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	c.pair.Store(nil)
 	clientOnly := map[string]Option{
 		"WithBaseURL": WithBaseURL("https://x.example"), "WithHTTPClient": WithHTTPClient(nil), "WithLogger": WithLogger(nil),
-		"WithRefreshMargin": WithRefreshMargin(time.Second), "WithCompanyGUID": WithCompanyGUID(DemoCompanyGUID),
+		"WithRefreshMargin": WithRefreshMargin(time.Second), "WithCompanyGUID": WithCompanyGUID(FakeCompanyGUID),
 		"WithInsecureHTTP": WithInsecureHTTP(), "WithHooks": WithHooks(Hooks{}),
 		"WithAPIKeyFunc": WithAPIKeyFunc(func(context.Context) (string, error) { return "k", nil }),
 	}
@@ -4509,7 +4153,7 @@ func TestOptionScope(t *testing.T) {
 	for name, o := range bad {
 		check("OptimizeMessage", name, func() error { _, err := c.OptimizeMessage(ctx, conversation(), o); return err }())
 	}
-	if n := s.totalHits(); n != 0 {
+	if n := s.totalRequests(); n != 0 {
 		t.Errorf("requests = %d; want 0", n)
 	}
 	for name, o := range map[string]Option{
@@ -4529,10 +4173,11 @@ func TestOptionScope(t *testing.T) {
 // TestCallOptions: a call's retries, timeout, headers and idempotency key
 // are its own; the client's apply to the others, token requests included.
 func TestCallOptions(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t, WithHeader("X-Team", "lending"), WithHeader("User-Agent", "svc/2"))
 	fb := Feedback{MessageID: "m", Score: ScoreGood}
 	for i := 0; i < 3; i++ {
-		s.Fail("/api/feedback", 503, `{"error":"busy"}`)
+		s.Fail("/api/feedback", 503, "busy")
 	}
 	var info ResponseInfo
 	if _, err := c.SubmitFeedback(ctx, fb, WithMaxRetries(0), WithResponseInfo(&info)); !errors.Is(err, ErrServer) || info.Attempts != 1 {
@@ -4588,10 +4233,11 @@ func TestCallOptions(t *testing.T) {
 // TestResponseInfo: filled on success and on error; Attempts counts the
 // call's own attempts, the 401 replay included, token requests not.
 func TestResponseInfo(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	var info ResponseInfo
 	fb := Feedback{MessageID: "m", Score: ScoreGood}
-	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 1 || info.StatusCode != 200 || info.Header.Get("Content-Type") != "application/json" {
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 1 || info.StatusCode != 200 || info.Header.Get("Content-Type") != "application/json; charset=utf-8" {
 		t.Fatalf("first call: %v, %+v; want 1 attempt, status 200, the answer's header", err, info)
 	}
 	s.RevokeTokens()
@@ -4614,6 +4260,7 @@ type ctxKey struct{}
 // wait before the next; Token sees each token request once, in the context
 // of the caller that started it, values kept and cancellation removed.
 func TestHooks(t *testing.T) {
+	ctx := context.Background()
 	var (
 		mu       sync.Mutex
 		attempts []AttemptInfo
@@ -4630,7 +4277,7 @@ func TestHooks(t *testing.T) {
 		},
 	}
 	s, c := setup(t, WithHooks(hooks))
-	s.Fail("/api/feedback", 503, `{"error":"busy"}`)
+	s.Fail("/api/feedback", 503, "busy")
 	traced := context.WithValue(ctx, ctxKey{}, "trace-1")
 	if _, err := c.SubmitFeedback(traced, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatal(err)
@@ -4662,13 +4309,14 @@ func TestHooks(t *testing.T) {
 // up; the flight and the other waiters go on, and the Token hook still sees
 // that caller's values.
 func TestHookContextCancellation(t *testing.T) {
+	ctx := context.Background()
 	seen := make(chan any, 1)
 	s, c := setup(t, WithHooks(Hooks{Token: func(ctx context.Context, ti TokenInfo) { seen <- ctx.Value(ctxKey{}) }}))
 	release := s.hold(t, pathToken)
 	first, cancel := context.WithCancel(context.WithValue(ctx, ctxKey{}, "starter"))
 	firstErr := make(chan error, 1)
 	go func() { _, err := c.AccessToken(first); firstErr <- err }()
-	for s.Hits(pathToken) == 0 {
+	for s.Requests(pathToken) == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	otherErr := make(chan error, 1)
@@ -4684,7 +4332,7 @@ func TestHookContextCancellation(t *testing.T) {
 	if v := <-seen; v != "starter" {
 		t.Errorf("Token hook saw value %v; want the starter's", v)
 	}
-	if n := s.Hits(pathToken); n != 1 {
+	if n := s.Requests(pathToken); n != 1 {
 		t.Errorf("token requests = %d; want 1", n)
 	}
 }
@@ -4692,6 +4340,7 @@ func TestHookContextCancellation(t *testing.T) {
 // TestHookMayCallClient: a hook that calls the client does not deadlock:
 // hooks run outside every lock.
 func TestHookMayCallClient(t *testing.T) {
+	ctx := context.Background()
 	var c *Client
 	var inHook atomic.Int32
 	_, c = setup(t, WithHooks(Hooks{Attempt: func(ctx context.Context, a AttemptInfo) {
@@ -4714,9 +4363,10 @@ func TestHookMayCallClient(t *testing.T) {
 // gets one more try with a rotated key, the function's error fails the
 // flight, and every key it returned is scrubbed.
 func TestAPIKeyFunc(t *testing.T) {
+	ctx := context.Background()
 	var (
 		mu    sync.Mutex
-		key   = DemoAPIKey
+		key   = FakeAPIKey
 		fnErr error
 		calls int
 	)
@@ -4726,8 +4376,7 @@ func TestAPIKeyFunc(t *testing.T) {
 		calls++
 		return key, fnErr
 	}
-	s := NewDemoServer()
-	defer s.Close()
+	s := startServer(t)
 	c, err := NewClient("", WithBaseURL(s.URL), WithAPIKeyFunc(fn), WithRetryBackoff(time.Millisecond, time.Millisecond))
 	if err != nil {
 		t.Fatalf("NewClient(\"\", WithAPIKeyFunc(fn)) error = %v; want nil", err)
@@ -4739,41 +4388,39 @@ func TestAPIKeyFunc(t *testing.T) {
 	// Rotation at the server: the old key is refused; fn now returns the
 	// new one, so the exchange after the 401 succeeds.
 	const rotated = "rotated-SECRET-key-2"
-	s.mu.Lock()
-	s.apiKey = rotated
-	s.mu.Unlock()
+	s.setKnobs(func() { s.apiKey = rotated })
 	mu.Lock()
 	calls = 0
 	mu.Unlock()
 	rotate := s.hold(t, pathToken)
 	done := make(chan error, 1)
 	go func() { _, err := c.Authenticate(ctx); done <- err }()
-	for s.Hits(pathToken) < 2 {
+	for s.Requests(pathToken) < 2 {
 		time.Sleep(time.Millisecond)
 	}
 	mu.Lock()
 	key = rotated
 	mu.Unlock()
 	rotate()
-	if err := <-done; err != nil || calls != 2 || s.Hits(pathToken) != 3 {
-		t.Fatalf("Authenticate() after a rotation: %v after %d calls of fn and %d exchanges; want success after 2 and 3", err, calls, s.Hits(pathToken))
+	if err := <-done; err != nil || calls != 2 || s.Requests(pathToken) != 3 {
+		t.Fatalf("Authenticate() after a rotation: %v after %d calls of fn and %d exchanges; want success after 2 and 3", err, calls, s.Requests(pathToken))
 	}
 	// An error from fn fails the token request, sending nothing.
 	mu.Lock()
 	fnErr = errors.New("vault sealed")
 	mu.Unlock()
-	before := s.Hits(pathToken)
+	before := s.Requests(pathToken)
 	_, err = c.Authenticate(ctx)
-	if err == nil || !strings.HasPrefix(err.Error(), "apala: API key: vault sealed") || s.Hits(pathToken) != before {
+	if err == nil || !strings.HasPrefix(err.Error(), "apala: API key: vault sealed") || s.Requests(pathToken) != before {
 		t.Fatalf("Authenticate() with fn failing = %v; want apala: API key: vault sealed, nothing sent", err)
 	}
 	// Both keys are scrubbed from server text.
 	mu.Lock()
 	fnErr = nil
 	mu.Unlock()
-	s.Fail("/api/feedback", 400, `{"error":"keys `+DemoAPIKey+` and `+rotated+`"}`)
+	s.Fail("/api/feedback", 400, "keys "+FakeAPIKey+" and "+rotated)
 	err = c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
-	if err == nil || secretRun(err.Error(), DemoAPIKey, rotated) != "" {
+	if err == nil || secretRun(err.Error(), FakeAPIKey, rotated) != "" {
 		t.Errorf("an error echoing both keys kept a part of one (withheld)")
 	}
 	noSecret(t, "client", fmt.Sprintf("%v %+v %#v", c, c, c))
@@ -4790,13 +4437,12 @@ func TestAPIKeyFunc(t *testing.T) {
 // the server and in the secret store; the client moves to the new key with
 // one more exchange, and no call fails.
 func TestKeyRotationUnderLoad(t *testing.T) {
+	ctx := context.Background()
 	var key atomic.Value
-	key.Store(DemoAPIKey)
+	key.Store(FakeAPIKey)
 	var asked atomic.Int32
 	fn := func(context.Context) (string, error) { asked.Add(1); return key.Load().(string), nil }
-	s := NewDemoServer()
-	defer s.Close()
-	c := newTestClient(t, s.URL, WithAPIKeyFunc(fn))
+	s, c := setup(t, WithAPIKeyFunc(fn))
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -4827,21 +4473,21 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 	// The rotation: the store gets the new key, the server drops the old
 	// one and every token issued with it.
 	key.Store(rotated)
-	s.mu.Lock()
-	s.apiKey = rotated
-	s.access, s.refresh = map[string]bool{}, map[string]bool{}
-	s.mu.Unlock()
+	// The key first: a client refused by the revocation then exchanges
+	// the new key, never the new key with a server still on the old one.
+	s.setKnobs(func() { s.apiKey = rotated })
+	s.RevokeTokens()
 	before := calls.Load()
 	for calls.Load() < before+400 {
 		time.Sleep(time.Millisecond)
 	}
 	close(stop)
 	wg.Wait()
-	t.Logf("calls %d, failed %d, exchanges %d, refreshes %d, keys asked %d", calls.Load(), failed.Load(), s.Hits(pathToken), s.Hits(pathRefresh), asked.Load())
+	t.Logf("calls %d, failed %d, exchanges %d, refreshes %d, keys asked %d", calls.Load(), failed.Load(), s.Requests(pathToken), s.Requests(pathRefresh), asked.Load())
 	if failed.Load() != 0 {
 		t.Errorf("failed calls = %d; want 0", failed.Load())
 	}
-	if n := s.Hits(pathToken); n != 2 {
+	if n := s.Requests(pathToken); n != 2 {
 		t.Errorf("exchanges = %d; want 2 (the first and one with the new key)", n)
 	}
 }
@@ -4849,10 +4495,11 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 // BenchmarkDoObserved is BenchmarkDo in memory with WithResponseInfo and a
 // no-op Attempt hook: what observing a call costs.
 func BenchmarkDoObserved(b *testing.B) {
+	ctx := context.Background()
 	in := benchFeedback{MessageID: "m1", CustomerResponded: true, Score: "good"}
 	hc := &http.Client{Transport: &cannedTransport{header: jsonHeader, body: benchReply}}
-	c := clientWithToken(b, WithBaseURL("http://localhost:4000"), WithHTTPClient(hc),
-		WithHooks(Hooks{Attempt: func(context.Context, AttemptInfo) {}}))
+	c := newTestClient(b, WithHTTPClient(hc), WithHooks(Hooks{Attempt: func(context.Context, AttemptInfo) {}}))
+	holdToken(c, "a.b.c", "r", 3600, 0)
 	var info ResponseInfo
 	b.ReportAllocs()
 	b.ResetTimer()

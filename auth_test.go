@@ -24,12 +24,13 @@ import (
 // Authenticate is in flight shares that flight's failure, or meets the
 // cooldown it started: one token request in all.
 func TestWaiterSharesExplicitFlightError(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
-	s.Fail(pathToken, 401, `{"error":"invalid API key"}`)
+	s.Fail(pathToken, 401, "invalid API key")
 	release := s.hold(t, pathToken)
 	authErr := make(chan error, 1)
 	go func() { _, err := c.Authenticate(ctx); authErr <- err }()
-	for s.Hits(pathToken) == 0 {
+	for s.Requests(pathToken) == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	tokErr := make(chan error, 1)
@@ -41,7 +42,7 @@ func TestWaiterSharesExplicitFlightError(t *testing.T) {
 	if err := <-tokErr; !errors.Is(err, ErrUnauthorized) {
 		t.Errorf("AccessToken() error = %v; want the flight's ErrUnauthorized", err)
 	}
-	if got := s.Hits(pathToken); got != 1 {
+	if got := s.Requests(pathToken); got != 1 {
 		t.Errorf("token requests = %d; want 1", got)
 	}
 }
@@ -50,9 +51,10 @@ func TestWaiterSharesExplicitFlightError(t *testing.T) {
 // failure cooldown like an automatic flight, and the error served from it
 // says that nothing was sent.
 func TestExplicitFailureStartsCooldown(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
-	s.Fail(pathToken, 401, `{"error":"invalid API key"}`)
+	s.Fail(pathToken, 401, "invalid API key")
 	if _, err := c.Authenticate(ctx); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("Authenticate() error = %v; want ErrUnauthorized", err)
 	}
@@ -67,14 +69,14 @@ func TestExplicitFailureStartsCooldown(t *testing.T) {
 			t.Fatalf("AccessToken() #%d error = %q; want it to end %q", i, err, want)
 		}
 	}
-	if got := s.Hits(pathToken); got != 1 {
+	if got := s.Requests(pathToken); got != 1 {
 		t.Fatalf("token requests during the cooldown = %d; want 1", got)
 	}
 	clk.Advance(time.Second)
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatalf("AccessToken() after the cooldown: %v", err)
 	}
-	if got := s.Hits(pathToken); got != 2 {
+	if got := s.Requests(pathToken); got != 2 {
 		t.Errorf("token requests = %d; want 2", got)
 	}
 }
@@ -83,11 +85,12 @@ func TestExplicitFailureStartsCooldown(t *testing.T) {
 // is, starts no cooldown, and drops the refresh token, so that the
 // automatic path goes straight to the API key.
 func TestRefusedExplicitRefresh(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	if _, err := c.Authenticate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.Fail(pathRefresh, 401, `{"error":"invalid refresh token"}`)
+	s.Fail(pathRefresh, 401, "invalid refresh token")
 	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("RefreshAccessToken() error = %v; want ErrUnauthorized", err)
 	}
@@ -98,7 +101,7 @@ func TestRefusedExplicitRefresh(t *testing.T) {
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatalf("AccessToken() after a refused refresh: %v", err)
 	}
-	if got, want := [2]int{s.Hits(pathRefresh), s.Hits(pathToken)}, [2]int{1, 2}; got != want {
+	if got, want := [2]int{s.Requests(pathRefresh), s.Requests(pathToken)}, [2]int{1, 2}; got != want {
 		t.Errorf("refresh and token requests = %v; want %v", got, want)
 	}
 }
@@ -133,7 +136,7 @@ func TestNilContext(t *testing.T) {
 			}
 		})
 	}
-	if got := s.totalHits(); got != 0 {
+	if got := s.totalRequests(); got != 0 {
 		t.Errorf("requests = %d; want 0", got)
 	}
 }
@@ -141,6 +144,7 @@ func TestNilContext(t *testing.T) {
 // TestFailedBackgroundRefreshLogsWarn: a refresh that fails in the
 // background, where no caller sees its error, is logged once at Warn.
 func TestFailedBackgroundRefreshLogsWarn(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	var logs logBuffer
 	s, c := setup(t, WithMaxRetries(0),
@@ -148,7 +152,7 @@ func TestFailedBackgroundRefreshLogsWarn(t *testing.T) {
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.Fail(pathRefresh, 503, `{"error":"maintenance"}`)
+	s.Fail(pathRefresh, 503, "maintenance")
 	clk.Advance(time.Hour - 30*time.Second) // inside the margin, before the leeway
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatalf("AccessToken() in the stale window: %v", err)
@@ -213,6 +217,7 @@ func TestNestedValuesRedacted(t *testing.T) {
 // TestCompanyTextScrubbed: a server that puts a secret into the company name
 // cannot have it printed with the Token or logged.
 func TestCompanyTextScrubbed(t *testing.T) {
+	ctx := context.Background()
 	var logs logBuffer
 	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
 	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
@@ -220,7 +225,7 @@ func TestCompanyTextScrubbed(t *testing.T) {
 			return false
 		}
 		writeJSON(w, 200, map[string]any{"access_token": "acc-SECRET-0123456789", "refresh_token": "ref-SECRET-0123456789",
-			"expires_in": 3600, "company_id": "ref-SECRET-0123456789", "company_name": "Acme " + DemoAPIKey})
+			"expires_in": 3600, "company_id": "ref-SECRET-0123456789", "company_name": "Acme " + FakeAPIKey})
 		return true
 	})
 	if _, err := c.Authenticate(ctx); err != nil {
@@ -268,27 +273,27 @@ func (m *memStore) Save(_ context.Context, t *StoredToken) error {
 // with no token request of its own; a token of another key, another base
 // URL, one that expired, or one the server refused is not adopted.
 func TestTokenStoreShared(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
-	s := NewDemoServer()
-	defer s.Close()
+	s := startServer(t)
 	store := &memStore{}
-	first := newTestClient(t, s.URL, WithTokenStore(store))
+	first := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(store))
 	if _, err := first.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if store.saves != 1 || store.tok.KeyID == "" || store.tok.ExpiresAt != clk.Now().Add(time.Hour) {
 		t.Fatalf("after the first token: %d saves, stored %v; want 1 save of a token expiring in an hour with a KeyID", store.saves, store.tok)
 	}
-	if strings.Contains(store.tok.KeyID, DemoAPIKey) || strings.Contains(fmt.Sprint(store.tok), secretMarker) {
+	if strings.Contains(store.tok.KeyID, FakeAPIKey) || strings.Contains(fmt.Sprint(store.tok), secretMarker) {
 		t.Fatalf("the stored token shows a secret, or its KeyID the key")
 	}
-	second := newTestClient(t, s.URL, WithTokenStore(store))
+	second := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(store))
 	tok, err := second.AccessToken(ctx)
-	if err != nil || tok != first.Token().AccessToken || s.Hits(pathToken) != 1 {
-		t.Fatalf("second client: error %v, same token %v, exchanges %d; want the stored token and 1 exchange", err, tok == first.Token().AccessToken, s.Hits(pathToken))
+	if err != nil || tok != first.Token().AccessToken || s.Requests(pathToken) != 1 {
+		t.Fatalf("second client: error %v, same token %v, exchanges %d; want the stored token and 1 exchange", err, tok == first.Token().AccessToken, s.Requests(pathToken))
 	}
-	if second.Token().CompanyName != DemoCompanyName {
-		t.Errorf("adopted company = %q; want %q", second.Token().CompanyName, DemoCompanyName)
+	if second.Token().CompanyName != fakeCompanyName {
+		t.Errorf("adopted company = %q; want %q", second.Token().CompanyName, fakeCompanyName)
 	}
 	// Not adopted: another key, another base URL.
 	other, _ := NewClient("other-key", WithBaseURL(s.URL), WithTokenStore(store))
@@ -296,18 +301,18 @@ func TestTokenStoreShared(t *testing.T) {
 	if _, err := other.AccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
 		t.Errorf("a client of another key: error = %v; want the server's 401, not the stored token", err)
 	}
-	elsewhere := newTestClient(t, strings.Replace(s.URL, "127.0.0.1", "localhost", 1), WithTokenStore(store))
-	if _, err := elsewhere.AccessToken(ctx); err != nil || s.Hits(pathToken) != 3 {
-		t.Errorf("a client of another base URL: %v after %d exchanges; want its own exchange (3)", err, s.Hits(pathToken))
+	elsewhere := newTestClient(t, WithBaseURL(strings.Replace(s.URL, "127.0.0.1", "localhost", 1)), WithTokenStore(store))
+	if _, err := elsewhere.AccessToken(ctx); err != nil || s.Requests(pathToken) != 3 {
+		t.Errorf("a client of another base URL: %v after %d exchanges; want its own exchange (3)", err, s.Requests(pathToken))
 	}
 	// Not adopted: expired.
 	clk.Advance(2 * time.Hour)
-	late := newTestClient(t, s.URL, WithTokenStore(store))
+	late := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(store))
 	store.mu.Lock()
 	store.tok.ExpiresAt = clk.Now().Add(-time.Second)
 	store.mu.Unlock()
-	before := s.Hits(pathToken)
-	if _, err := late.AccessToken(ctx); err != nil || s.Hits(pathToken) != before+1 {
+	before := s.Requests(pathToken)
+	if _, err := late.AccessToken(ctx); err != nil || s.Requests(pathToken) != before+1 {
 		t.Errorf("with an expired stored token: %v; want an exchange of its own", err)
 	}
 }
@@ -315,10 +320,10 @@ func TestTokenStoreShared(t *testing.T) {
 // TestTokenStoreRefusedNotAdopted: after the server refused a token, the
 // same token in the store is not adopted again.
 func TestTokenStoreRefusedNotAdopted(t *testing.T) {
-	s := NewDemoServer()
-	defer s.Close()
+	ctx := context.Background()
+	s := startServer(t)
 	store := &memStore{}
-	c := newTestClient(t, s.URL, WithTokenStore(store))
+	c := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(store))
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatal(err)
 	}
@@ -326,21 +331,22 @@ func TestTokenStoreRefusedNotAdopted(t *testing.T) {
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatalf("after a revocation: %v", err)
 	}
-	if got := s.Hits(pathRefresh); got != 1 {
+	if got := s.Requests(pathRefresh); got != 1 {
 		t.Errorf("refreshes = %d; want 1 (the stored, refused token not adopted)", got)
 	}
 }
 
 // TestTokenStoreFailures: a store that fails costs nothing but a log line.
 func TestTokenStoreFailures(t *testing.T) {
+	ctx := context.Background()
 	var logs logBuffer
 	store := &memStore{err: errors.New("disk on fire")}
 	s, c := setup(t, WithTokenStore(store), WithLogger(newJSONLogger(&logs)))
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatalf("with a failing store: %v", err)
 	}
-	if s.Hits(pathToken) != 1 || store.loads != 1 || store.saves != 1 {
-		t.Errorf("exchanges %d, loads %d, saves %d; want 1 each", s.Hits(pathToken), store.loads, store.saves)
+	if s.Requests(pathToken) != 1 || store.loads != 1 || store.saves != 1 {
+		t.Errorf("exchanges %d, loads %d, saves %d; want 1 each", s.Requests(pathToken), store.loads, store.saves)
 	}
 	var warns int
 	for _, r := range logs.records(t) {
@@ -370,6 +376,7 @@ func TestStoredTokenPrinting(t *testing.T) {
 // TestFileTokenStore: the file store round-trips a token in a 0600 file,
 // ignores a foreign file (and overwrites it), and its lock excludes.
 func TestFileTokenStore(t *testing.T) {
+	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "token.json")
 	fs := NewFileTokenStore(path)
 	if tok, err := fs.Load(ctx); tok != nil || err != nil {
@@ -480,11 +487,7 @@ func TestStoreChild(t *testing.T) {
 	if mode == "store" {
 		opts = append(opts, WithTokenStore(store))
 	}
-	c, err := NewClient(DemoAPIKey, opts...)
-	if err != nil {
-		fail("%v", err)
-	}
-	defer c.Close()
+	c := newTestClient(t, opts...)
 	call := func() {
 		if _, err := c.SubmitFeedback(context.Background(), Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 			fail("call: %v", err)
@@ -555,8 +558,7 @@ func TestFileTokenStoreAcrossProcesses(t *testing.T) {
 		t.Skip("starts 16 processes and runs for about 8s")
 	}
 	const n = 8
-	s := NewDemoServer()
-	defer s.Close()
+	s := startServer(t)
 
 	// Without a store, for comparison: one exchange each.
 	_, ins, lines := startChildren(t, n, "nostore", s.URL, filepath.Join(t.TempDir(), "unused.json"), "0s")
@@ -564,26 +566,29 @@ func TestFileTokenStoreAcrossProcesses(t *testing.T) {
 	for _, in := range ins {
 		in.Close()
 	}
-	without := s.Hits(pathToken)
+	without := s.Requests(pathToken)
 
-	s2 := NewDemoServer()
-	defer s2.Close()
+	s2 := startServer(t)
 	path := filepath.Join(t.TempDir(), "token.json")
 	_, ins, lines = startChildren(t, n, "store", s2.URL, path, "7500ms")
 	expect(t, lines, n, "ready")
-	atStart := s2.Hits(pathToken) + s2.Hits(pathRefresh)
+	atStart := s2.Requests(pathToken) + s2.Requests(pathRefresh)
 	// Short-lived tokens from now on, and the hour-long ones revoked: the
 	// children move to 3s tokens refreshed 0.5s before they expire, a
-	// refresh cycle of 2.5s, three cycles in the 7.5s run.
-	s2.SetTokenLifetime(3 * time.Second)
-	s2.RevokeTokens()
+	// refresh cycle of 2.5s, three cycles in the 7.5s run. The 3s are the
+	// children's (expires_in): the server accepts the tokens for its hour,
+	// so that a request held up on a busy machine is not refused for
+	// expiry; and it keeps the refresh tokens, so that the revocation costs
+	// one refresh, not a refused refresh and an exchange.
+	s2.setKnobs(func() { s2.expiresIn = 3 })
+	s2.revokeAccess()
 	for _, in := range ins {
 		fmt.Fprintln(in, "go")
 	}
 	expect(t, lines, n, "done")
-	later := s2.Hits(pathToken) + s2.Hits(pathRefresh) - atStart
+	later := s2.Requests(pathToken) + s2.Requests(pathRefresh) - atStart
 	t.Logf("token requests of %d processes: without a store %d at start; with the file store %d at start, %d over the 7.5s run (exchanges %d, refreshes %d)",
-		n, without, atStart, later, s2.Hits(pathToken), s2.Hits(pathRefresh))
+		n, without, atStart, later, s2.Requests(pathToken), s2.Requests(pathRefresh))
 	if without != n {
 		t.Errorf("exchanges without a store = %d; want %d", without, n)
 	}
@@ -598,11 +603,11 @@ func TestFileTokenStoreAcrossProcesses(t *testing.T) {
 // TestFileTokenStoreCrashedHolder: a process killed while holding the lock
 // blocks the others only until its lock file is old enough to take over.
 func TestFileTokenStoreCrashedHolder(t *testing.T) {
+	ctx := context.Background()
 	if testing.Short() {
 		t.Skip("starts a process")
 	}
-	s := NewDemoServer()
-	defer s.Close()
+	s := startServer(t)
 	path := filepath.Join(t.TempDir(), "token.json")
 	cmds, _, lines := startChildren(t, 1, "hold", s.URL, path, "0s")
 	expect(t, lines, 1, "locked")
@@ -612,14 +617,14 @@ func TestFileTokenStoreCrashedHolder(t *testing.T) {
 	saved := fileLockStale
 	fileLockStale = 500 * time.Millisecond
 	defer func() { fileLockStale = saved }()
-	c := newTestClient(t, s.URL, WithTokenStore(NewFileTokenStore(path)))
+	c := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(NewFileTokenStore(path)))
 	start := time.Now()
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatalf("AccessToken() after the holder crashed: %v", err)
 	}
 	t.Logf("waited %v for a lock whose holder was killed (takeover bound %v)", time.Since(start).Round(time.Millisecond), fileLockStale)
-	if s.Hits(pathToken) != 1 {
-		t.Errorf("exchanges = %d; want 1", s.Hits(pathToken))
+	if s.Requests(pathToken) != 1 {
+		t.Errorf("exchanges = %d; want 1", s.Requests(pathToken))
 	}
 	if _, err := os.Stat(path + ".lock"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the lock file was not released: %v", err)
