@@ -1,11 +1,17 @@
 package apala
 
-// This file holds the package's tests of the client, its options, the round
-// trip and the message calls, their shared helpers, and the benchmarks. The
-// token lifecycle's tests are in auth_test.go, FakeServer's in fake_test.go;
-// every test runs against FakeServer (fake.go).
+// This file holds the tests of the client (apala.go) in the order of that
+// file: the client and its options, the round trip (retries, errors,
+// scrubbing, hostile servers, HTTPClient), the message and feedback calls;
+// then the fault matrix, the fuzz targets, the soak test and the
+// benchmarks. Before them are the helpers the test files share, each with
+// its one job; a fixture only one test uses sits beside that test. The
+// token lifecycle's tests are in auth_test.go, FakeServer's own in
+// fake_test.go, and every test talks to a FakeServer (fake.go), in memory
+// or mounted on a loopback socket.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -23,6 +29,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
 	"reflect"
 	"runtime"
 	"strconv"
@@ -39,6 +47,40 @@ import (
 // secretMarker is in every secret the tests hand out: FakeAPIKey, every
 // token FakeServer issues, the tests' own. A leak test looks for it alone.
 const secretMarker = "SECRET"
+
+// customerID is the customer of every test's requests.
+const customerID = "123e4567-e89b-42d3-a456-426614174000"
+
+// t0 and t1 are send and reply times of the tests' messages and feedback,
+// in UTC and at an offset.
+var (
+	t0 = time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
+	t1 = time.Date(2025, 1, 15, 11, 45, 30, 250000000, time.FixedZone("EST", -5*3600))
+)
+
+// conversation returns a valid message request, each field set: the one
+// the tests of the message calls send, and check on the wire against
+// conversationWire.
+func conversation() MessageRequest {
+	return MessageRequest{
+		Messages: []Message{
+			{Content: "Hi, is my loan approved?", Channel: ChannelSMS, MessageID: "m-1", SendTimestamp: t0, ReplyOrNot: true},
+			{Content: "We are reviewing it.", Channel: ChannelEmail, MessageID: "m-2", SendTimestamp: t1},
+		},
+		Candidate:  Message{Content: "Please upload your bank statement.", Channel: ChannelOther, MessageID: "m-3", SendTimestamp: t0},
+		CustomerID: customerID,
+		ZipCode:    "90210",
+	}
+}
+
+// conversationWire is conversation().Messages as API.md puts them on the
+// wire: reply_or_not as strings, times with their offsets.
+const conversationWire = `[
+	{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},
+	{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.25-05:00", "reply_or_not": "false"}]`
+
+// intp returns a pointer to n, for CustomerMetadata's optional numbers.
+func intp(n int) *int { return &n }
 
 // testServer is a FakeServer on a loopback socket, for the tests that need
 // a real one: other transports, connection reuse, faults below HTTP, other
@@ -78,33 +120,6 @@ func setup(tb testing.TB, opts ...Option) (*testServer, *Client) {
 	tb.Helper()
 	s := startServer(tb)
 	return s, newTestClient(tb, append([]Option{WithBaseURL(s.URL)}, opts...)...)
-}
-
-// newTestClient returns a client with FakeAPIKey and FakeCompanyGUID that
-// retries after 1ms to 5ms, so that tests stay fast, closed when the test
-// ends. opts come last and win: WithBaseURL for a server on a socket,
-// WithHTTPClient for a transport of the test's own. Only a test of building
-// a client, or one that needs another key, calls NewClient itself.
-func newTestClient(tb testing.TB, opts ...Option) *Client {
-	tb.Helper()
-	all := append([]Option{WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithCompanyGUID(FakeCompanyGUID)}, opts...)
-	c, err := NewClient(FakeAPIKey, all...)
-	if err != nil {
-		tb.Fatalf("NewClient() error = %v", err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return c
-}
-
-// holdToken makes c hold a token pair of the fake's company, as if a token
-// request sent age ago on c's clock had been answered with it and
-// expiresIn, and returns the pair; nothing is sent. With a FakeServer's
-// grant the pair is one the server accepts.
-func holdToken(c *Client, access, refresh string, expiresIn int, age time.Duration) *tokenPair {
-	p := c.newPair(access, refresh, "Bearer", expiresIn, c.mono()-age, c.now().Add(-age))
-	p.companyID, p.companyName = FakeCompanyGUID, fakeCompanyName
-	c.pair.Store(p)
-	return p
 }
 
 // setKnobs runs set with s.mu held: the one way the tests change a
@@ -147,19 +162,57 @@ func (s *FakeServer) totalRequests() int {
 	return s.requests
 }
 
-// jwtExpiring returns an unsigned JWT whose exp claim is at.
-func jwtExpiring(at time.Time) string {
-	enc := base64.RawURLEncoding
-	return enc.EncodeToString([]byte(`{"alg":"none"}`)) + "." +
-		enc.EncodeToString([]byte(fmt.Sprintf(`{"exp":%d}`, at.Unix()))) + ".SECRETsig"
-}
-
 // writeJSON answers a request with v as JSON: for a hook, or a server of a
 // test's own.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// newTestClient returns a client with FakeAPIKey and FakeCompanyGUID that
+// retries after 1ms to 5ms, so that tests stay fast, closed when the test
+// ends. opts come last and win: WithBaseURL for a server on a socket,
+// WithHTTPClient for a transport of the test's own. Only a test of building
+// a client, or one that needs another key, calls NewClient itself.
+func newTestClient(tb testing.TB, opts ...Option) *Client {
+	tb.Helper()
+	all := append([]Option{WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithCompanyGUID(FakeCompanyGUID)}, opts...)
+	c, err := NewClient(FakeAPIKey, all...)
+	if err != nil {
+		tb.Fatalf("NewClient() error = %v", err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// fakeTestClient returns an in-memory client of s, closed when the test ends.
+func fakeTestClient(tb testing.TB, s *FakeServer, opts ...Option) *Client {
+	tb.Helper()
+	c, err := s.NewClient(opts...)
+	if err != nil {
+		tb.Fatalf("NewClient() error = %v", err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// holdToken makes c hold a token pair of the fake's company, as if a token
+// request sent age ago on c's clock had been answered with it and
+// expiresIn, and returns the pair; nothing is sent. With a FakeServer's
+// grant the pair is one the server accepts.
+func holdToken(c *Client, access, refresh string, expiresIn int, age time.Duration) *tokenPair {
+	p := c.newPair(access, refresh, "Bearer", expiresIn, c.mono()-age, c.now().Add(-age))
+	p.companyID, p.companyName = FakeCompanyGUID, fakeCompanyName
+	c.pair.Store(p)
+	return p
+}
+
+// jwtExpiring returns an unsigned JWT whose exp claim is at.
+func jwtExpiring(at time.Time) string {
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString([]byte(`{"alg":"none"}`)) + "." +
+		enc.EncodeToString([]byte(fmt.Sprintf(`{"exp":%d}`, at.Unix()))) + ".SECRETsig"
 }
 
 // fakeClock is a settable clock; its times carry no monotonic reading.
@@ -205,6 +258,21 @@ func waitIdle(t *testing.T, c *Client) {
 	}
 }
 
+// settle waits for the goroutine count to come back to at most n, and fails
+// with the stacks if it does not within 30s: a bound against a hung test,
+// not a timing assertion.
+func settle(t *testing.T, n int) {
+	t.Helper()
+	for i := 0; i < 3000; i++ {
+		if runtime.NumGoroutine() <= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	buf := make([]byte, 1<<20)
+	t.Errorf("goroutines = %d; want <= %d\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+}
+
 // logBuffer is a concurrency-safe buffer for a slog handler.
 type logBuffer struct {
 	mu sync.Mutex
@@ -240,6 +308,7 @@ func (l *logBuffer) records(t *testing.T) []map[string]any {
 	return out
 }
 
+// newJSONLogger returns a logger writing every level as JSON lines to l.
 func newJSONLogger(l *logBuffer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
@@ -252,64 +321,194 @@ func noSecret(t *testing.T, what, s string) {
 	}
 }
 
-// ---- construction ----
+// secretRun returns a run of 8 bytes of one of secrets found in s, compared
+// without case, or "" when there is none. It never returns the run itself
+// to a failure message: callers only test it for "".
+func secretRun(s string, secrets ...string) string {
+	s = strings.ToLower(s)
+	for _, secret := range secrets {
+		secret = strings.ToLower(secret)
+		for i := 0; i+8 <= len(secret); i++ {
+			if strings.Contains(s, secret[i:i+8]) {
+				return secret[i : i+8]
+			}
+		}
+	}
+	return ""
+}
 
-func TestNewClient(t *testing.T) {
-	tests := []struct {
-		name    string
-		key     string
-		opts    []Option
-		wantErr string // substring; "" means success
-		is      error
-	}{
-		{name: "defaults", key: "k"},
-		{name: "empty key", key: "", wantErr: "missing API key", is: ErrMissingAPIKey},
-		{name: "https", key: "k", opts: []Option{WithBaseURL("https://api.example.com")}},
-		{name: "https with prefix", key: "k", opts: []Option{WithBaseURL("https://gw.example/apala/")}},
-		{name: "loopback v4", key: "k", opts: []Option{WithBaseURL("http://127.0.0.9:4000")}},
-		{name: "loopback v6", key: "k", opts: []Option{WithBaseURL("http://[::1]:4000")}},
-		{name: "localhost", key: "k", opts: []Option{WithBaseURL("http://LOCALHOST")}},
-		{name: "remote http", key: "k", opts: []Option{WithBaseURL("http://api.example.com")}, wantErr: "not loopback"},
-		{name: "remote http allowed", key: "k", opts: []Option{WithBaseURL("http://api.example.com"), WithInsecureHTTP()}},
-		{name: "relative", key: "k", opts: []Option{WithBaseURL("/api")}, wantErr: "absolute http"},
-		{name: "ftp", key: "k", opts: []Option{WithBaseURL("ftp://example.com")}, wantErr: "absolute http"},
-		{name: "no host", key: "k", opts: []Option{WithBaseURL("https://")}, wantErr: "no host"},
-		{name: "user info", key: "k", opts: []Option{WithBaseURL("https://bob:hunter2@example.com")}, wantErr: "user info"},
-		{name: "unparsable", key: "k", opts: []Option{WithBaseURL("https://bob:hunter2@exa mple.com/%zz")}, wantErr: "invalid base URL"},
-		{name: "query", key: "k", opts: []Option{WithBaseURL("https://example.com/?a=1")}, wantErr: "query"},
-		{name: "negative margin", key: "k", opts: []Option{WithRefreshMargin(-time.Second)}, wantErr: "WithRefreshMargin"},
-		{name: "negative retries", key: "k", opts: []Option{WithMaxRetries(-1)}, wantErr: "WithMaxRetries"},
-		{name: "zero backoff", key: "k", opts: []Option{WithRetryBackoff(0, time.Second)}, wantErr: "WithRetryBackoff"},
-		{name: "inverted backoff", key: "k", opts: []Option{WithRetryBackoff(time.Second, time.Millisecond)}, wantErr: "WithRetryBackoff"},
-		{name: "negative timeout", key: "k", opts: []Option{WithTimeout(-1)}, wantErr: "WithTimeout"},
-		{name: "bad company", key: "k", opts: []Option{WithCompanyGUID("acme")}, wantErr: "CompanyGUID"},
-		{name: "zero option", key: "k", opts: []Option{{}}},
+// ctxKey is a context key of the tests.
+type ctxKey struct{}
+
+// sameJSON fails the test unless got and want hold the same JSON value. API
+// bodies carry no secret, so both may be printed.
+func sameJSON(t *testing.T, what string, got []byte, want string) {
+	t.Helper()
+	var g, w any
+	if err := json.Unmarshal(got, &g); err != nil {
+		t.Fatalf("%s: body is not JSON: %v", what, err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, err := NewClient(tt.key, tt.opts...)
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("NewClient() error = %v; want nil", err)
-				}
-				c.Close()
-				return
-			}
-			if err == nil {
-				c.Close()
-				t.Fatalf("NewClient() error = nil; want %q", tt.wantErr)
-			}
-			if !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), "apala: ") {
-				t.Errorf("NewClient() error = %q; want it to contain %q", err, tt.wantErr)
-			}
-			if strings.Contains(err.Error(), "hunter2") {
-				t.Errorf("NewClient() error shows the URL's password")
-			}
-			if tt.is != nil && !errors.Is(err, tt.is) {
-				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
-			}
-		})
+	if err := json.Unmarshal([]byte(want), &w); err != nil {
+		t.Fatalf("%s: golden is not JSON: %v", what, err)
 	}
+	if !reflect.DeepEqual(g, w) {
+		t.Errorf("%s body =\n%s\nwant\n%s", what, got, want)
+	}
+}
+
+// fakeTestPost sends one request straight to s.ServeHTTP. header entries
+// with an empty value are left out (Content-Type defaults to JSON).
+func fakeTestPost(s *FakeServer, method, path, body string, header map[string]string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		if v == "" {
+			r.Header.Del(k)
+		} else {
+			r.Header.Set(k, v)
+		}
+	}
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	return w
+}
+
+// fakeTestShow returns a body fit for a failure message: withheld when it
+// holds a secret.
+func fakeTestShow(body string) string {
+	if strings.Contains(body, secretMarker) {
+		return "(body withheld: it holds a secret)"
+	}
+	return body
+}
+
+// fakeTestError returns the "error" text of a JSON error body.
+func fakeTestError(t *testing.T, body []byte) string {
+	t.Helper()
+	var v struct {
+		Error *string `json:"error"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil || v.Error == nil {
+		t.Fatalf("error body %s is not {\"error\": ...}", fakeTestShow(string(body)))
+	}
+	return *v.Error
+}
+
+// fakeTestRequest returns the valid request FakeServer's own tests send,
+// metadata included, whose answers they check.
+func fakeTestRequest() MessageRequest {
+	t0 := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
+	repeat, state := 1, 5
+	return MessageRequest{
+		CustomerID: customerID,
+		Messages: []Message{
+			{Content: "Hi, is my loan approved?", Channel: ChannelSMS, MessageID: "m-1", SendTimestamp: t0, ReplyOrNot: true},
+			{Content: "We are reviewing your application.", Channel: ChannelSMS, MessageID: "m-2", SendTimestamp: t0.Add(time.Minute)},
+		},
+		Candidate: Message{Content: "Your payment is due on Friday.", Channel: ChannelSMS, MessageID: "m-3", SendTimestamp: t0.Add(time.Hour)},
+		ZipCode:   "94107",
+		Metadata:  &CustomerMetadata{IsRepeatBorrower: &repeat, StateID: &state, CreditScoreBin: CreditScore650To700, AgeBin: Age25To30},
+	}
+}
+
+// cannedTransport answers every request in memory with one fixed response
+// (status 0 means 200), so that a benchmark through it measures the client
+// alone and a fuzz target runs without a network.
+type cannedTransport struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// jsonHeader is the header of a cannedTransport's JSON answer.
+var jsonHeader = http.Header{"Content-Type": {"application/json"}}
+
+func (t *cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		_, _ = io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+	}
+	status := t.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	return &http.Response{
+		StatusCode: status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        t.header.Clone(), // a new one per answer, as from a real transport
+		Body:          io.NopCloser(bytes.NewReader(t.body)),
+		ContentLength: int64(len(t.body)), Request: r,
+	}, nil
+}
+
+// countingTransport counts attempts per path, response bodies not yet
+// closed and the bytes read from them. Requests for a path in refuse go to
+// an address where nothing listens, for a real "connection refused".
+type countingTransport struct {
+	base   http.RoundTripper
+	dead   string // host:port with no listener
+	refuse string // path whose requests are refused
+
+	mu       sync.Mutex
+	attempts map[string]int
+	open     atomic.Int64
+	read     atomic.Int64
+}
+
+var _ http.RoundTripper = (*countingTransport)(nil)
+
+func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	t.mu.Lock()
+	t.attempts[r.URL.Path]++
+	t.mu.Unlock()
+	if r.URL.Path == t.refuse {
+		r = r.Clone(r.Context())
+		r.URL.Host, r.Host = t.dead, ""
+	}
+	resp, err := t.base.RoundTrip(r)
+	if err != nil {
+		return nil, err
+	}
+	t.open.Add(1)
+	resp.Body = &countedBody{ReadCloser: resp.Body, open: &t.open, read: &t.read}
+	return resp, nil
+}
+
+// count reports the attempts made on path.
+func (t *countingTransport) count(path string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.attempts[path]
+}
+
+// countedBody is a response body of countingTransport's.
+type countedBody struct {
+	io.ReadCloser
+	once sync.Once
+	open *atomic.Int64
+	read *atomic.Int64
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read.Add(int64(n))
+	return n, err
+}
+
+func (b *countedBody) Close() error {
+	b.once.Do(func() { b.open.Add(-1) })
+	return b.ReadCloser.Close()
+}
+
+// deadAddr returns an address where nothing listens.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }
 
 // loopbackOracle is the tests' own judge of a loopback host, kept apart from
@@ -368,6 +567,248 @@ func loopbackOracle(host string) bool {
 		return ip[12] == 0 && ip[13] == 0 && ip[14] == 0 && ip[15] == 1
 	}
 	return false
+}
+
+// visibleASCII is the fuzz targets' own test of a token that can travel in
+// an Authorization header: not empty, every byte printable ASCII other than
+// a space. It is written apart from validToken, the check under test.
+func visibleASCII(s string) bool {
+	for _, r := range []byte(s) {
+		if r < '!' || r > '~' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// checkHeld fails unless the token the client holds is well formed.
+func checkHeld(t *testing.T, c *Client) {
+	t.Helper()
+	tok := c.Token()
+	if !visibleASCII(tok.AccessToken) {
+		t.Fatalf("success with an invalid access token stored")
+	}
+	if p := c.pair.Load(); p.bearer[0] != "Bearer "+p.access || p.staleAt > p.invalidAt {
+		t.Fatalf("inconsistent token pair: stale after invalid, or a wrong header")
+	}
+}
+
+// memStore is a TokenStore in memory that counts its use, and can fail.
+type memStore struct {
+	mu           sync.Mutex
+	tok          *StoredToken
+	loads, saves int
+	err          error
+}
+
+func (m *memStore) Load(context.Context) (*StoredToken, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.loads++
+	if m.tok == nil {
+		return nil, m.err
+	}
+	t := *m.tok
+	return &t, m.err
+}
+
+func (m *memStore) Save(_ context.Context, t *StoredToken) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.saves++
+	if m.err != nil {
+		return m.err
+	}
+	c := *t
+	m.tok = &c
+	return nil
+}
+
+// storeChild is the environment of a child process of the cross-process
+// tests: it runs TestStoreChild.
+const storeChild = "APALA_STORE_CHILD"
+
+// startChildren starts n child processes in mode and returns their stdin
+// and a channel that yields one line per child and event.
+func startChildren(t *testing.T, n int, mode, url, path, run string) ([]*exec.Cmd, []io.WriteCloser, chan string) {
+	t.Helper()
+	lines := make(chan string, 4*n)
+	var cmds []*exec.Cmd
+	var ins []io.WriteCloser
+	for i := 0; i < n; i++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestStoreChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), storeChild+"="+mode, "APALA_STORE_PATH="+path, "APALA_STORE_URL="+url, "APALA_STORE_RUN="+run)
+		in, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "child: ") {
+					lines <- strings.TrimPrefix(sc.Text(), "child: ")
+				}
+			}
+			if err := cmd.Wait(); err != nil {
+				lines <- "exit: " + err.Error() + ": " + stderr.String()
+			}
+		}()
+		cmds, ins = append(cmds, cmd), append(ins, in)
+		t.Cleanup(func() { _ = cmd.Process.Kill() })
+	}
+	return cmds, ins, lines
+}
+
+// expect reads one line per child and fails unless each is want.
+func expect(t *testing.T, lines chan string, n int, want string) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if got := <-lines; got != want {
+			t.Fatalf("a child said %q; want %q", got, want)
+		}
+	}
+}
+
+// benchTokenReads measures AccessToken from one goroutine, then from
+// GOMAXPROCS goroutines at once.
+func benchTokenReads(b *testing.B, c *Client) {
+	ctx := context.Background()
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := c.AccessToken(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := c.AccessToken(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+// benchReply is a feedback answer, for the benchmarks of a round trip; they
+// send a benchFeedback and decode a benchStored, so that Do and the
+// hand-written baseline it is compared with do the same work.
+var benchReply = []byte(`{"id":"fb-0001","message_id":"m1","customer_responded":true,"score":"good","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T10:30:00.123456"}`)
+
+// benchFeedback is a feedback request body of the benchmarks.
+type benchFeedback struct {
+	MessageID         string `json:"message_id"`
+	CustomerResponded bool   `json:"customer_responded"`
+	Score             string `json:"score"`
+}
+
+// benchStored is benchReply decoded.
+type benchStored struct {
+	ID                string   `json:"id"`
+	MessageID         string   `json:"message_id"`
+	CustomerResponded bool     `json:"customer_responded"`
+	Score             string   `json:"score"`
+	ActualSentMessage *string  `json:"actual_sent_message"`
+	PositiveRewards   []string `json:"positive_rewards"`
+	SendTimestamp     *string  `json:"send_timestamp"`
+	ReplyTimestamp    *string  `json:"reply_timestamp"`
+	InsertedAt        string   `json:"inserted_at"`
+}
+
+// handPost is the baselines' hand-written round trip: the request Do puts
+// on the wire (the same headers, a random Idempotency-Key, a per-request
+// timeout), written with net/http and encoding/json alone.
+func handPost(b *testing.B, hc *http.Client, url string, body []byte, out any) {
+	var key [16]byte
+	_, _ = rand.Read(key[:])
+	rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, "POST", url, bytes.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", userAgent)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer a.b.c")
+	req.Header.Set("Idempotency-Key", hex.EncodeToString(key[:]))
+	resp, err := hc.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(out)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		b.Fatal(err, resp.StatusCode)
+	}
+}
+
+// ---- the client and its options ----
+
+func TestNewClient(t *testing.T) {
+	tests := []struct {
+		name    string
+		key     string
+		opts    []Option
+		wantErr string // substring; "" means success
+		is      error
+	}{
+		{name: "defaults", key: "k"},
+		{name: "empty key", key: "", wantErr: "missing API key", is: ErrMissingAPIKey},
+		{name: "https", key: "k", opts: []Option{WithBaseURL("https://api.example.com")}},
+		{name: "https with prefix", key: "k", opts: []Option{WithBaseURL("https://gw.example/apala/")}},
+		{name: "loopback v4", key: "k", opts: []Option{WithBaseURL("http://127.0.0.9:4000")}},
+		{name: "loopback v6", key: "k", opts: []Option{WithBaseURL("http://[::1]:4000")}},
+		{name: "localhost", key: "k", opts: []Option{WithBaseURL("http://LOCALHOST")}},
+		{name: "remote http", key: "k", opts: []Option{WithBaseURL("http://api.example.com")}, wantErr: "not loopback"},
+		{name: "remote http allowed", key: "k", opts: []Option{WithBaseURL("http://api.example.com"), WithInsecureHTTP()}},
+		{name: "relative", key: "k", opts: []Option{WithBaseURL("/api")}, wantErr: "absolute http"},
+		{name: "ftp", key: "k", opts: []Option{WithBaseURL("ftp://example.com")}, wantErr: "absolute http"},
+		{name: "no host", key: "k", opts: []Option{WithBaseURL("https://")}, wantErr: "no host"},
+		{name: "user info", key: "k", opts: []Option{WithBaseURL("https://bob:hunter2@example.com")}, wantErr: "user info"},
+		{name: "unparsable", key: "k", opts: []Option{WithBaseURL("https://bob:hunter2@exa mple.com/%zz")}, wantErr: "invalid base URL"},
+		{name: "query", key: "k", opts: []Option{WithBaseURL("https://example.com/?a=1")}, wantErr: "query"},
+		{name: "negative margin", key: "k", opts: []Option{WithRefreshMargin(-time.Second)}, wantErr: "WithRefreshMargin"},
+		{name: "negative retries", key: "k", opts: []Option{WithMaxRetries(-1)}, wantErr: "WithMaxRetries"},
+		{name: "zero backoff", key: "k", opts: []Option{WithRetryBackoff(0, time.Second)}, wantErr: "WithRetryBackoff"},
+		{name: "inverted backoff", key: "k", opts: []Option{WithRetryBackoff(time.Second, time.Millisecond)}, wantErr: "WithRetryBackoff"},
+		{name: "negative timeout", key: "k", opts: []Option{WithTimeout(-1)}, wantErr: "WithTimeout"},
+		{name: "bad company", key: "k", opts: []Option{WithCompanyGUID("acme")}, wantErr: "CompanyGUID"},
+		{name: "zero option", key: "k", opts: []Option{{}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := NewClient(tt.key, tt.opts...)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("NewClient() error = %v; want nil", err)
+				}
+				c.Close()
+				return
+			}
+			if err == nil {
+				c.Close()
+				t.Fatalf("NewClient() error = nil; want %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), "apala: ") {
+				t.Errorf("NewClient() error = %q; want it to contain %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("NewClient() error shows the URL's password")
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
+			}
+		})
+	}
 }
 
 // TestBaseURLLoopback: http:// without WithInsecureHTTP is accepted for a
@@ -520,633 +961,440 @@ func TestBaseURLPrefixKept(t *testing.T) {
 	}
 }
 
-// ---- authentication ----
-
-func TestAuthenticate(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t)
-	sentAt := clk.Now()
-	// The answer arrives 5s after the request left: expiry counts from the send.
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		clk.Advance(5 * time.Second)
-		return false
-	})
-	ar, err := c.Authenticate(ctx)
-	if err != nil {
-		t.Fatalf("Authenticate() error = %v", err)
-	}
-	if got, want := string(s.lastBody(pathToken)), `{"api_key":"`+FakeAPIKey+`"}`; got != want {
-		t.Errorf("token request body differs from {\"api_key\": <key>} (body withheld)")
-	}
-	if h := s.lastHeader(pathToken); h.Get("Authorization") != "" || h.Get("Content-Type") != "application/json" {
-		t.Errorf("token request: Authorization set = %v, Content-Type = %q; want none, application/json", h.Get("Authorization") != "", h.Get("Content-Type"))
-	}
-	if ar.CompanyName != fakeCompanyName || ar.CompanyID != FakeCompanyGUID || ar.ExpiresIn != 3600 || ar.TokenType != "Bearer" {
-		t.Errorf("Authenticate() = %v; want company %q, 3600s, Bearer", ar, fakeCompanyName)
-	}
-	if ar.AccessToken == "" || ar.RefreshToken == "" {
-		t.Errorf("Authenticate() returned empty tokens")
-	}
-	tok := c.Token()
-	if tok.AccessToken != ar.AccessToken {
-		t.Errorf("Token().AccessToken differs from the one authenticated")
-	}
-	if want := sentAt.Add(time.Hour); !tok.ExpiresAt.Equal(want) {
-		t.Errorf("Token().ExpiresAt = %v; want %v (send time + expires_in)", tok.ExpiresAt, want)
-	}
-	if !tok.Valid() || tok.CompanyName != fakeCompanyName || tok.TokenType != "Bearer" {
-		t.Errorf("Token() = %v; want valid, company %q", tok, fakeCompanyName)
-	}
-	clk.Advance(time.Hour)
-	if tok.Valid() {
-		t.Errorf("Token().Valid() = true after ExpiresAt")
-	}
-	if (Token{}).Valid() {
-		t.Errorf("Token{}.Valid() = true; want false")
-	}
-	if (Token{AccessToken: "x"}).Valid() != true {
-		t.Errorf("Token with unknown expiry: Valid() = false; want true")
-	}
-}
-
-func TestAuthenticateErrors(t *testing.T) {
-	ctx := context.Background()
-	tests := []struct {
-		name    string
-		status  int
-		body    string
-		is      error
-		wantMsg string // in the error
-	}{
-		{"invalid key", 401, `{"error":"invalid API key"}`, ErrUnauthorized, "invalid API key"},
-		{"no permission", 403, `{"message":"key lacks permissions"}`, ErrForbidden, "key lacks permissions"},
-		{"server", 500, `{"errors":{"detail":"Internal Server Error"}}`, ErrServer, "Internal Server Error"},
-		{"html page", 502, `<html><body>Bad gateway ` + secretMarker + `</body></html>`, ErrServer, "text/html"},
-		{"no access token", 200, `{"refresh_token":"r","expires_in":3600}`, nil, "no valid access_token"},
-		{"empty access token", 200, `{"access_token":"","expires_in":3600}`, nil, "no valid access_token"},
-		{"header injection", 200, `{"access_token":"a\r\nX-Evil: 1","expires_in":3600}`, nil, "no valid access_token"},
-		{"malformed", 200, `{"access_token":`, nil, "malformed JSON"},
-		{"wrong type", 200, `{"access_token":"a","expires_in":"soon"}`, nil, "malformed JSON"},
-		{"empty body", 200, ``, nil, "empty body"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s, c := setup(t, WithMaxRetries(0))
-			s.script(pathToken, tt.status, tt.body, nil)
-			ar, err := c.Authenticate(ctx)
-			if err == nil || ar != nil {
-				t.Fatalf("Authenticate() = %v, %v; want an error", ar, err)
-			}
-			if tt.is != nil && !errors.Is(err, tt.is) {
-				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
-			}
-			if !strings.Contains(err.Error(), tt.wantMsg) || !strings.HasPrefix(err.Error(), "apala: ") {
-				t.Errorf("Authenticate() error = %q; want it to contain %q", err, tt.wantMsg)
-			}
-			noSecret(t, "error", err.Error())
-			if tok := c.Token(); tok.AccessToken != "" {
-				t.Errorf("a token was stored from a bad answer")
-			}
-		})
-	}
-}
-
-func TestRefreshAccessToken(t *testing.T) {
+// TestOptionScope: an option given where it does not apply, or with a bad
+// argument, is a *ValidationError naming it, and nothing is sent.
+func TestOptionScope(t *testing.T) {
 	ctx := context.Background()
 	s, c := setup(t)
-	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrNotAuthenticated) {
-		t.Errorf("RefreshAccessToken() before auth: error = %v; want ErrNotAuthenticated", err)
+	c.pair.Store(nil)
+	clientOnly := map[string]Option{
+		"WithBaseURL": WithBaseURL("https://x.example"), "WithHTTPClient": WithHTTPClient(nil), "WithLogger": WithLogger(nil),
+		"WithRefreshMargin": WithRefreshMargin(time.Second), "WithCompanyGUID": WithCompanyGUID(FakeCompanyGUID),
+		"WithInsecureHTTP": WithInsecureHTTP(), "WithHooks": WithHooks(Hooks{}),
+		"WithAPIKeyFunc": WithAPIKeyFunc(func(context.Context) (string, error) { return "k", nil }),
 	}
-	if n := s.Requests(pathRefresh) + s.Requests(pathToken); n != 0 {
-		t.Errorf("requests sent with no refresh token = %d; want 0", n)
+	bad := map[string]Option{
+		"WithHeader":         WithHeader("Authorization", "Bearer x"),
+		"WithIdempotencyKey": WithIdempotencyKey(""),
+		"WithResponseInfo":   WithResponseInfo(nil),
+		"WithMaxRetries":     WithMaxRetries(-1),
+		"WithTimeout":        WithTimeout(-time.Second),
+		"WithRetryBackoff":   WithRetryBackoff(time.Second, time.Millisecond),
 	}
-	ar, err := c.Authenticate(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rr, err := c.RefreshAccessToken(ctx)
-	if err != nil {
-		t.Fatalf("RefreshAccessToken() error = %v", err)
-	}
-	if rr.AccessToken == "" || rr.AccessToken == ar.AccessToken || rr.ExpiresIn != 3600 {
-		t.Errorf("RefreshAccessToken() gave no new token, or ExpiresIn = %d; want 3600", rr.ExpiresIn)
-	}
-	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+ar.RefreshToken+`"}`; got != want {
-		t.Errorf("refresh request body differs from {\"refresh_token\": <token>} (body withheld)")
-	}
-	if s.lastHeader(pathRefresh).Get("Authorization") != "" {
-		t.Errorf("refresh request carries an Authorization header")
-	}
-	if c.Token().AccessToken != rr.AccessToken || c.Token().CompanyName != fakeCompanyName {
-		t.Errorf("Token() after refresh is not the refreshed one, or lost the company")
-	}
-	// The old refresh token is kept: a second refresh uses it again.
-	if _, err := c.RefreshAccessToken(ctx); err != nil {
-		t.Fatalf("second RefreshAccessToken() error = %v", err)
-	}
-	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+ar.RefreshToken+`"}`; got != want {
-		t.Errorf("second refresh did not reuse the original refresh token")
-	}
-
-	// Rotation: a returned refresh token replaces the old one.
-	s.setKnobs(func() { s.rotate = true })
-	if _, err := c.RefreshAccessToken(ctx); err != nil {
-		t.Fatal(err)
-	}
-	rotated := c.pair.Load().refresh
-	if rotated == ar.RefreshToken {
-		t.Fatalf("rotated refresh token not adopted")
-	}
-	if _, err := c.RefreshAccessToken(ctx); err != nil {
-		t.Fatalf("refresh with the rotated token: %v", err)
-	}
-
-	// Refused: the explicit call returns the error and does not fall back.
-	s.Fail(pathRefresh, 401, "refresh token expired")
-	before := s.Requests(pathToken)
-	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
-		t.Errorf("refused RefreshAccessToken() error = %v; want ErrUnauthorized", err)
-	}
-	if s.Requests(pathToken) != before {
-		t.Errorf("explicit refresh fell back to the API key")
-	}
-}
-
-func TestNewPairDeadlines(t *testing.T) {
-	base := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
-	const never = time.Duration(1<<63 - 1)
-	const tenYears = 10 * 365 * 24 * time.Hour // the cap on a lifetime, literal
-	tests := []struct {
-		name          string
-		margin        time.Duration
-		access        string
-		expiresIn     int
-		sent          time.Duration
-		wantStale     time.Duration
-		wantInvalid   time.Duration
-		wantExpiresAt time.Time
-	}{
-		{"hour", DefaultRefreshMargin, "a", 3600, 0, 3540 * time.Second, 3590 * time.Second, base.Add(time.Hour)},
-		{"sent later", DefaultRefreshMargin, "a", 3600, 7 * time.Second, 3547 * time.Second, 3597 * time.Second, base.Add(time.Hour)},
-		{"two minutes", DefaultRefreshMargin, "a", 120, 0, 60 * time.Second, 110 * time.Second, base.Add(2 * time.Minute)},
-		{"margin capped at half", DefaultRefreshMargin, "a", 60, 0, 30 * time.Second, 60*time.Second - 7500*time.Millisecond, base.Add(time.Minute)},
-		{"short", DefaultRefreshMargin, "a", 2, 0, time.Second, 1750 * time.Millisecond, base.Add(2 * time.Second)},
-		{"zero margin", 0, "a", 3600, 0, time.Hour, time.Hour, base.Add(time.Hour)},
-		{"jwt exp", DefaultRefreshMargin, jwtExpiring(base.Add(30 * time.Minute)), 0, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
-		{"jwt exp, negative expires_in", DefaultRefreshMargin, jwtExpiring(base.Add(30 * time.Minute)), -5, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
-		{"jwt already expired", DefaultRefreshMargin, jwtExpiring(base.Add(-time.Minute)), 0, 0, never, never, time.Time{}},
-		{"opaque token", DefaultRefreshMargin, "opaque", 0, 0, never, never, time.Time{}},
-		{"absurd expires_in", DefaultRefreshMargin, "a", 1 << 62, 0, tenYears - time.Minute, tenYears - 10*time.Second, base.Add(tenYears)},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := &Client{cfg: config{margin: tt.margin}}
-			p := c.newPair(tt.access, "r", "", tt.expiresIn, tt.sent, base)
-			if p.staleAt != tt.wantStale || p.invalidAt != tt.wantInvalid {
-				t.Errorf("staleAt, invalidAt = %v, %v; want %v, %v", p.staleAt, p.invalidAt, tt.wantStale, tt.wantInvalid)
-			}
-			if !p.expiresAt.Equal(tt.wantExpiresAt) {
-				t.Errorf("expiresAt = %v; want %v", p.expiresAt, tt.wantExpiresAt)
-			}
-			if p.tokenType != "Bearer" || p.bearer[0] != "Bearer "+tt.access {
-				t.Errorf("token type or bearer header not built")
-			}
-		})
-	}
-}
-
-// ---- the lifecycle ----
-
-func TestLifecycle(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t)
-
-	first, err := c.AccessToken(ctx)
-	if err != nil {
-		t.Fatalf("AccessToken() error = %v", err)
-	}
-	if s.Requests(pathToken) != 1 {
-		t.Fatalf("token requests = %d; want 1 (lazy authentication)", s.Requests(pathToken))
-	}
-
-	// Fresh, a second before the margin: no request, none started (a
-	// refresh just started may not have reached the server yet: the flight
-	// is what tells). At 59m exactly the token is already stale.
-	clk.Advance(59*time.Minute - time.Second)
-	if tok, _ := c.AccessToken(ctx); tok != first || c.flight.Load() != nil || s.Requests(pathRefresh) != 0 {
-		t.Fatalf("fresh token: a new token or a refresh started")
-	}
-
-	// Stale: the same token at once, one refresh in the background.
-	release := s.hold(t, pathRefresh)
-	clk.Advance(31 * time.Second) // 59m30s: inside the 60s margin, before the 10s leeway
-	for i := 0; i < 10; i++ {
-		if tok, err := c.AccessToken(ctx); err != nil || tok != first {
-			t.Fatalf("stale token: AccessToken() did not return the held token at once (err %v)", err)
-		}
-	}
-	release()
-	waitIdle(t, c)
-	if n := s.Requests(pathRefresh); n != 1 {
-		t.Errorf("background refreshes = %d; want 1", n)
-	}
-	second, _ := c.AccessToken(ctx)
-	if second == first {
-		t.Fatalf("token not replaced by the background refresh")
-	}
-	if want := clk.Now().Add(time.Hour); !c.Token().ExpiresAt.Equal(want) {
-		t.Errorf("ExpiresAt after refresh = %v; want %v", c.Token().ExpiresAt, want)
-	}
-
-	// Invalid: past expiry - leeway, callers wait for a new token.
-	s.setHook(nil)
-	clk.Advance(time.Hour - 5*time.Second)
-	third, err := c.AccessToken(ctx)
-	if err != nil || third == second {
-		t.Fatalf("expired token: AccessToken() = same token or error %v", err)
-	}
-	if n := s.Requests(pathRefresh); n != 2 {
-		t.Errorf("refreshes = %d; want 2", n)
-	}
-	if n := s.Requests(pathToken); n != 1 {
-		t.Errorf("API-key exchanges = %d; want 1", n)
-	}
-}
-
-func TestUnknownExpiryUsedUntilRejected(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t)
-	s.setKnobs(func() { s.noExpiry = true })
-	// Without expires_in the fake's JWT exp (real time + 1h) is read.
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if c.Token().ExpiresAt.IsZero() {
-		t.Errorf("ExpiresAt is zero; want the JWT's exp")
-	}
-
-	// An opaque token with no expires_in is used until the server rejects it.
-	s.script(pathToken, 200, `{"access_token":"opaque-`+secretMarker+`","refresh_token":"r-`+secretMarker+`"}`, nil)
-	if _, err := c.Authenticate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	clk.Advance(1000 * time.Hour)
-	if tok := c.Token(); !tok.ExpiresAt.IsZero() || !tok.Valid() {
-		t.Errorf("opaque token: ExpiresAt = %v, Valid() = %v; want zero, true", tok.ExpiresAt, tok.Valid())
-	}
-	before := s.Requests(pathToken) + s.Requests(pathRefresh)
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if s.Requests(pathToken)+s.Requests(pathRefresh) != before {
-		t.Errorf("a token of unknown expiry was refreshed without a rejection")
-	}
-}
-
-func TestRefreshRefusedFallsBackToAPIKey(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	for _, status := range []int{400, 401, 403} {
-		t.Run(fmt.Sprint(status), func(t *testing.T) {
-			var logs logBuffer
-			s, c := setup(t, WithLogger(newJSONLogger(&logs)))
-			if _, err := c.AccessToken(ctx); err != nil {
-				t.Fatal(err)
-			}
-			s.Fail(pathRefresh, status, "refresh refused")
-			clk.Advance(2 * time.Hour)
-			if _, err := c.AccessToken(ctx); err != nil {
-				t.Fatalf("AccessToken() after refused refresh: %v", err)
-			}
-			if s.Requests(pathRefresh) != 1 || s.Requests(pathToken) != 2 {
-				t.Errorf("refresh, token requests = %d, %d; want 1, 2", s.Requests(pathRefresh), s.Requests(pathToken))
-			}
-			if !strings.Contains(logs.String(), `"level":"WARN","msg":"apala: refresh refused; exchanging the API key"`) {
-				t.Errorf("no Warn record for the fall-back")
-			}
-		})
-	}
-}
-
-// TestOneFlightShared: 1,000 goroutines needing a token at once, with none
-// held or with an expired one, cause exactly one token request and all share
-// its result, its error included.
-func TestOneFlightShared(t *testing.T) {
-	ctx := context.Background()
-	tests := []struct {
-		name    string
-		expired bool // hold an expired token first: the flight is a refresh
-		fail    bool // the token request fails
-	}{
-		{"no token", false, false},
-		{"expired token", true, false},
-		{"no token, request fails", false, true},
-		{"expired token, request fails", true, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			clk := useFakeClock(t)
-			s, c := setup(t, WithMaxRetries(0))
-			path := pathToken
-			if tt.expired {
-				if _, err := c.Authenticate(ctx); err != nil {
-					t.Fatal(err)
-				}
-				clk.Advance(2 * time.Hour)
-				path = pathRefresh
-			}
-			release := s.hold(t, path)
-			if tt.fail {
-				s.Fail(path, 503, "down") // given once the request is released
-			}
-			before := s.Requests(path)
-			const n = 1000
-			var wg sync.WaitGroup
-			toks := make([]string, n)
-			errs := make([]error, n)
-			for i := 0; i < n; i++ {
-				wg.Add(1)
-				go func(i int) {
-					defer wg.Done()
-					toks[i], errs[i] = c.AccessToken(ctx)
-				}(i)
-			}
-			for s.Requests(path) == before {
-				time.Sleep(time.Millisecond)
-			}
-			release()
-			wg.Wait()
-			if got := s.Requests(path) - before; got != 1 {
-				t.Errorf("requests to %s = %d; want 1", path, got)
-			}
-			if tt.expired && s.Requests(pathToken) != 1 {
-				t.Errorf("API-key exchanges = %d; want only the first", s.Requests(pathToken))
-			}
-			var first *APIError
-			for i := range toks {
-				if tt.fail {
-					// The flight's own error, or the same one served from
-					// the cooldown to a caller that came after it ended.
-					var ae *APIError
-					if !errors.As(errs[i], &ae) || (first != nil && ae != first) || !errors.Is(errs[i], ErrServer) {
-						t.Fatalf("caller %d: error = %v; want the shared ErrServer", i, errs[i])
-					}
-					first = ae
-					continue
-				}
-				if errs[i] != nil || toks[i] != toks[0] {
-					t.Fatalf("caller %d: error %v or a different token", i, errs[i])
-				}
-			}
-		})
-	}
-}
-
-// TestStaleWindowNobodyWaits: 1,000 goroutines calling inside the stale
-// window all return the current token while the one background refresh is
-// held by the server: none waited on the network.
-func TestStaleWindowNobodyWaits(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t)
-	if _, err := c.Authenticate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	old := c.Token().AccessToken
-	s.hold(t, pathRefresh)
-	clk.Advance(time.Hour - 30*time.Second) // inside the 60s margin
-	const n = 1000
-	var wg sync.WaitGroup
-	var wrong atomic.Int32
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if tok, err := c.AccessToken(ctx); err != nil || tok != old {
-				wrong.Add(1)
-			}
-		}()
-	}
-	wg.Wait() // would hang if any caller waited for the held refresh
-	if wrong.Load() != 0 {
-		t.Errorf("%d callers got an error or another token; want the current one", wrong.Load())
-	}
-	for s.Requests(pathRefresh) == 0 { // the flight may not have reached the server yet
-		time.Sleep(time.Millisecond)
-	}
-	if got := s.Requests(pathRefresh); got != 1 {
-		t.Errorf("refresh requests = %d; want 1", got)
-	}
-}
-
-// TestTokenPathsTakeNoLock: with the client's mutex held elsewhere, a fresh
-// token, and a stale one while its refresh is in flight, are still handed
-// out: neither path touches the lock.
-func TestTokenPathsTakeNoLock(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t)
-	if _, err := c.Authenticate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	s.hold(t, pathRefresh)
-	get := func(what string) {
+	check := func(what, name string, err error) {
 		t.Helper()
-		c.mu.Lock()
-		done := make(chan error, 1)
-		go func() { _, err := c.AccessToken(ctx); done <- err }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s: %v", what, err)
-			}
-		case <-time.After(30 * time.Second): // a hang guard, not a timing assertion
-			t.Errorf("%s: AccessToken blocked on the client's lock", what)
+		var ve *ValidationError
+		if !errors.As(err, &ve) || ve.Field != name {
+			t.Errorf("%s with %s: error = %v; want a *ValidationError naming %s", what, name, err, name)
 		}
-		c.mu.Unlock()
 	}
-	get("fresh token")
-	clk.Advance(time.Hour - 30*time.Second)
-	if _, err := c.AccessToken(ctx); err != nil { // starts the refresh
-		t.Fatal(err)
+	for name, o := range clientOnly {
+		check("SubmitFeedback", name, func() error {
+			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, o)
+			return err
+		}())
+		check("Do", name, c.Do(ctx, "POST", "/api/feedback", nil, nil, o))
 	}
-	if c.flight.Load() == nil {
-		t.Fatal("no refresh in flight")
+	for name, o := range bad {
+		check("OptimizeMessage", name, func() error { _, err := c.OptimizeMessage(ctx, conversation(), o); return err }())
 	}
-	get("stale token, refresh in flight")
+	if n := s.totalRequests(); n != 0 {
+		t.Errorf("requests = %d; want 0", n)
+	}
+	for name, o := range map[string]Option{
+		"WithIdempotencyKey": WithIdempotencyKey("k"), "WithResponseInfo": WithResponseInfo(&ResponseInfo{}),
+		"WithHeader": WithHeader("Idempotency-Key", "x"),
+	} {
+		_, err := NewClient("k", o)
+		check("NewClient", name, err)
+	}
+	for _, h := range [][2]string{{"Content-Type", "x"}, {"content-length", "1"}, {"Host", "x"}, {"Connection", "close"},
+		{"Transfer-Encoding", "chunked"}, {"Upgrade", "h2c"}, {"X-Ok", "a\r\nX-Evil: 1"}, {"X-Ok", "nul\x00"}, {"Bad Name", "x"}, {"", "x"}} {
+		_, err := NewClient("k", WithHeader(h[0], h[1]))
+		check("NewClient", "WithHeader", err)
+	}
 }
 
-// TestMany401OneNewToken: 100 goroutines all answered 401 on the same token
-// cause one new token and one replay each.
-func TestMany401OneNewToken(t *testing.T) {
+// TestCallOptions: a call's retries, timeout, headers and idempotency key
+// are its own; the client's apply to the others, token requests included.
+func TestCallOptions(t *testing.T) {
 	ctx := context.Background()
-	s, c := setup(t)
-	if _, err := c.Authenticate(ctx); err != nil {
+	s, c := setup(t, WithHeader("X-Team", "lending"), WithHeader("User-Agent", "svc/2"))
+	fb := Feedback{MessageID: "m", Score: ScoreGood}
+	for i := 0; i < 3; i++ {
+		s.Fail("/api/feedback", 503, "busy")
+	}
+	var info ResponseInfo
+	if _, err := c.SubmitFeedback(ctx, fb, WithMaxRetries(0), WithResponseInfo(&info)); !errors.Is(err, ErrServer) || info.Attempts != 1 {
+		t.Fatalf("with WithMaxRetries(0): error %v after %d attempts; want ErrServer after 1", err, info.Attempts)
+	}
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 3 || info.StatusCode != 200 {
+		t.Fatalf("with the client's 2 retries: error %v after %d attempts, status %d; want success after 3", err, info.Attempts, info.StatusCode)
+	}
+	if h := s.lastHeader(pathToken); h.Get("X-Team") != "lending" || h.Get("User-Agent") != "svc/2" {
+		t.Errorf("token request headers = %v; want the client's X-Team and User-Agent", h)
+	}
+	if _, err := c.SubmitFeedback(ctx, fb, WithHeader("X-Team", "risk"), WithHeader("X-Call", "1"), WithIdempotencyKey("order-42")); err != nil {
 		t.Fatal(err)
 	}
-	const n = 100
-	var arrived sync.WaitGroup
-	arrived.Add(n)
-	var first sync.Once
-	old := c.Token().AccessToken
+	h := s.lastHeader("/api/feedback")
+	if h.Get("X-Team") != "risk" || h.Get("X-Call") != "1" || h.Get("Idempotency-Key") != "order-42" {
+		t.Errorf("call headers = %v; want X-Team risk, X-Call 1, Idempotency-Key order-42", h)
+	}
+	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
+		t.Fatal(err)
+	}
+	if h := s.lastHeader("/api/feedback"); h.Get("X-Team") != "lending" || h.Get("X-Call") != "" || h.Get("Idempotency-Key") == "order-42" {
+		t.Errorf("the next call's headers = %v; want the client's only and a new key", h)
+	}
+	// A call's idempotency key stays across its retries.
+	var keys []string
 	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path == "/api/feedback" && r.Header.Get("Authorization") == "Bearer "+old {
-			// Hold every call made with the old token until all n have
-			// arrived, then revoke it: each is answered 401.
-			arrived.Done()
-			arrived.Wait()
-			first.Do(s.RevokeTokens)
+		if r.URL.Path != "/api/feedback" {
+			return false
+		}
+		keys = append(keys, r.Header.Get("Idempotency-Key"))
+		if len(keys) < 3 {
+			writeJSON(w, 503, map[string]string{"error": "busy"})
+			return true
 		}
 		return false
 	})
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			_, errs[i] = c.SubmitFeedback(ctx, Feedback{MessageID: fmt.Sprint("m", i), Score: ScoreGood})
-		}(i)
+	if _, err := c.SubmitFeedback(ctx, fb, WithIdempotencyKey("order-43")); err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("caller %d: %v", i, err)
-		}
+	if fmt.Sprint(keys) != "[order-43 order-43 order-43]" {
+		t.Errorf("keys across retries = %v; want order-43 three times", keys)
 	}
-	// One new token, in one flight: RevokeTokens revoked the refresh token
-	// too, so its refresh is refused and it falls back to the API key.
-	if r, x := s.Requests(pathRefresh), s.Requests(pathToken); r != 1 || x != 2 {
-		t.Errorf("refresh, token requests = %d, %d; want 1, 2 (one flight: the refused refresh, then the API key)", r, x)
+	// A call's timeout is its own: a 1ns limit fails that call, not the next.
+	if err := c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil, WithTimeout(time.Nanosecond), WithMaxRetries(0)); !errors.Is(err, ErrConnection) {
+		t.Errorf("with a 1ns timeout: error = %v; want ErrConnection", err)
 	}
-	if got := s.Requests("/api/feedback"); got != 2*n {
-		t.Errorf("feedback requests = %d; want %d (each call: a 401, then one replay)", got, 2*n)
+	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
+		t.Errorf("the next call: %v", err)
 	}
 }
 
-// TestRevokedKeyUnderLoad: with the API key revoked, 16 goroutines calling
-// without pause for two simulated minutes cause no more token requests than
-// the cooldown schedule allows.
-func TestRevokedKeyUnderLoad(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t, WithMaxRetries(0))
-	s.setKnobs(func() { s.apiKey = "another key" })
-	const step = 250 * time.Millisecond
-	var (
-		elapsed  time.Duration
-		next     time.Duration // when the schedule allows the next request
-		cooldown = time.Second
-		want     int
-	)
-	for elapsed = step; elapsed <= 2*time.Minute; elapsed += step {
-		clk.Advance(step)
-		if elapsed >= next {
-			want++
-			next = elapsed + cooldown
-			cooldown = min(2*cooldown, 30*time.Second)
-		}
-		var wg sync.WaitGroup
-		for g := 0; g < 16; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < 4; i++ {
-					if _, err := c.AccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
-						t.Errorf("AccessToken() error = %v; want ErrUnauthorized", err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		if got := s.Requests(pathToken); got != want {
-			t.Fatalf("after %v: token requests = %d; want %d", elapsed, got, want)
-		}
-	}
-	if want > 10 {
-		t.Errorf("schedule allowed %d requests in 2 minutes; want at most 10", want)
-	}
-}
-
-func TestFlightDetachedFromCaller(t *testing.T) {
+// TestResponseInfo: filled on success and on error; Attempts counts the
+// call's own attempts, the 401 replay included, token requests not.
+func TestResponseInfo(t *testing.T) {
 	ctx := context.Background()
 	s, c := setup(t)
+	var info ResponseInfo
+	fb := Feedback{MessageID: "m", Score: ScoreGood}
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 1 || info.StatusCode != 200 || info.Header.Get("Content-Type") != "application/json; charset=utf-8" {
+		t.Fatalf("first call: %v, %+v; want 1 attempt, status 200, the answer's header", err, info)
+	}
+	s.RevokeTokens()
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 2 || info.StatusCode != 200 {
+		t.Fatalf("after a revocation: %v, %+v; want 2 attempts (the replay), status 200", err, info)
+	}
+	c.Close()
+	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); !errors.Is(err, ErrClosed) || info.Attempts != 0 || info.StatusCode != 0 || info.Header != nil {
+		t.Fatalf("after Close: %v, %+v; want ErrClosed and no answer", err, info)
+	}
+	if info.Duration < 0 {
+		t.Errorf("Duration = %v; want it measured", info.Duration)
+	}
+}
+
+// TestHooks: Attempt sees every attempt, token requests included, with the
+// wait before the next; Token sees each token request once, in the context
+// of the caller that started it, values kept and cancellation removed.
+func TestHooks(t *testing.T) {
+	ctx := context.Background()
+	var (
+		mu       sync.Mutex
+		attempts []AttemptInfo
+		tokens   []TokenInfo
+		values   []any
+	)
+	hooks := Hooks{
+		Attempt: func(ctx context.Context, a AttemptInfo) { mu.Lock(); attempts = append(attempts, a); mu.Unlock() },
+		Token: func(ctx context.Context, ti TokenInfo) {
+			mu.Lock()
+			tokens = append(tokens, ti)
+			values = append(values, ctx.Value(ctxKey{}))
+			mu.Unlock()
+		},
+	}
+	s, c := setup(t, WithHooks(hooks))
+	s.Fail("/api/feedback", 503, "busy")
+	traced := context.WithValue(ctx, ctxKey{}, "trace-1")
+	if _, err := c.SubmitFeedback(traced, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RefreshAccessToken(context.WithValue(ctx, ctxKey{}, "trace-2")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var got []string
+	for _, a := range attempts {
+		got = append(got, fmt.Sprintf("%s#%d:%d/wait=%v/err=%v", a.Path, a.Attempt, a.StatusCode, a.RetryIn > 0, a.Err != nil))
+	}
+	want := []string{pathToken + "#1:200/wait=false/err=false", "/api/feedback#1:503/wait=true/err=true",
+		"/api/feedback#2:200/wait=false/err=false", pathRefresh + "#1:200/wait=false/err=false"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("attempts = %v; want %v", got, want)
+	}
+	if len(tokens) != 2 || tokens[0].Refresh || !tokens[1].Refresh || tokens[0].Err != nil || !tokens[1].Token.Valid() {
+		t.Fatalf("token reports = %v; want an exchange and a refresh, both successful", tokens)
+	}
+	if fmt.Sprint(values) != "[trace-1 trace-2]" {
+		t.Errorf("context values seen by the Token hook = %v; want [trace-1 trace-2]", values)
+	}
+	noSecret(t, "TokenInfo", fmt.Sprintf("%v %+v", tokens, tokens))
+}
+
+// TestHookContextCancellation: the caller that started a flight may give
+// up; the flight and the other waiters go on, and the Token hook still sees
+// that caller's values.
+func TestHookContextCancellation(t *testing.T) {
+	ctx := context.Background()
+	seen := make(chan any, 1)
+	s, c := setup(t, WithHooks(Hooks{Token: func(ctx context.Context, ti TokenInfo) { seen <- ctx.Value(ctxKey{}) }}))
 	release := s.hold(t, pathToken)
-	cctx, cancel := context.WithCancel(ctx)
-	firstErr := make(chan error)
-	go func() {
-		_, err := c.AccessToken(cctx)
-		firstErr <- err
-	}()
+	first, cancel := context.WithCancel(context.WithValue(ctx, ctxKey{}, "starter"))
+	firstErr := make(chan error, 1)
+	go func() { _, err := c.AccessToken(first); firstErr <- err }()
 	for s.Requests(pathToken) == 0 {
 		time.Sleep(time.Millisecond)
 	}
-	second := make(chan error)
-	go func() {
-		_, err := c.AccessToken(ctx)
-		second <- err
-	}()
+	otherErr := make(chan error, 1)
+	go func() { _, err := c.AccessToken(ctx); otherErr <- err }()
 	cancel()
 	if err := <-firstErr; !errors.Is(err, context.Canceled) {
-		t.Errorf("cancelled caller: error = %v; want context.Canceled", err)
+		t.Errorf("the starter's error = %v; want context.Canceled", err)
 	}
 	release()
-	if err := <-second; err != nil {
-		t.Errorf("other caller: error = %v; want the shared token", err)
+	if err := <-otherErr; err != nil {
+		t.Errorf("the other waiter's error = %v; want nil", err)
 	}
-	if s.Requests(pathToken) != 1 {
-		t.Errorf("token requests = %d; want 1", s.Requests(pathToken))
+	if v := <-seen; v != "starter" {
+		t.Errorf("Token hook saw value %v; want the starter's", v)
+	}
+	if n := s.Requests(pathToken); n != 1 {
+		t.Errorf("token requests = %d; want 1", n)
 	}
 }
 
-func TestFailureCooldown(t *testing.T) {
+// TestHookMayCallClient: a hook that calls the client does not deadlock:
+// hooks run outside every lock.
+func TestHookMayCallClient(t *testing.T) {
+	ctx := context.Background()
+	var c *Client
+	var inHook atomic.Int32
+	_, c = setup(t, WithHooks(Hooks{Attempt: func(ctx context.Context, a AttemptInfo) {
+		if a.Path == "/api/feedback" {
+			if _, err := c.AccessToken(ctx); err == nil {
+				inHook.Add(1)
+			}
+			_ = c.Token()
+		}
+	}}))
+	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+		t.Fatal(err)
+	}
+	if inHook.Load() != 1 {
+		t.Errorf("AccessToken calls that succeeded in the hook = %d; want 1", inHook.Load())
+	}
+}
+
+func TestLogging(t *testing.T) {
+	ctx := context.Background()
+	var logs logBuffer
+	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+	s.Fail("/api/feedback", 502, "bad gateway")
+	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
+	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	type rec struct{ level, msg string }
+	var got []rec
+	for _, r := range logs.records(t) {
+		got = append(got, rec{r["level"].(string), r["msg"].(string)})
+		if r["msg"] == "apala: http attempt" {
+			for _, k := range []string{"method", "path", "status", "duration", "attempt"} {
+				if _, ok := r[k]; !ok {
+					t.Errorf("attempt record lacks %q", k)
+				}
+			}
+		}
+		if r["msg"] == "apala: authenticated" && (r["company_name"] != fakeCompanyName || r["expires_in"] != float64(time.Hour)) {
+			t.Errorf("authenticated record = %v; want company and expires_in", r)
+		}
+	}
+	want := []rec{
+		{"DEBUG", "apala: http attempt"}, {"INFO", "apala: authenticated"},
+		{"DEBUG", "apala: http attempt"}, {"WARN", "apala: retrying"}, {"DEBUG", "apala: http attempt"},
+		{"DEBUG", "apala: http attempt"}, {"INFO", "apala: token refreshed"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("records = %v; want %v", got, want)
+	}
+}
+
+func TestSilentByDefault(t *testing.T) {
+	ctx := context.Background()
+	var logs logBuffer
+	prev := slog.Default()
+	slog.SetDefault(newJSONLogger(&logs))
+	defer slog.SetDefault(prev)
+	s, c := setup(t)
+	s.Fail("/api/feedback", 503, "busy")
+	_ = c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil)
+	if logs.String() != "" {
+		t.Errorf("a client without WithLogger logged through slog.Default")
+	}
+}
+
+// nilCtx is a nil context the linters cannot see through.
+var nilCtx context.Context
+
+// TestNilContext: a nil context is an error from every method that takes
+// one, never a panic, and sends nothing.
+func TestNilContext(t *testing.T) {
+	s, c := setup(t)
+	calls := map[string]func() error{
+		"AccessToken":        func() error { _, err := c.AccessToken(nilCtx); return err },
+		"Authenticate":       func() error { _, err := c.Authenticate(nilCtx); return err },
+		"RefreshAccessToken": func() error { _, err := c.RefreshAccessToken(nilCtx); return err },
+		"Do":                 func() error { return c.Do(nilCtx, "POST", "/api/feedback", nil, nil) },
+		"ProcessMessage":     func() error { _, err := c.ProcessMessage(nilCtx, conversation()); return err },
+		"OptimizeMessage":    func() error { _, err := c.OptimizeMessage(nilCtx, conversation()); return err },
+		"SubmitFeedback": func() error {
+			_, err := c.SubmitFeedback(nilCtx, Feedback{MessageID: "m", Score: ScoreGood})
+			return err
+		},
+		"SubmitFeedbackBulk": func() error {
+			_, err := c.SubmitFeedbackBulk(nilCtx, []Feedback{{MessageID: "m", Score: ScoreGood}})
+			return err
+		},
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			if err := call(); !errors.Is(err, errNilContext) {
+				t.Errorf("%s(nil) error = %v; want %v", name, err, errNilContext)
+			}
+		})
+	}
+	if got := s.totalRequests(); got != 0 {
+		t.Errorf("requests = %d; want 0", got)
+	}
+}
+
+func TestClose(t *testing.T) {
 	ctx := context.Background()
 	clk := useFakeClock(t)
-	s, c := setup(t, WithMaxRetries(0))
-	s.setKnobs(func() { s.apiKey = "another key" }) // the client's key is revoked
-
-	want := []struct {
-		advance  time.Duration
-		requests int // token requests so far
-	}{
-		{0, 1},                       // first failure: cooldown 1s
-		{500 * time.Millisecond, 1},  // inside it: the last error, no request
-		{500 * time.Millisecond, 2},  // after 1s: a new attempt; cooldown 2s
-		{1900 * time.Millisecond, 2}, // inside 2s
-		{100 * time.Millisecond, 3},  // cooldown 4s
-		{4 * time.Second, 4},         // 8s
-		{8 * time.Second, 5},         // 16s
-		{16 * time.Second, 6},        // 30s (capped)
-		{29 * time.Second, 6},        // inside 30s
-		{1 * time.Second, 7},         // 30s again
-		{30 * time.Second, 8},
+	s, c := setup(t)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
 	}
-	for i, step := range want {
-		clk.Advance(step.advance)
-		_, err := c.AccessToken(ctx)
-		if !errors.Is(err, ErrUnauthorized) {
-			t.Fatalf("step %d: error = %v; want ErrUnauthorized", i, err)
+	started := make(chan struct{})
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == pathRefresh {
+			close(started)
+			<-r.Context().Done() // hangs until the client cancels
+			return true
 		}
-		if got := s.Requests(pathToken); got != step.requests {
-			t.Fatalf("step %d: token requests = %d; want %d", i, got, step.requests)
-		}
+		return false
+	})
+	clk.Advance(59*time.Minute + 30*time.Second) // stale: background refresh
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
 	}
-
-	// An explicit Authenticate ignores the cooldown, and success resets it.
-	s.setKnobs(func() { s.apiKey = FakeAPIKey })
-	if _, err := c.Authenticate(ctx); err != nil {
-		t.Fatalf("Authenticate() during cooldown: %v", err)
+	<-started
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close() = %v", err)
 	}
-	if c.cooldown != 0 || c.cooldownUntil.Load() != 0 {
-		t.Errorf("cooldown not reset by a success")
+	if c.flight.Load() != nil {
+		t.Errorf("Close() returned with a flight in progress")
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close() = %v", err)
+	}
+	if _, err := c.AccessToken(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("AccessToken() after Close: %v; want ErrClosed", err)
+	}
+	if _, err := c.Authenticate(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("Authenticate() after Close: %v; want ErrClosed", err)
+	}
+	if err := c.Do(ctx, "POST", "/api/feedback", nil, nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("Do() after Close: %v; want ErrClosed", err)
+	}
+	if _, err := c.HTTPClient().Get(s.URL + "/api/x"); !errors.Is(err, ErrClosed) {
+		t.Errorf("HTTPClient() after Close: %v; want ErrClosed", err)
+	}
+	if tok := c.Token(); tok.AccessToken != "" {
+		t.Errorf("Token() after Close still holds a token")
 	}
 }
 
-// ---- requests ----
+// ---- the round trip: retries, errors, scrubbing, hostile servers, HTTPClient ----
+
+func TestDoInput(t *testing.T) {
+	ctx := context.Background()
+	_, c := setup(t)
+	for _, p := range []string{"", "api", "//evil.example/x", "/a b", "/a\\b", "/a#b"} {
+		var ve *ValidationError
+		if err := c.Do(ctx, "GET", p, nil, nil); !errors.As(err, &ve) {
+			t.Errorf("Do(path %q) error = %v; want *ValidationError", p, err)
+		}
+	}
+	if err := c.Do(ctx, "POST", "/api/feedback", make(chan int), nil); err == nil || !strings.Contains(err.Error(), "encoding request") {
+		t.Errorf("Do(unmarshalable) error = %v; want an encoding error", err)
+	}
+	//lint:ignore SA1012 a nil context must be an error, not a panic
+	if err := c.Do(nil, "GET", "/x", nil, nil); err == nil { //nolint:staticcheck
+		t.Errorf("Do(nil ctx) error = nil")
+	}
+}
+
+// TestDoPathStaysUnderBase: a path with dot segments, escaped or not, is
+// refused before anything is sent.
+func TestDoPathStaysUnderBase(t *testing.T) {
+	ctx := context.Background()
+	s, c := setup(t)
+	for _, p := range []string{"/api/../admin", "/api/./x", "/..", "/api/%2e%2e/admin", "/api/%2E%2e", "/api/.%2e/x", "/api/%2e", "/api/%2e%2e%2fadmin", "/api/x/..?q=1", "/api/%zz"} {
+		err := c.Do(ctx, "GET", p, nil, nil)
+		var ve *ValidationError
+		if !errors.As(err, &ve) || ve.Field != "path" {
+			t.Errorf("Do(%q) error = %v; want a *ValidationError for path", p, err)
+		}
+	}
+	if n := s.totalRequests(); n != 0 {
+		t.Errorf("requests = %d; want 0", n)
+	}
+	for _, p := range []string{"/api/feedback", "/api/a..b", "/api/.well-known", "/api/x?q=../y"} {
+		if err := c.Do(ctx, "GET", p, nil, nil); err != nil && errors.As(err, new(*ValidationError)) {
+			t.Errorf("Do(%q) error = %v; want the path accepted", p, err)
+		}
+	}
+}
+
+// TestDoNoContent: a 204 leaves out untouched and is no error.
+func TestDoNoContent(t *testing.T) {
+	ctx := context.Background()
+	s, c := setup(t)
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/api/empty" {
+			return false
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return true
+	})
+	out := map[string]string{"kept": "yes"}
+	if err := c.Do(ctx, "POST", "/api/empty", map[string]int{}, &out); err != nil {
+		t.Fatalf("Do() on a 204 = %v; want nil", err)
+	}
+	if len(out) != 1 || out["kept"] != "yes" {
+		t.Errorf("out = %v; want it untouched", out)
+	}
+}
 
 func TestDo401ReplaysOnce(t *testing.T) {
 	ctx := context.Background()
@@ -1183,20 +1431,6 @@ func TestDo401ReplaysOnce(t *testing.T) {
 				t.Errorf("attempts = %d; want 2", got)
 			}
 		})
-	}
-}
-
-func TestRejectKeepsNewerToken(t *testing.T) {
-	_, c := setup(t)
-	old := holdToken(c, "old", "r", 3600, 0)
-	newer := holdToken(c, "newer", "r", 3600, 0)
-	c.reject(old)
-	if c.pair.Load() != newer {
-		t.Errorf("reject of a replaced token dropped the newer one")
-	}
-	c.reject(newer)
-	if p := c.pair.Load(); p == newer || p.access != "" || p.refresh != "r" {
-		t.Errorf("reject of the current token: not invalidated, or refresh token lost")
 	}
 }
 
@@ -1514,6 +1748,26 @@ func TestCallerContext(t *testing.T) {
 	}
 }
 
+// TestCertificateErrorNotRetried: a certificate that fails verification is
+// returned at once: no retry can fix it.
+func TestCertificateErrorNotRetried(t *testing.T) {
+	ctx := context.Background()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	conns := countConnections(srv)
+	srv.StartTLS()
+	defer srv.Close()
+	c := newTestClient(t, WithBaseURL(srv.URL), WithMaxRetries(2), WithRetryBackoff(time.Millisecond, time.Millisecond))
+	_, err := c.AccessToken(ctx)
+	var cve *tls.CertificateVerificationError
+	if !errors.Is(err, ErrConnection) || !errors.As(err, &cve) {
+		t.Fatalf("error = %v; want ErrConnection with the certificate error", err)
+	}
+	if got := conns.Load(); got != 1 {
+		t.Errorf("connections = %d; want 1 (no retry)", got)
+	}
+}
+
 func TestRedirectsNotFollowed(t *testing.T) {
 	ctx := context.Background()
 	var elsewhere atomic.Int32
@@ -1726,25 +1980,36 @@ func TestAPIErrorMessage(t *testing.T) {
 	}
 }
 
-func TestDoInput(t *testing.T) {
+// TestRequestID: the answer's X-Request-Id reaches APIError (and its text),
+// the Debug log and ResponseInfo, scrubbed like any server text.
+func TestRequestID(t *testing.T) {
 	ctx := context.Background()
-	_, c := setup(t)
-	for _, p := range []string{"", "api", "//evil.example/x", "/a b", "/a\\b", "/a#b"} {
-		var ve *ValidationError
-		if err := c.Do(ctx, "GET", p, nil, nil); !errors.As(err, &ve) {
-			t.Errorf("Do(path %q) error = %v; want *ValidationError", p, err)
-		}
+	var logs logBuffer
+	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+	s.script("/api/feedback", 403, `{"error":"no"}`, map[string]string{"X-Request-Id": "F0x-req-1"})
+	var info ResponseInfo
+	_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithResponseInfo(&info))
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.RequestID != "F0x-req-1" || !strings.HasSuffix(err.Error(), "(request id F0x-req-1)") {
+		t.Fatalf("error = %v; want an *APIError with request id F0x-req-1", err)
 	}
-	if err := c.Do(ctx, "POST", "/api/feedback", make(chan int), nil); err == nil || !strings.Contains(err.Error(), "encoding request") {
-		t.Errorf("Do(unmarshalable) error = %v; want an encoding error", err)
+	if info.RequestID != "F0x-req-1" || info.StatusCode != 403 {
+		t.Errorf("ResponseInfo = %+v; want status 403, request id F0x-req-1", info)
 	}
-	//lint:ignore SA1012 a nil context must be an error, not a panic
-	if err := c.Do(nil, "GET", "/x", nil, nil); err == nil { //nolint:staticcheck
-		t.Errorf("Do(nil ctx) error = nil")
+	var found bool
+	for _, r := range logs.records(t) {
+		found = found || (r["msg"] == "apala: http attempt" && r["request_id"] == "F0x-req-1")
 	}
+	if !found {
+		t.Errorf("no Debug attempt record carries request_id")
+	}
+	s.script("/api/feedback", 500, `{}`, map[string]string{"X-Request-Id": "id-" + FakeAPIKey})
+	_, err = c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithMaxRetries(0))
+	if !errors.As(err, &ae) || ae.RequestID != "id-[REDACTED]" {
+		t.Errorf("request id carrying the key = %q; want it scrubbed", ae.RequestID)
+	}
+	noSecret(t, "error", err.Error())
 }
-
-// ---- secrets, logging ----
 
 func TestSecretsNeverPrinted(t *testing.T) {
 	ctx := context.Background()
@@ -1791,231 +2056,247 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}
 }
 
-func TestLogging(t *testing.T) {
+// TestServerTextCut: the server's text is cut at 512 bytes after the
+// scrubbing, never inside a UTF-8 character.
+func TestServerTextCut(t *testing.T) {
 	ctx := context.Background()
-	var logs logBuffer
-	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
-	s.Fail("/api/feedback", 502, "bad gateway")
-	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
-	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.RefreshAccessToken(ctx); err != nil {
-		t.Fatal(err)
-	}
-	type rec struct{ level, msg string }
-	var got []rec
-	for _, r := range logs.records(t) {
-		got = append(got, rec{r["level"].(string), r["msg"].(string)})
-		if r["msg"] == "apala: http attempt" {
-			for _, k := range []string{"method", "path", "status", "duration", "attempt"} {
-				if _, ok := r[k]; !ok {
-					t.Errorf("attempt record lacks %q", k)
-				}
-			}
-		}
-		if r["msg"] == "apala: authenticated" && (r["company_name"] != fakeCompanyName || r["expires_in"] != float64(time.Hour)) {
-			t.Errorf("authenticated record = %v; want company and expires_in", r)
-		}
-	}
-	want := []rec{
-		{"DEBUG", "apala: http attempt"}, {"INFO", "apala: authenticated"},
-		{"DEBUG", "apala: http attempt"}, {"WARN", "apala: retrying"}, {"DEBUG", "apala: http attempt"},
-		{"DEBUG", "apala: http attempt"}, {"INFO", "apala: token refreshed"},
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("records = %v; want %v", got, want)
-	}
-}
-
-func TestSilentByDefault(t *testing.T) {
-	ctx := context.Background()
-	var logs logBuffer
-	prev := slog.Default()
-	slog.SetDefault(newJSONLogger(&logs))
-	defer slog.SetDefault(prev)
-	s, c := setup(t)
-	s.Fail("/api/feedback", 503, "busy")
-	_ = c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil)
-	if logs.String() != "" {
-		t.Errorf("a client without WithLogger logged through slog.Default")
-	}
-}
-
-// ---- Close, HTTPClient ----
-
-func TestClose(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t)
+	s, c := setup(t, WithMaxRetries(0))
+	c.pair.Store(nil)
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
-	started := make(chan struct{})
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path == pathRefresh {
-			close(started)
-			<-r.Context().Done() // hangs until the client cancels
-			return true
+	for pad := 500; pad < 512; pad++ {
+		s.Fail("/api/feedback", 400, strings.Repeat("x", pad)+FakeAPIKey)
+		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
+		if err == nil {
+			t.Fatal("want an error")
 		}
-		return false
-	})
-	clk.Advance(59*time.Minute + 30*time.Second) // stale: background refresh
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatal(err)
+		noSecret(t, fmt.Sprintf("error with %d bytes before the key", pad), err.Error())
+		if run := secretRun(err.Error(), FakeAPIKey); run != "" {
+			t.Fatalf("error with %d bytes before the key holds a part of it", pad)
+		}
 	}
-	<-started
-	if err := c.Close(); err != nil {
-		t.Fatalf("Close() = %v", err)
-	}
-	if c.flight.Load() != nil {
-		t.Errorf("Close() returned with a flight in progress")
-	}
-	if err := c.Close(); err != nil {
-		t.Errorf("second Close() = %v", err)
-	}
-	if _, err := c.AccessToken(ctx); !errors.Is(err, ErrClosed) {
-		t.Errorf("AccessToken() after Close: %v; want ErrClosed", err)
-	}
-	if _, err := c.Authenticate(ctx); !errors.Is(err, ErrClosed) {
-		t.Errorf("Authenticate() after Close: %v; want ErrClosed", err)
-	}
-	if err := c.Do(ctx, "POST", "/api/feedback", nil, nil); !errors.Is(err, ErrClosed) {
-		t.Errorf("Do() after Close: %v; want ErrClosed", err)
-	}
-	if _, err := c.HTTPClient().Get(s.URL + "/api/x"); !errors.Is(err, ErrClosed) {
-		t.Errorf("HTTPClient() after Close: %v; want ErrClosed", err)
-	}
-	if tok := c.Token(); tok.AccessToken != "" {
-		t.Errorf("Token() after Close still holds a token")
+	for pad := 0; pad < 4; pad++ {
+		s.Fail("/api/feedback", 400, strings.Repeat("x", pad)+strings.Repeat("é€😀", 200))
+		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
+		var ae *APIError
+		if !errors.As(err, &ae) || !utf8.ValidString(ae.Message) || !strings.HasSuffix(ae.Message, "...") || len(ae.Message) > 512+3 {
+			t.Errorf("pad %d: message of %d bytes, valid UTF-8 %v; want at most 515 bytes of valid UTF-8 ending in ...", pad, len(ae.Message), utf8.ValidString(ae.Message))
+		}
 	}
 }
 
-// TestCloseCancelsFlight: Close ends a token request in progress by
-// cancelling it, not by waiting for it to end. With no per-attempt timeout
-// and no deadline on the caller's context, the server holds the request
-// until the test releases it or the request's context ends, and the test
-// releases it only after Close has returned: the handler must have seen its
-// request cancelled first. A caller waiting for the token gets ErrClosed, and
-// no goroutine is left. The 30s bounds only stop a hung test.
-func TestCloseCancelsFlight(t *testing.T) {
+// TestScrubsTokenTheCallWasSentWith: a server that echoes the bearer it got
+// after the client replaced that token (an Authenticate or a refresh during
+// the call) still has it scrubbed from the error.
+func TestScrubsTokenTheCallWasSentWith(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name  string
-		stale bool // hold a stale token: the flight is a background refresh
-	}{{"exchange with a caller waiting", false}, {"background refresh", true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			clk := useFakeClock(t)
-			before := runtime.NumGoroutine()
-			s := startServer(t)
-			c := newTestClient(t, WithBaseURL(s.URL), WithTimeout(0))
-			path := pathToken
-			if tc.stale {
-				if _, err := c.AccessToken(ctx); err != nil {
-					t.Fatal(err)
-				}
-				clk.Advance(59*time.Minute + 30*time.Second)
-				path = pathRefresh
+	for _, renew := range []string{"Authenticate", "RefreshAccessToken"} {
+		t.Run(renew, func(t *testing.T) {
+			s, c := setup(t)
+			if _, err := c.Authenticate(ctx); err != nil {
+				t.Fatal(err)
 			}
-			release := make(chan struct{})
-			arrived := make(chan struct{}, 1)
-			ended := make(chan string, 1) // why the handler stopped holding
+			old := c.Token().AccessToken
 			s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-				if r.URL.Path != path {
+				if r.URL.Path != "/api/feedback" {
 					return false
 				}
-				arrived <- struct{}{}
-				select {
-				case <-release:
-					ended <- "released by the test"
-				case <-r.Context().Done():
-					ended <- "cancelled"
+				var err error
+				if renew == "Authenticate" {
+					_, err = c.Authenticate(context.Background())
+				} else {
+					_, err = c.RefreshAccessToken(context.Background())
 				}
+				if err != nil {
+					t.Errorf("%s() inside the call: %v", renew, err)
+				}
+				bearer := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+				writeJSON(w, 403, map[string]string{"error": "token " + bearer + " lacks the feedback scope"})
 				return true
 			})
-			callerErr := make(chan error, 1)
-			if tc.stale {
-				if _, err := c.AccessToken(ctx); err != nil { // returns at once, starts the refresh
-					t.Fatal(err)
-				}
-			} else {
-				go func() { _, err := c.AccessToken(ctx); callerErr <- err }()
+			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
+			if !errors.Is(err, ErrForbidden) {
+				t.Fatalf("SubmitFeedback() error = %v; want ErrForbidden", err)
 			}
-			select {
-			case <-arrived:
-			case <-time.After(30 * time.Second):
-				t.Fatal("the token request never reached the server")
+			if c.Token().AccessToken == old {
+				t.Fatalf("the token was not replaced during the call")
 			}
-
-			closed := make(chan struct{})
-			go func() { c.Close(); close(closed) }()
-			select {
-			case <-closed:
-			case <-time.After(30 * time.Second):
-				t.Errorf("Close() still waiting after 30s while the server holds the token request: it did not cancel it")
-				close(release)
-				<-closed
+			noSecret(t, "error", err.Error())
+			if !strings.Contains(err.Error(), "token [REDACTED] lacks the feedback scope") {
+				t.Errorf("error does not carry the server's text with the token redacted (withheld)")
 			}
-			var why string
-			select {
-			case why = <-ended:
-			case <-time.After(30 * time.Second):
-				why = "still held after 30s"
-			}
-			if why != "cancelled" {
-				t.Errorf("the held token request ended %s; want cancelled by Close before the test released it", why)
-			}
-			select {
-			case <-release:
-			default:
-				close(release)
-			}
-			if !tc.stale {
-				if err := <-callerErr; !errors.Is(err, ErrClosed) {
-					t.Errorf("waiting caller: AccessToken() error = %v; want ErrClosed", err)
-				}
-			}
-			if c.flight.Load() != nil {
-				t.Errorf("a flight is still recorded after Close")
-			}
-			s.Close()
-			settle(t, before)
 		})
 	}
 }
 
-func TestNoGoroutineLeft(t *testing.T) {
+// TestNoSecretRunInServerText is a property test: the server puts each
+// secret the client holds into its error text in every form it can take
+// (plain, JSON-escaped, \u-escaped, nested in objects and arrays, as a key,
+// in a header, cut or straddling the 512-byte cut), and no run of 8 bytes of
+// any secret reaches an error string, fmt output or a log record.
+func TestNoSecretRunInServerText(t *testing.T) {
 	ctx := context.Background()
-	clk := useFakeClock(t)
-	before := runtime.NumGoroutine()
-	s := startServer(t)
-	for i := 0; i < 20; i++ {
-		c := newTestClient(t, WithBaseURL(s.URL))
-		if _, err := c.AccessToken(ctx); err != nil {
-			t.Fatal(err)
-		}
-		clk.Advance(59*time.Minute + 30*time.Second)
-		_, _ = c.AccessToken(ctx) // starts a background refresh
-		c.Close()
-		clk.Advance(time.Hour)
+	const key = `k/ey"<&>\SECRET-0123456789abcdef/xyz-é`
+	type answer struct {
+		status int
+		header map[string]string
+		body   string
 	}
-	s.Close()
-	settle(t, before)
-}
+	noHTML := func(v any) string {
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(v)
+		return strings.TrimSpace(b.String())
+	}
+	mustJSON := func(v any) string { b, _ := json.Marshal(v); return string(b) }
+	forms := map[string]func(s string) answer{
+		"plain":          func(s string) answer { return answer{body: mustJSON(map[string]string{"error": "bad " + s + " here"})} },
+		"no HTML escape": func(s string) answer { return answer{body: noHTML(map[string]string{"error": s})} },
+		"slash escaped": func(s string) answer {
+			return answer{body: `{"error":"x ` + strings.ReplaceAll(strings.Trim(noHTML(s), `"`), "/", `\/`) + ` y"}`}
+		},
+		"u escaped": func(s string) answer {
+			var b strings.Builder
+			for _, r := range s {
+				fmt.Fprintf(&b, `\u%04x`, r)
+			}
+			return answer{body: `{"message":"` + b.String() + `"}`}
+		},
+		"detail": func(s string) answer { return answer{body: mustJSON(map[string]string{"detail": s})} },
+		"phoenix": func(s string) answer {
+			return answer{body: mustJSON(map[string]any{"errors": map[string]string{"detail": s}})}
+		},
+		"errors object": func(s string) answer {
+			return answer{body: mustJSON(map[string]any{"errors": map[string][]string{"field": {s}}})}
+		},
+		"nested": func(s string) answer {
+			return answer{body: mustJSON(map[string]any{"error": map[string]any{"a": map[string]any{"b": []any{1, s, true}}}})}
+		},
+		"as a key": func(s string) answer {
+			return answer{body: mustJSON(map[string]any{"error": map[string]string{s: "x"}})}
+		},
+		"array": func(s string) answer { return answer{body: mustJSON(map[string]any{"error": []string{s, s}})} },
+		"twice": func(s string) answer { return answer{body: mustJSON(map[string]string{"error": s + s})} },
+		"half":  func(s string) answer { return answer{body: mustJSON(map[string]string{"error": "x" + s[:len(s)/2]})} },
+		"line breaks": func(s string) answer {
+			return answer{body: mustJSON(map[string]string{"error": s[:10] + "\n" + s[10:]})}
+		},
+		"url escaped": func(s string) answer { return answer{body: mustJSON(map[string]string{"error": url.QueryEscape(s)})} },
+		"content type": func(s string) answer {
+			return answer{header: map[string]string{"Content-Type": "text/" + s}, body: "<html>" + s + "</html>"}
+		},
+		"200 content type": func(s string) answer {
+			return answer{status: 200, header: map[string]string{"Content-Type": "application/" + s}, body: "not JSON " + s}
+		},
+	}
+	for cut := 1; cut < 48; cut++ {
+		cut := cut
+		forms[fmt.Sprintf("straddling the cut by %d", cut)] = func(s string) answer {
+			return answer{body: mustJSON(map[string]string{"error": strings.Repeat("x", 512-cut) + s})}
+		}
+		forms[fmt.Sprintf("straddling the cut by %d after UTF-8", cut)] = func(s string) answer {
+			return answer{body: mustJSON(map[string]string{"error": strings.Repeat("é", 256-cut) + "x" + s})}
+		}
+	}
 
-// settle waits for the goroutine count to come back to at most n, and fails
-// with the stacks if it does not within 30s: a bound against a hung test,
-// not a timing assertion.
-func settle(t *testing.T, n int) {
-	t.Helper()
-	for i := 0; i < 3000; i++ {
-		if runtime.NumGoroutine() <= n {
+	var (
+		mu       sync.Mutex
+		serial   int
+		issued   = []string{key}
+		current  string // path answering with the case
+		which    string // the secret it echoes: key, access or refresh
+		form     func(string) answer
+		refresh  string
+		sentWith string
+	)
+	issue := func(kind string) string {
+		serial++
+		tok := fmt.Sprintf(`%s/%d"<&>\SECRET-%016x-tail`, kind, serial, mrand.Uint64())
+		issued = append(issued, tok)
+		return tok
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.URL.Path == current {
+			secret := map[string]string{"key": key, "access": strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "), "refresh": refresh}[which]
+			sentWith = secret
+			a := form(secret)
+			for k, v := range a.header {
+				w.Header().Set(k, v)
+			}
+			if a.status == 0 {
+				a.status = 400
+				if which == "refresh" {
+					a.status = 503
+				}
+			}
+			w.WriteHeader(a.status)
+			_, _ = io.WriteString(w, a.body)
 			return
 		}
-		time.Sleep(10 * time.Millisecond)
+		switch r.URL.Path {
+		case pathToken:
+			refresh = issue("ref")
+			writeJSON(w, 200, map[string]any{"access_token": issue("acc"), "refresh_token": refresh, "expires_in": 3600})
+		case pathRefresh:
+			writeJSON(w, 200, map[string]any{"access_token": issue("acc"), "expires_in": 3600})
+		default:
+			writeJSON(w, 200, map[string]any{})
+		}
+	}))
+	defer srv.Close()
+
+	var logs logBuffer
+	c, err := NewClient(key, WithBaseURL(srv.URL), WithMaxRetries(0), WithLogger(newJSONLogger(&logs)))
+	if err != nil {
+		t.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
-	t.Errorf("goroutines = %d; want <= %d\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+	defer c.Close()
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	calls := map[string]struct {
+		path string
+		call func() error
+	}{
+		"key":     {pathToken, func() error { _, err := c.Authenticate(ctx); return err }},
+		"access":  {"/api/echo", func() error { return c.Do(ctx, "POST", "/api/echo", map[string]int{}, &struct{}{}) }},
+		"refresh": {pathRefresh, func() error { _, err := c.RefreshAccessToken(ctx); return err }},
+	}
+	n := 0
+	for name, f := range forms {
+		for w, call := range calls {
+			mu.Lock()
+			current, which, form, sentWith = call.path, w, f, ""
+			mu.Unlock()
+			err := call.call()
+			mu.Lock()
+			echoed := sentWith
+			secrets := append([]string(nil), issued...)
+			mu.Unlock()
+			if err == nil || echoed == "" {
+				t.Fatalf("%s in %s: no error (%v), or the server did not answer the case", w, name, err == nil)
+			}
+			n++
+			for _, out := range []string{err.Error(), fmt.Sprintf("%v|%+v|%#v|%s|%q", err, err, err, err, err)} {
+				if secretRun(out, secrets...) != "" {
+					t.Errorf("%s in %s: a run of 8 bytes of a secret reached the error (withheld)", w, name)
+				}
+			}
+		}
+	}
+	mu.Lock()
+	secrets := append([]string(nil), issued...)
+	mu.Unlock()
+	if secretRun(logs.String(), secrets...) != "" {
+		t.Errorf("a run of 8 bytes of a secret reached the log (withheld)")
+	}
+	if n < 200 {
+		t.Errorf("cases = %d; want hundreds", n)
+	}
 }
 
 func TestHTTPClient(t *testing.T) {
@@ -2069,252 +2350,66 @@ func TestHTTPClient(t *testing.T) {
 	}
 }
 
-// ---- benchmarks ----
+// unreplayable is a request body without GetBody: http.NewRequest cannot
+// tell how to read it again.
+type unreplayable struct{ io.Reader }
 
-// benchTokenReads measures AccessToken from one goroutine, then from
-// GOMAXPROCS goroutines at once.
-func benchTokenReads(b *testing.B, c *Client) {
+// TestHTTPClientRefusedTokenDropped: a 401 on a request that cannot be
+// replayed is returned, and the refused token is dropped all the same, so
+// the next request gets a new one.
+func TestHTTPClientRefusedTokenDropped(t *testing.T) {
 	ctx := context.Background()
-	b.Run("serial", func(b *testing.B) {
-		b.ReportAllocs()
-		for i := 0; i < b.N; i++ {
-			if _, err := c.AccessToken(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := c.AccessToken(ctx); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	})
-}
-
-// BenchmarkAccessToken measures the fresh-token path: one atomic load and a
-// monotonic clock read.
-func BenchmarkAccessToken(b *testing.B) {
-	s, c := setup(b)
-	access, refresh := s.grant()
-	holdToken(c, access, refresh, 3600, 0)
-	benchTokenReads(b, c)
-	// The clock read alone, for scale: the rest of the fresh path is one
-	// atomic load and two comparisons.
-	b.Run("clock-only", func(b *testing.B) {
-		var sink time.Duration
-		for i := 0; i < b.N; i++ {
-			sink += c.mono()
-		}
-		_ = sink
-	})
-}
-
-// BenchmarkAccessTokenStale measures the stale path: the token is inside the
-// refresh margin and a background refresh is in flight (held by the server).
-func BenchmarkAccessTokenStale(b *testing.B) {
-	ctx := context.Background()
-	s, c := setup(b)
-	s.hold(b, pathRefresh) // released when the benchmark ends, before the server closes
-	// A 2-minute token sent 65s ago on the real clock: past its stale
-	// point (60s: the margin capped at half the lifetime), 45s before its
-	// leeway. The first call starts the refresh, which the server holds.
-	holdToken(c, "a.b.c", "r", 120, 65*time.Second)
+	s, c := setup(t)
+	hc := c.HTTPClient()
 	if _, err := c.AccessToken(ctx); err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	if c.flight.Load() == nil {
-		b.Fatal("no background refresh in flight")
-	}
-	benchTokenReads(b, c)
-}
-
-var benchReply = []byte(`{"id":"fb-0001","message_id":"m1","customer_responded":true,"score":"good","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T10:30:00.123456"}`)
-
-// benchEcho is a loopback server for round-trip benchmarks: it answers every
-// POST with a fixed feedback entry, so that the client's cost dominates.
-func benchEcho(b *testing.B) *httptest.Server {
-	b.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(benchReply)
-	}))
-	b.Cleanup(srv.Close)
-	return srv
-}
-
-type benchFeedback struct {
-	MessageID         string `json:"message_id"`
-	CustomerResponded bool   `json:"customer_responded"`
-	Score             string `json:"score"`
-}
-
-type benchStored struct {
-	ID                string   `json:"id"`
-	MessageID         string   `json:"message_id"`
-	CustomerResponded bool     `json:"customer_responded"`
-	Score             string   `json:"score"`
-	ActualSentMessage *string  `json:"actual_sent_message"`
-	PositiveRewards   []string `json:"positive_rewards"`
-	SendTimestamp     *string  `json:"send_timestamp"`
-	ReplyTimestamp    *string  `json:"reply_timestamp"`
-	InsertedAt        string   `json:"inserted_at"`
-}
-
-// cannedTransport answers every request in memory with one fixed response
-// (status 0 means 200), so that a benchmark through it measures the client
-// alone and a fuzz target runs without a network.
-type cannedTransport struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-var jsonHeader = http.Header{"Content-Type": {"application/json"}}
-
-func (t *cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Body != nil {
-		_, _ = io.Copy(io.Discard, r.Body)
-		r.Body.Close()
-	}
-	status := t.status
-	if status == 0 {
-		status = http.StatusOK
-	}
-	return &http.Response{
-		StatusCode: status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header:        t.header.Clone(), // a new one per answer, as from a real transport
-		Body:          io.NopCloser(bytes.NewReader(t.body)),
-		ContentLength: int64(len(t.body)), Request: r,
-	}, nil
-}
-
-// handPost is the baselines' hand-written round trip: the request Do puts
-// on the wire (the same headers, a random Idempotency-Key, a per-request
-// timeout), written with net/http and encoding/json alone.
-func handPost(b *testing.B, hc *http.Client, url string, body []byte, out any) {
-	var key [16]byte
-	_, _ = rand.Read(key[:])
-	rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, "POST", url, bytes.NewReader(body))
-	if err != nil {
-		b.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", userAgent)
+	old := c.Token().AccessToken
+	s.RevokeTokens()
+	body := unreplayable{strings.NewReader(`{"message_id":"m1","customer_responded":true,"score":"good"}`)}
+	req, _ := http.NewRequest("POST", s.URL+"/api/feedback", body)
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer a.b.c")
-	req.Header.Set("Idempotency-Key", hex.EncodeToString(key[:]))
+	req.Header.Set("Idempotency-Key", "k1")
 	resp, err := hc.Do(req)
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	err = json.NewDecoder(resp.Body).Decode(out)
-	_, _ = io.Copy(io.Discard, resp.Body)
-	if err != nil || resp.StatusCode != 200 {
-		b.Fatal(err, resp.StatusCode)
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("status = %d; want the 401", resp.StatusCode)
+	}
+	if c.Token().Valid() {
+		t.Errorf("the refused token is still held")
+	}
+	tok, err := c.AccessToken(ctx)
+	if err != nil || tok == old {
+		t.Errorf("AccessToken() after the 401: error %v, or the refused token again", err)
 	}
 }
 
-// BenchmarkDo compares a Do round trip with the same round trip written by
-// hand with net/http and encoding/json: over loopback TCP (what a caller
-// sees) and through an in-memory transport (the client's own cost, free of
-// the network's noise).
-func BenchmarkDo(b *testing.B) {
-	ctx := context.Background()
-	srv := benchEcho(b)
-	in := benchFeedback{MessageID: "m1", CustomerResponded: true, Score: "good"}
-	loopback := func() *http.Client {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		b.Cleanup(t.CloseIdleConnections)
-		return &http.Client{Transport: t}
-	}
-	inMemory := func() *http.Client {
-		return &http.Client{Transport: &cannedTransport{header: jsonHeader, body: benchReply}}
-	}
-	for _, tr := range []struct {
-		name string
-		hc   func() *http.Client
-	}{{"loopback", loopback}, {"inmemory", inMemory}} {
-		b.Run(tr.name+"/apala", func(b *testing.B) {
-			c := newTestClient(b, WithBaseURL(srv.URL), WithHTTPClient(tr.hc()))
-			holdToken(c, "a.b.c", "r", 3600, 0) // calls measured, not authentication
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				var out benchStored
-				if err := c.Do(ctx, "POST", "/api/feedback", &in, &out); err != nil {
-					b.Fatal(err)
-				}
+// TestHTTPClientAfterClose: after Close every request fails with ErrClosed,
+// to any origin, and nothing is sent.
+func TestHTTPClientAfterClose(t *testing.T) {
+	s, c := setup(t)
+	var hits atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer other.Close()
+	hc := c.HTTPClient()
+	c.Close()
+	for _, u := range []string{s.URL + "/api/feedback", other.URL + "/x"} {
+		if resp, err := hc.Get(u); !errors.Is(err, ErrClosed) {
+			if resp != nil {
+				resp.Body.Close()
 			}
-		})
-		b.Run(tr.name+"/baseline", func(b *testing.B) {
-			hc := tr.hc()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				body, err := json.Marshal(&in)
-				if err != nil {
-					b.Fatal(err)
-				}
-				var out benchStored
-				handPost(b, hc, srv.URL+"/api/feedback", body, &out)
-			}
-		})
+			t.Errorf("Get(%s) after Close: error = %v; want ErrClosed", u, err)
+		}
+	}
+	if n := s.totalRequests() + int(hits.Load()); n != 0 {
+		t.Errorf("requests after Close = %d; want 0", n)
 	}
 }
 
-// ---- the message and feedback API ----
-
-const customerID = "123e4567-e89b-42d3-a456-426614174000"
-
-// sameJSON fails the test unless got and want hold the same JSON value. API
-// bodies carry no secret, so both may be printed.
-func sameJSON(t *testing.T, what string, got []byte, want string) {
-	t.Helper()
-	var g, w any
-	if err := json.Unmarshal(got, &g); err != nil {
-		t.Fatalf("%s: body is not JSON: %v", what, err)
-	}
-	if err := json.Unmarshal([]byte(want), &w); err != nil {
-		t.Fatalf("%s: golden is not JSON: %v", what, err)
-	}
-	if !reflect.DeepEqual(g, w) {
-		t.Errorf("%s body =\n%s\nwant\n%s", what, got, want)
-	}
-}
-
-var (
-	t0 = time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
-	t1 = time.Date(2025, 1, 15, 11, 45, 30, 250000000, time.FixedZone("EST", -5*3600))
-)
-
-func conversation() MessageRequest {
-	return MessageRequest{
-		Messages: []Message{
-			{Content: "Hi, is my loan approved?", Channel: ChannelSMS, MessageID: "m-1", SendTimestamp: t0, ReplyOrNot: true},
-			{Content: "We are reviewing it.", Channel: ChannelEmail, MessageID: "m-2", SendTimestamp: t1},
-		},
-		Candidate:  Message{Content: "Please upload your bank statement.", Channel: ChannelOther, MessageID: "m-3", SendTimestamp: t0},
-		CustomerID: customerID,
-		ZipCode:    "90210",
-	}
-}
-
-// conversationWire is conversation().Messages as API.md puts them on the
-// wire: reply_or_not as strings, times with their offsets.
-const conversationWire = `[
-	{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},
-	{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.25-05:00", "reply_or_not": "false"}]`
-
-func intp(n int) *int { return &n }
+// ---- the message and feedback calls ----
 
 func TestProcessMessage(t *testing.T) {
 	ctx := context.Background()
@@ -2625,6 +2720,42 @@ func TestMissingResponseFields(t *testing.T) {
 	}
 }
 
+// TestUnknownEnumsKept: a channel, score or reward this version does not
+// know is kept as the server sent it; only a missing field is an error.
+func TestUnknownEnumsKept(t *testing.T) {
+	ctx := context.Background()
+	for _, ch := range []Channel{"WHATSAPP", "sms"} {
+		s, c := setup(t)
+		s.script("/api/message_optimizer", 200, `{"message_id":"m-1","optimized_message":"x","recommended_channel":"`+string(ch)+`"}`, nil)
+		got, err := c.OptimizeMessage(ctx, conversation())
+		if err != nil || got.RecommendedChannel != ch || got.MessageID != "m-1" {
+			t.Errorf("OptimizeMessage() with channel %q = %+v, %v; want it kept", ch, got, err)
+		}
+	}
+	s, c := setup(t)
+	s.script("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"excellent","positive_rewards":["paid_early"],"inserted_at":"2025-01-15T10:30:00"}`, nil)
+	got, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
+	if err != nil || got.Score != "excellent" || len(got.PositiveRewards) != 1 || got.PositiveRewards[0] != "paid_early" {
+		t.Errorf("SubmitFeedback() = %+v, %v; want the unknown score and reward kept", got, err)
+	}
+}
+
+// TestTimestampValueNotQuoted: a malformed response timestamp is named, not
+// quoted: the value is the server's text.
+func TestTimestampValueNotQuoted(t *testing.T) {
+	ctx := context.Background()
+	s, c := setup(t)
+	s.script("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"when `+FakeAPIKey+`"}`, nil)
+	_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
+	if err == nil || !strings.Contains(err.Error(), "inserted_at: not an ISO 8601 timestamp") {
+		t.Fatalf("error does not name inserted_at (withheld: it may quote the secret)")
+	}
+	noSecret(t, "error", err.Error())
+	if strings.Contains(err.Error(), "when") {
+		t.Errorf("error quotes the server's value")
+	}
+}
+
 // TestBulkNeverSilentlyPartial: a failure flag or a short count is an error
 // that comes with the server's full answer.
 func TestBulkNeverSilentlyPartial(t *testing.T) {
@@ -2659,6 +2790,24 @@ func TestBulkNeverSilentlyPartial(t *testing.T) {
 				t.Errorf("answer with the error: entry id %q; want the server's f1", got.Feedback[0].ID)
 			}
 		})
+	}
+}
+
+// TestBulkPartialMatchesErrPartial: a partial bulk answer is an error that
+// matches ErrPartial, returned with the server's full answer.
+func TestBulkPartialMatchesErrPartial(t *testing.T) {
+	ctx := context.Background()
+	const item = `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00"}`
+	for _, body := range []string{
+		`{"success":false,"count":0,"feedback":[]}`,
+		`{"success":true,"count":1,"feedback":[` + item + `]}`,
+	} {
+		s, c := setup(t)
+		s.script("/api/feedback/bulk", 200, body, nil)
+		got, err := c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "m", Score: ScoreGood}, {MessageID: "n", Score: ScoreBad}})
+		if !errors.Is(err, ErrPartial) || got == nil {
+			t.Errorf("SubmitFeedbackBulk() on %s = %v, %v; want the answer and ErrPartial", body, got, err)
+		}
 	}
 }
 
@@ -2819,75 +2968,6 @@ func TestMessageAPIErrors(t *testing.T) {
 }
 
 // ---- the fault matrix ----
-
-// countingTransport counts attempts per path, response bodies not yet
-// closed and the bytes read from them. Requests for a path in refuse go to
-// an address where nothing listens, for a real "connection refused".
-type countingTransport struct {
-	base   http.RoundTripper
-	dead   string // host:port with no listener
-	refuse string // path whose requests are refused
-
-	mu       sync.Mutex
-	attempts map[string]int
-	open     atomic.Int64
-	read     atomic.Int64
-}
-
-var _ http.RoundTripper = (*countingTransport)(nil)
-
-func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	t.mu.Lock()
-	t.attempts[r.URL.Path]++
-	t.mu.Unlock()
-	if r.URL.Path == t.refuse {
-		r = r.Clone(r.Context())
-		r.URL.Host, r.Host = t.dead, ""
-	}
-	resp, err := t.base.RoundTrip(r)
-	if err != nil {
-		return nil, err
-	}
-	t.open.Add(1)
-	resp.Body = &countedBody{ReadCloser: resp.Body, open: &t.open, read: &t.read}
-	return resp, nil
-}
-
-func (t *countingTransport) count(path string) int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.attempts[path]
-}
-
-type countedBody struct {
-	io.ReadCloser
-	once sync.Once
-	open *atomic.Int64
-	read *atomic.Int64
-}
-
-func (b *countedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.read.Add(int64(n))
-	return n, err
-}
-
-func (b *countedBody) Close() error {
-	b.once.Do(func() { b.open.Add(-1) })
-	return b.ReadCloser.Close()
-}
-
-// deadAddr returns an address where nothing listens.
-func deadAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
 
 // TestFaultMatrix drives each endpoint family (token, refresh, API call)
 // through each fault and checks the error kind, the number of attempts, that
@@ -3138,30 +3218,6 @@ const (
 	fuzzAccess  = "old-SECRET-access"
 	fuzzRefresh = "old-SECRET-refresh"
 )
-
-// visibleASCII is the fuzz targets' own test of a token that can travel in
-// an Authorization header: not empty, every byte printable ASCII other than
-// a space. It is written apart from validToken, the check under test.
-func visibleASCII(s string) bool {
-	for _, r := range []byte(s) {
-		if r < '!' || r > '~' {
-			return false
-		}
-	}
-	return s != ""
-}
-
-// checkHeld fails unless the token the client holds is well formed.
-func checkHeld(t *testing.T, c *Client) {
-	t.Helper()
-	tok := c.Token()
-	if !visibleASCII(tok.AccessToken) {
-		t.Fatalf("success with an invalid access token stored")
-	}
-	if p := c.pair.Load(); p.bearer[0] != "Bearer "+p.access || p.staleAt > p.invalidAt {
-		t.Fatalf("inconsistent token pair: stale after invalid, or a wrong header")
-	}
-}
 
 func FuzzAuthResponse(f *testing.F) {
 	ctx := context.Background()
@@ -3548,6 +3604,126 @@ func TestSoak(t *testing.T) {
 	}
 }
 
+// ---- benchmarks ----
+
+// BenchmarkAccessToken measures the fresh-token path: one atomic load and a
+// monotonic clock read.
+func BenchmarkAccessToken(b *testing.B) {
+	s, c := setup(b)
+	access, refresh := s.grant()
+	holdToken(c, access, refresh, 3600, 0)
+	benchTokenReads(b, c)
+	// The clock read alone, for scale: the rest of the fresh path is one
+	// atomic load and two comparisons.
+	b.Run("clock-only", func(b *testing.B) {
+		var sink time.Duration
+		for i := 0; i < b.N; i++ {
+			sink += c.mono()
+		}
+		_ = sink
+	})
+}
+
+// BenchmarkAccessTokenStale measures the stale path: the token is inside the
+// refresh margin and a background refresh is in flight (held by the server).
+func BenchmarkAccessTokenStale(b *testing.B) {
+	ctx := context.Background()
+	s, c := setup(b)
+	s.hold(b, pathRefresh) // released when the benchmark ends, before the server closes
+	// A 2-minute token sent 65s ago on the real clock: past its stale
+	// point (60s: the margin capped at half the lifetime), 45s before its
+	// leeway. The first call starts the refresh, which the server holds.
+	holdToken(c, "a.b.c", "r", 120, 65*time.Second)
+	if _, err := c.AccessToken(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if c.flight.Load() == nil {
+		b.Fatal("no background refresh in flight")
+	}
+	benchTokenReads(b, c)
+}
+
+// benchEcho is a loopback server for round-trip benchmarks: it answers every
+// POST with a fixed feedback entry, so that the client's cost dominates.
+func benchEcho(b *testing.B) *httptest.Server {
+	b.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(benchReply)
+	}))
+	b.Cleanup(srv.Close)
+	return srv
+}
+
+// BenchmarkDo compares a Do round trip with the same round trip written by
+// hand with net/http and encoding/json: over loopback TCP (what a caller
+// sees) and through an in-memory transport (the client's own cost, free of
+// the network's noise).
+func BenchmarkDo(b *testing.B) {
+	ctx := context.Background()
+	srv := benchEcho(b)
+	in := benchFeedback{MessageID: "m1", CustomerResponded: true, Score: "good"}
+	loopback := func() *http.Client {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		b.Cleanup(t.CloseIdleConnections)
+		return &http.Client{Transport: t}
+	}
+	inMemory := func() *http.Client {
+		return &http.Client{Transport: &cannedTransport{header: jsonHeader, body: benchReply}}
+	}
+	for _, tr := range []struct {
+		name string
+		hc   func() *http.Client
+	}{{"loopback", loopback}, {"inmemory", inMemory}} {
+		b.Run(tr.name+"/apala", func(b *testing.B) {
+			c := newTestClient(b, WithBaseURL(srv.URL), WithHTTPClient(tr.hc()))
+			holdToken(c, "a.b.c", "r", 3600, 0) // calls measured, not authentication
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				var out benchStored
+				if err := c.Do(ctx, "POST", "/api/feedback", &in, &out); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tr.name+"/baseline", func(b *testing.B) {
+			hc := tr.hc()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				body, err := json.Marshal(&in)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var out benchStored
+				handPost(b, hc, srv.URL+"/api/feedback", body, &out)
+			}
+		})
+	}
+}
+
+// BenchmarkDoObserved is BenchmarkDo in memory with WithResponseInfo and a
+// no-op Attempt hook: what observing a call costs.
+func BenchmarkDoObserved(b *testing.B) {
+	ctx := context.Background()
+	in := benchFeedback{MessageID: "m1", CustomerResponded: true, Score: "good"}
+	hc := &http.Client{Transport: &cannedTransport{header: jsonHeader, body: benchReply}}
+	c := newTestClient(b, WithHTTPClient(hc), WithHooks(Hooks{Attempt: func(context.Context, AttemptInfo) {}}))
+	holdToken(c, "a.b.c", "r", 3600, 0)
+	var info ResponseInfo
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var out benchStored
+		if err := c.Do(ctx, "POST", "/api/feedback", &in, &out, WithResponseInfo(&info)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// optimizeReply is an optimizer answer, for BenchmarkOptimizeMessage.
 var optimizeReply = []byte(`{"message_id":"msg-0001","optimized_message":"Your payment is due on Friday - reply YES and we will call you today.","recommended_channel":"SMS","original_message":"Your payment is due on Friday."}`)
 
 // BenchmarkOptimizeMessage compares OptimizeMessage, validation included,
@@ -3613,900 +3789,4 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 			handPost(b, hc, "http://localhost:4000/api/message_optimizer", data, &out)
 		}
 	})
-}
-
-// ---- hostile servers ----
-
-// TestScrubsTokenTheCallWasSentWith: a server that echoes the bearer it got
-// after the client replaced that token (an Authenticate or a refresh during
-// the call) still has it scrubbed from the error.
-func TestScrubsTokenTheCallWasSentWith(t *testing.T) {
-	ctx := context.Background()
-	for _, renew := range []string{"Authenticate", "RefreshAccessToken"} {
-		t.Run(renew, func(t *testing.T) {
-			s, c := setup(t)
-			if _, err := c.Authenticate(ctx); err != nil {
-				t.Fatal(err)
-			}
-			old := c.Token().AccessToken
-			s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-				if r.URL.Path != "/api/feedback" {
-					return false
-				}
-				var err error
-				if renew == "Authenticate" {
-					_, err = c.Authenticate(context.Background())
-				} else {
-					_, err = c.RefreshAccessToken(context.Background())
-				}
-				if err != nil {
-					t.Errorf("%s() inside the call: %v", renew, err)
-				}
-				bearer := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-				writeJSON(w, 403, map[string]string{"error": "token " + bearer + " lacks the feedback scope"})
-				return true
-			})
-			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
-			if !errors.Is(err, ErrForbidden) {
-				t.Fatalf("SubmitFeedback() error = %v; want ErrForbidden", err)
-			}
-			if c.Token().AccessToken == old {
-				t.Fatalf("the token was not replaced during the call")
-			}
-			noSecret(t, "error", err.Error())
-			if !strings.Contains(err.Error(), "token [REDACTED] lacks the feedback scope") {
-				t.Errorf("error does not carry the server's text with the token redacted (withheld)")
-			}
-		})
-	}
-}
-
-// unreplayable is a request body without GetBody: http.NewRequest cannot
-// tell how to read it again.
-type unreplayable struct{ io.Reader }
-
-// TestHTTPClientRefusedTokenDropped: a 401 on a request that cannot be
-// replayed is returned, and the refused token is dropped all the same, so
-// the next request gets a new one.
-func TestHTTPClientRefusedTokenDropped(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t)
-	hc := c.HTTPClient()
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatal(err)
-	}
-	old := c.Token().AccessToken
-	s.RevokeTokens()
-	body := unreplayable{strings.NewReader(`{"message_id":"m1","customer_responded":true,"score":"good"}`)}
-	req, _ := http.NewRequest("POST", s.URL+"/api/feedback", body)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", "k1")
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 401 {
-		t.Fatalf("status = %d; want the 401", resp.StatusCode)
-	}
-	if c.Token().Valid() {
-		t.Errorf("the refused token is still held")
-	}
-	tok, err := c.AccessToken(ctx)
-	if err != nil || tok == old {
-		t.Errorf("AccessToken() after the 401: error %v, or the refused token again", err)
-	}
-}
-
-// TestHTTPClientAfterClose: after Close every request fails with ErrClosed,
-// to any origin, and nothing is sent.
-func TestHTTPClientAfterClose(t *testing.T) {
-	s, c := setup(t)
-	var hits atomic.Int32
-	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
-	defer other.Close()
-	hc := c.HTTPClient()
-	c.Close()
-	for _, u := range []string{s.URL + "/api/feedback", other.URL + "/x"} {
-		if resp, err := hc.Get(u); !errors.Is(err, ErrClosed) {
-			if resp != nil {
-				resp.Body.Close()
-			}
-			t.Errorf("Get(%s) after Close: error = %v; want ErrClosed", u, err)
-		}
-	}
-	if n := s.totalRequests() + int(hits.Load()); n != 0 {
-		t.Errorf("requests after Close = %d; want 0", n)
-	}
-}
-
-// TestServerTextCut: the server's text is cut at 512 bytes after the
-// scrubbing, never inside a UTF-8 character.
-func TestServerTextCut(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t, WithMaxRetries(0))
-	c.pair.Store(nil)
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for pad := 500; pad < 512; pad++ {
-		s.Fail("/api/feedback", 400, strings.Repeat("x", pad)+FakeAPIKey)
-		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
-		if err == nil {
-			t.Fatal("want an error")
-		}
-		noSecret(t, fmt.Sprintf("error with %d bytes before the key", pad), err.Error())
-		if run := secretRun(err.Error(), FakeAPIKey); run != "" {
-			t.Fatalf("error with %d bytes before the key holds a part of it", pad)
-		}
-	}
-	for pad := 0; pad < 4; pad++ {
-		s.Fail("/api/feedback", 400, strings.Repeat("x", pad)+strings.Repeat("é€😀", 200))
-		err := c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
-		var ae *APIError
-		if !errors.As(err, &ae) || !utf8.ValidString(ae.Message) || !strings.HasSuffix(ae.Message, "...") || len(ae.Message) > 512+3 {
-			t.Errorf("pad %d: message of %d bytes, valid UTF-8 %v; want at most 515 bytes of valid UTF-8 ending in ...", pad, len(ae.Message), utf8.ValidString(ae.Message))
-		}
-	}
-}
-
-// secretRun returns a run of 8 bytes of one of secrets found in s, compared
-// without case, or "" when there is none. It never returns the run itself
-// to a failure message: callers only test it for "".
-func secretRun(s string, secrets ...string) string {
-	s = strings.ToLower(s)
-	for _, secret := range secrets {
-		secret = strings.ToLower(secret)
-		for i := 0; i+8 <= len(secret); i++ {
-			if strings.Contains(s, secret[i:i+8]) {
-				return secret[i : i+8]
-			}
-		}
-	}
-	return ""
-}
-
-// TestTimestampValueNotQuoted: a malformed response timestamp is named, not
-// quoted: the value is the server's text.
-func TestTimestampValueNotQuoted(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t)
-	s.script("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"when `+FakeAPIKey+`"}`, nil)
-	_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
-	if err == nil || !strings.Contains(err.Error(), "inserted_at: not an ISO 8601 timestamp") {
-		t.Fatalf("error does not name inserted_at (withheld: it may quote the secret)")
-	}
-	noSecret(t, "error", err.Error())
-	if strings.Contains(err.Error(), "when") {
-		t.Errorf("error quotes the server's value")
-	}
-}
-
-// TestNoSecretRunInServerText is a property test: the server puts each
-// secret the client holds into its error text in every form it can take
-// (plain, JSON-escaped, \u-escaped, nested in objects and arrays, as a key,
-// in a header, cut or straddling the 512-byte cut), and no run of 8 bytes of
-// any secret reaches an error string, fmt output or a log record.
-func TestNoSecretRunInServerText(t *testing.T) {
-	ctx := context.Background()
-	const key = `k/ey"<&>\SECRET-0123456789abcdef/xyz-é`
-	type answer struct {
-		status int
-		header map[string]string
-		body   string
-	}
-	noHTML := func(v any) string {
-		var b bytes.Buffer
-		enc := json.NewEncoder(&b)
-		enc.SetEscapeHTML(false)
-		_ = enc.Encode(v)
-		return strings.TrimSpace(b.String())
-	}
-	mustJSON := func(v any) string { b, _ := json.Marshal(v); return string(b) }
-	forms := map[string]func(s string) answer{
-		"plain":          func(s string) answer { return answer{body: mustJSON(map[string]string{"error": "bad " + s + " here"})} },
-		"no HTML escape": func(s string) answer { return answer{body: noHTML(map[string]string{"error": s})} },
-		"slash escaped": func(s string) answer {
-			return answer{body: `{"error":"x ` + strings.ReplaceAll(strings.Trim(noHTML(s), `"`), "/", `\/`) + ` y"}`}
-		},
-		"u escaped": func(s string) answer {
-			var b strings.Builder
-			for _, r := range s {
-				fmt.Fprintf(&b, `\u%04x`, r)
-			}
-			return answer{body: `{"message":"` + b.String() + `"}`}
-		},
-		"detail": func(s string) answer { return answer{body: mustJSON(map[string]string{"detail": s})} },
-		"phoenix": func(s string) answer {
-			return answer{body: mustJSON(map[string]any{"errors": map[string]string{"detail": s}})}
-		},
-		"errors object": func(s string) answer {
-			return answer{body: mustJSON(map[string]any{"errors": map[string][]string{"field": {s}}})}
-		},
-		"nested": func(s string) answer {
-			return answer{body: mustJSON(map[string]any{"error": map[string]any{"a": map[string]any{"b": []any{1, s, true}}}})}
-		},
-		"as a key": func(s string) answer {
-			return answer{body: mustJSON(map[string]any{"error": map[string]string{s: "x"}})}
-		},
-		"array": func(s string) answer { return answer{body: mustJSON(map[string]any{"error": []string{s, s}})} },
-		"twice": func(s string) answer { return answer{body: mustJSON(map[string]string{"error": s + s})} },
-		"half":  func(s string) answer { return answer{body: mustJSON(map[string]string{"error": "x" + s[:len(s)/2]})} },
-		"line breaks": func(s string) answer {
-			return answer{body: mustJSON(map[string]string{"error": s[:10] + "\n" + s[10:]})}
-		},
-		"url escaped": func(s string) answer { return answer{body: mustJSON(map[string]string{"error": url.QueryEscape(s)})} },
-		"content type": func(s string) answer {
-			return answer{header: map[string]string{"Content-Type": "text/" + s}, body: "<html>" + s + "</html>"}
-		},
-		"200 content type": func(s string) answer {
-			return answer{status: 200, header: map[string]string{"Content-Type": "application/" + s}, body: "not JSON " + s}
-		},
-	}
-	for cut := 1; cut < 48; cut++ {
-		cut := cut
-		forms[fmt.Sprintf("straddling the cut by %d", cut)] = func(s string) answer {
-			return answer{body: mustJSON(map[string]string{"error": strings.Repeat("x", 512-cut) + s})}
-		}
-		forms[fmt.Sprintf("straddling the cut by %d after UTF-8", cut)] = func(s string) answer {
-			return answer{body: mustJSON(map[string]string{"error": strings.Repeat("é", 256-cut) + "x" + s})}
-		}
-	}
-
-	var (
-		mu       sync.Mutex
-		serial   int
-		issued   = []string{key}
-		current  string // path answering with the case
-		which    string // the secret it echoes: key, access or refresh
-		form     func(string) answer
-		refresh  string
-		sentWith string
-	)
-	issue := func(kind string) string {
-		serial++
-		tok := fmt.Sprintf(`%s/%d"<&>\SECRET-%016x-tail`, kind, serial, mrand.Uint64())
-		issued = append(issued, tok)
-		return tok
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		if r.URL.Path == current {
-			secret := map[string]string{"key": key, "access": strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "), "refresh": refresh}[which]
-			sentWith = secret
-			a := form(secret)
-			for k, v := range a.header {
-				w.Header().Set(k, v)
-			}
-			if a.status == 0 {
-				a.status = 400
-				if which == "refresh" {
-					a.status = 503
-				}
-			}
-			w.WriteHeader(a.status)
-			_, _ = io.WriteString(w, a.body)
-			return
-		}
-		switch r.URL.Path {
-		case pathToken:
-			refresh = issue("ref")
-			writeJSON(w, 200, map[string]any{"access_token": issue("acc"), "refresh_token": refresh, "expires_in": 3600})
-		case pathRefresh:
-			writeJSON(w, 200, map[string]any{"access_token": issue("acc"), "expires_in": 3600})
-		default:
-			writeJSON(w, 200, map[string]any{})
-		}
-	}))
-	defer srv.Close()
-
-	var logs logBuffer
-	c, err := NewClient(key, WithBaseURL(srv.URL), WithMaxRetries(0), WithLogger(newJSONLogger(&logs)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Authenticate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	calls := map[string]struct {
-		path string
-		call func() error
-	}{
-		"key":     {pathToken, func() error { _, err := c.Authenticate(ctx); return err }},
-		"access":  {"/api/echo", func() error { return c.Do(ctx, "POST", "/api/echo", map[string]int{}, &struct{}{}) }},
-		"refresh": {pathRefresh, func() error { _, err := c.RefreshAccessToken(ctx); return err }},
-	}
-	n := 0
-	for name, f := range forms {
-		for w, call := range calls {
-			mu.Lock()
-			current, which, form, sentWith = call.path, w, f, ""
-			mu.Unlock()
-			err := call.call()
-			mu.Lock()
-			echoed := sentWith
-			secrets := append([]string(nil), issued...)
-			mu.Unlock()
-			if err == nil || echoed == "" {
-				t.Fatalf("%s in %s: no error (%v), or the server did not answer the case", w, name, err == nil)
-			}
-			n++
-			for _, out := range []string{err.Error(), fmt.Sprintf("%v|%+v|%#v|%s|%q", err, err, err, err, err)} {
-				if secretRun(out, secrets...) != "" {
-					t.Errorf("%s in %s: a run of 8 bytes of a secret reached the error (withheld)", w, name)
-				}
-			}
-		}
-	}
-	mu.Lock()
-	secrets := append([]string(nil), issued...)
-	mu.Unlock()
-	if secretRun(logs.String(), secrets...) != "" {
-		t.Errorf("a run of 8 bytes of a secret reached the log (withheld)")
-	}
-	if n < 200 {
-		t.Errorf("cases = %d; want hundreds", n)
-	}
-}
-
-// TestCertificateErrorNotRetried: a certificate that fails verification is
-// returned at once: no retry can fix it.
-func TestCertificateErrorNotRetried(t *testing.T) {
-	ctx := context.Background()
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	conns := countConnections(srv)
-	srv.StartTLS()
-	defer srv.Close()
-	c := newTestClient(t, WithBaseURL(srv.URL), WithMaxRetries(2), WithRetryBackoff(time.Millisecond, time.Millisecond))
-	_, err := c.AccessToken(ctx)
-	var cve *tls.CertificateVerificationError
-	if !errors.Is(err, ErrConnection) || !errors.As(err, &cve) {
-		t.Fatalf("error = %v; want ErrConnection with the certificate error", err)
-	}
-	if got := conns.Load(); got != 1 {
-		t.Errorf("connections = %d; want 1 (no retry)", got)
-	}
-}
-
-// TestUnknownEnumsKept: a channel, score or reward this version does not
-// know is kept as the server sent it; only a missing field is an error.
-func TestUnknownEnumsKept(t *testing.T) {
-	ctx := context.Background()
-	for _, ch := range []Channel{"WHATSAPP", "sms"} {
-		s, c := setup(t)
-		s.script("/api/message_optimizer", 200, `{"message_id":"m-1","optimized_message":"x","recommended_channel":"`+string(ch)+`"}`, nil)
-		got, err := c.OptimizeMessage(ctx, conversation())
-		if err != nil || got.RecommendedChannel != ch || got.MessageID != "m-1" {
-			t.Errorf("OptimizeMessage() with channel %q = %+v, %v; want it kept", ch, got, err)
-		}
-	}
-	s, c := setup(t)
-	s.script("/api/feedback", 200, `{"id":"f1","message_id":"m","customer_responded":true,"score":"excellent","positive_rewards":["paid_early"],"inserted_at":"2025-01-15T10:30:00"}`, nil)
-	got, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood})
-	if err != nil || got.Score != "excellent" || len(got.PositiveRewards) != 1 || got.PositiveRewards[0] != "paid_early" {
-		t.Errorf("SubmitFeedback() = %+v, %v; want the unknown score and reward kept", got, err)
-	}
-}
-
-// TestBulkPartialMatchesErrPartial: a partial bulk answer is an error that
-// matches ErrPartial, returned with the server's full answer.
-func TestBulkPartialMatchesErrPartial(t *testing.T) {
-	ctx := context.Background()
-	const item = `{"id":"f1","message_id":"m","customer_responded":true,"score":"good","inserted_at":"2025-01-15T10:30:00"}`
-	for _, body := range []string{
-		`{"success":false,"count":0,"feedback":[]}`,
-		`{"success":true,"count":1,"feedback":[` + item + `]}`,
-	} {
-		s, c := setup(t)
-		s.script("/api/feedback/bulk", 200, body, nil)
-		got, err := c.SubmitFeedbackBulk(ctx, []Feedback{{MessageID: "m", Score: ScoreGood}, {MessageID: "n", Score: ScoreBad}})
-		if !errors.Is(err, ErrPartial) || got == nil {
-			t.Errorf("SubmitFeedbackBulk() on %s = %v, %v; want the answer and ErrPartial", body, got, err)
-		}
-	}
-}
-
-// TestDoPathStaysUnderBase: a path with dot segments, escaped or not, is
-// refused before anything is sent.
-func TestDoPathStaysUnderBase(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t)
-	for _, p := range []string{"/api/../admin", "/api/./x", "/..", "/api/%2e%2e/admin", "/api/%2E%2e", "/api/.%2e/x", "/api/%2e", "/api/%2e%2e%2fadmin", "/api/x/..?q=1", "/api/%zz"} {
-		err := c.Do(ctx, "GET", p, nil, nil)
-		var ve *ValidationError
-		if !errors.As(err, &ve) || ve.Field != "path" {
-			t.Errorf("Do(%q) error = %v; want a *ValidationError for path", p, err)
-		}
-	}
-	if n := s.totalRequests(); n != 0 {
-		t.Errorf("requests = %d; want 0", n)
-	}
-	for _, p := range []string{"/api/feedback", "/api/a..b", "/api/.well-known", "/api/x?q=../y"} {
-		if err := c.Do(ctx, "GET", p, nil, nil); err != nil && errors.As(err, new(*ValidationError)) {
-			t.Errorf("Do(%q) error = %v; want the path accepted", p, err)
-		}
-	}
-}
-
-// TestDoNoContent: a 204 leaves out untouched and is no error.
-func TestDoNoContent(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t)
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path != "/api/empty" {
-			return false
-		}
-		w.WriteHeader(http.StatusNoContent)
-		return true
-	})
-	out := map[string]string{"kept": "yes"}
-	if err := c.Do(ctx, "POST", "/api/empty", map[string]int{}, &out); err != nil {
-		t.Fatalf("Do() on a 204 = %v; want nil", err)
-	}
-	if len(out) != 1 || out["kept"] != "yes" {
-		t.Errorf("out = %v; want it untouched", out)
-	}
-}
-
-// TestExpiresInIntegralFloat: expires_in sent as 3600.0 is read as an hour,
-// from the token and the refresh endpoints.
-func TestExpiresInIntegralFloat(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t)
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		switch r.URL.Path {
-		case pathToken:
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = io.WriteString(w, `{"access_token":"a.b.c","refresh_token":"r-1","expires_in":3600.0}`)
-		case pathRefresh:
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = io.WriteString(w, `{"access_token":"d.e.f","expires_in":1.8e3}`)
-		default:
-			return false
-		}
-		return true
-	})
-	ar, err := c.Authenticate(ctx)
-	if err != nil || ar.ExpiresIn != 3600 {
-		t.Fatalf("Authenticate() = %v, %v; want ExpiresIn 3600", ar, err)
-	}
-	if got, want := c.Token().ExpiresAt, clk.Now().Add(time.Hour); !got.Equal(want) {
-		t.Errorf("ExpiresAt = %v; want %v", got, want)
-	}
-	rr, err := c.RefreshAccessToken(ctx)
-	if err != nil || rr.ExpiresIn != 1800 {
-		t.Fatalf("RefreshAccessToken() = %v, %v; want ExpiresIn 1800", rr, err)
-	}
-}
-
-// ---- production: request ids, call options, hooks, key rotation ----
-
-// TestRequestID: the answer's X-Request-Id reaches APIError (and its text),
-// the Debug log and ResponseInfo, scrubbed like any server text.
-func TestRequestID(t *testing.T) {
-	ctx := context.Background()
-	var logs logBuffer
-	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
-	s.script("/api/feedback", 403, `{"error":"no"}`, map[string]string{"X-Request-Id": "F0x-req-1"})
-	var info ResponseInfo
-	_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithResponseInfo(&info))
-	var ae *APIError
-	if !errors.As(err, &ae) || ae.RequestID != "F0x-req-1" || !strings.HasSuffix(err.Error(), "(request id F0x-req-1)") {
-		t.Fatalf("error = %v; want an *APIError with request id F0x-req-1", err)
-	}
-	if info.RequestID != "F0x-req-1" || info.StatusCode != 403 {
-		t.Errorf("ResponseInfo = %+v; want status 403, request id F0x-req-1", info)
-	}
-	var found bool
-	for _, r := range logs.records(t) {
-		found = found || (r["msg"] == "apala: http attempt" && r["request_id"] == "F0x-req-1")
-	}
-	if !found {
-		t.Errorf("no Debug attempt record carries request_id")
-	}
-	s.script("/api/feedback", 500, `{}`, map[string]string{"X-Request-Id": "id-" + FakeAPIKey})
-	_, err = c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithMaxRetries(0))
-	if !errors.As(err, &ae) || ae.RequestID != "id-[REDACTED]" {
-		t.Errorf("request id carrying the key = %q; want it scrubbed", ae.RequestID)
-	}
-	noSecret(t, "error", err.Error())
-}
-
-// TestOptionScope: an option given where it does not apply, or with a bad
-// argument, is a *ValidationError naming it, and nothing is sent.
-func TestOptionScope(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t)
-	c.pair.Store(nil)
-	clientOnly := map[string]Option{
-		"WithBaseURL": WithBaseURL("https://x.example"), "WithHTTPClient": WithHTTPClient(nil), "WithLogger": WithLogger(nil),
-		"WithRefreshMargin": WithRefreshMargin(time.Second), "WithCompanyGUID": WithCompanyGUID(FakeCompanyGUID),
-		"WithInsecureHTTP": WithInsecureHTTP(), "WithHooks": WithHooks(Hooks{}),
-		"WithAPIKeyFunc": WithAPIKeyFunc(func(context.Context) (string, error) { return "k", nil }),
-	}
-	bad := map[string]Option{
-		"WithHeader":         WithHeader("Authorization", "Bearer x"),
-		"WithIdempotencyKey": WithIdempotencyKey(""),
-		"WithResponseInfo":   WithResponseInfo(nil),
-		"WithMaxRetries":     WithMaxRetries(-1),
-		"WithTimeout":        WithTimeout(-time.Second),
-		"WithRetryBackoff":   WithRetryBackoff(time.Second, time.Millisecond),
-	}
-	check := func(what, name string, err error) {
-		t.Helper()
-		var ve *ValidationError
-		if !errors.As(err, &ve) || ve.Field != name {
-			t.Errorf("%s with %s: error = %v; want a *ValidationError naming %s", what, name, err, name)
-		}
-	}
-	for name, o := range clientOnly {
-		check("SubmitFeedback", name, func() error {
-			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, o)
-			return err
-		}())
-		check("Do", name, c.Do(ctx, "POST", "/api/feedback", nil, nil, o))
-	}
-	for name, o := range bad {
-		check("OptimizeMessage", name, func() error { _, err := c.OptimizeMessage(ctx, conversation(), o); return err }())
-	}
-	if n := s.totalRequests(); n != 0 {
-		t.Errorf("requests = %d; want 0", n)
-	}
-	for name, o := range map[string]Option{
-		"WithIdempotencyKey": WithIdempotencyKey("k"), "WithResponseInfo": WithResponseInfo(&ResponseInfo{}),
-		"WithHeader": WithHeader("Idempotency-Key", "x"),
-	} {
-		_, err := NewClient("k", o)
-		check("NewClient", name, err)
-	}
-	for _, h := range [][2]string{{"Content-Type", "x"}, {"content-length", "1"}, {"Host", "x"}, {"Connection", "close"},
-		{"Transfer-Encoding", "chunked"}, {"Upgrade", "h2c"}, {"X-Ok", "a\r\nX-Evil: 1"}, {"X-Ok", "nul\x00"}, {"Bad Name", "x"}, {"", "x"}} {
-		_, err := NewClient("k", WithHeader(h[0], h[1]))
-		check("NewClient", "WithHeader", err)
-	}
-}
-
-// TestCallOptions: a call's retries, timeout, headers and idempotency key
-// are its own; the client's apply to the others, token requests included.
-func TestCallOptions(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t, WithHeader("X-Team", "lending"), WithHeader("User-Agent", "svc/2"))
-	fb := Feedback{MessageID: "m", Score: ScoreGood}
-	for i := 0; i < 3; i++ {
-		s.Fail("/api/feedback", 503, "busy")
-	}
-	var info ResponseInfo
-	if _, err := c.SubmitFeedback(ctx, fb, WithMaxRetries(0), WithResponseInfo(&info)); !errors.Is(err, ErrServer) || info.Attempts != 1 {
-		t.Fatalf("with WithMaxRetries(0): error %v after %d attempts; want ErrServer after 1", err, info.Attempts)
-	}
-	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 3 || info.StatusCode != 200 {
-		t.Fatalf("with the client's 2 retries: error %v after %d attempts, status %d; want success after 3", err, info.Attempts, info.StatusCode)
-	}
-	if h := s.lastHeader(pathToken); h.Get("X-Team") != "lending" || h.Get("User-Agent") != "svc/2" {
-		t.Errorf("token request headers = %v; want the client's X-Team and User-Agent", h)
-	}
-	if _, err := c.SubmitFeedback(ctx, fb, WithHeader("X-Team", "risk"), WithHeader("X-Call", "1"), WithIdempotencyKey("order-42")); err != nil {
-		t.Fatal(err)
-	}
-	h := s.lastHeader("/api/feedback")
-	if h.Get("X-Team") != "risk" || h.Get("X-Call") != "1" || h.Get("Idempotency-Key") != "order-42" {
-		t.Errorf("call headers = %v; want X-Team risk, X-Call 1, Idempotency-Key order-42", h)
-	}
-	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
-		t.Fatal(err)
-	}
-	if h := s.lastHeader("/api/feedback"); h.Get("X-Team") != "lending" || h.Get("X-Call") != "" || h.Get("Idempotency-Key") == "order-42" {
-		t.Errorf("the next call's headers = %v; want the client's only and a new key", h)
-	}
-	// A call's idempotency key stays across its retries.
-	var keys []string
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path != "/api/feedback" {
-			return false
-		}
-		keys = append(keys, r.Header.Get("Idempotency-Key"))
-		if len(keys) < 3 {
-			writeJSON(w, 503, map[string]string{"error": "busy"})
-			return true
-		}
-		return false
-	})
-	if _, err := c.SubmitFeedback(ctx, fb, WithIdempotencyKey("order-43")); err != nil {
-		t.Fatal(err)
-	}
-	if fmt.Sprint(keys) != "[order-43 order-43 order-43]" {
-		t.Errorf("keys across retries = %v; want order-43 three times", keys)
-	}
-	// A call's timeout is its own: a 1ns limit fails that call, not the next.
-	if err := c.Do(ctx, "POST", "/api/feedback", map[string]any{"message_id": "m", "customer_responded": true, "score": "good"}, nil, WithTimeout(time.Nanosecond), WithMaxRetries(0)); !errors.Is(err, ErrConnection) {
-		t.Errorf("with a 1ns timeout: error = %v; want ErrConnection", err)
-	}
-	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
-		t.Errorf("the next call: %v", err)
-	}
-}
-
-// TestResponseInfo: filled on success and on error; Attempts counts the
-// call's own attempts, the 401 replay included, token requests not.
-func TestResponseInfo(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t)
-	var info ResponseInfo
-	fb := Feedback{MessageID: "m", Score: ScoreGood}
-	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 1 || info.StatusCode != 200 || info.Header.Get("Content-Type") != "application/json; charset=utf-8" {
-		t.Fatalf("first call: %v, %+v; want 1 attempt, status 200, the answer's header", err, info)
-	}
-	s.RevokeTokens()
-	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); err != nil || info.Attempts != 2 || info.StatusCode != 200 {
-		t.Fatalf("after a revocation: %v, %+v; want 2 attempts (the replay), status 200", err, info)
-	}
-	c.Close()
-	if _, err := c.SubmitFeedback(ctx, fb, WithResponseInfo(&info)); !errors.Is(err, ErrClosed) || info.Attempts != 0 || info.StatusCode != 0 || info.Header != nil {
-		t.Fatalf("after Close: %v, %+v; want ErrClosed and no answer", err, info)
-	}
-	if info.Duration < 0 {
-		t.Errorf("Duration = %v; want it measured", info.Duration)
-	}
-}
-
-// ctxKey is a context key of the tests.
-type ctxKey struct{}
-
-// TestHooks: Attempt sees every attempt, token requests included, with the
-// wait before the next; Token sees each token request once, in the context
-// of the caller that started it, values kept and cancellation removed.
-func TestHooks(t *testing.T) {
-	ctx := context.Background()
-	var (
-		mu       sync.Mutex
-		attempts []AttemptInfo
-		tokens   []TokenInfo
-		values   []any
-	)
-	hooks := Hooks{
-		Attempt: func(ctx context.Context, a AttemptInfo) { mu.Lock(); attempts = append(attempts, a); mu.Unlock() },
-		Token: func(ctx context.Context, ti TokenInfo) {
-			mu.Lock()
-			tokens = append(tokens, ti)
-			values = append(values, ctx.Value(ctxKey{}))
-			mu.Unlock()
-		},
-	}
-	s, c := setup(t, WithHooks(hooks))
-	s.Fail("/api/feedback", 503, "busy")
-	traced := context.WithValue(ctx, ctxKey{}, "trace-1")
-	if _, err := c.SubmitFeedback(traced, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.RefreshAccessToken(context.WithValue(ctx, ctxKey{}, "trace-2")); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	var got []string
-	for _, a := range attempts {
-		got = append(got, fmt.Sprintf("%s#%d:%d/wait=%v/err=%v", a.Path, a.Attempt, a.StatusCode, a.RetryIn > 0, a.Err != nil))
-	}
-	want := []string{pathToken + "#1:200/wait=false/err=false", "/api/feedback#1:503/wait=true/err=true",
-		"/api/feedback#2:200/wait=false/err=false", pathRefresh + "#1:200/wait=false/err=false"}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("attempts = %v; want %v", got, want)
-	}
-	if len(tokens) != 2 || tokens[0].Refresh || !tokens[1].Refresh || tokens[0].Err != nil || !tokens[1].Token.Valid() {
-		t.Fatalf("token reports = %v; want an exchange and a refresh, both successful", tokens)
-	}
-	if fmt.Sprint(values) != "[trace-1 trace-2]" {
-		t.Errorf("context values seen by the Token hook = %v; want [trace-1 trace-2]", values)
-	}
-	noSecret(t, "TokenInfo", fmt.Sprintf("%v %+v", tokens, tokens))
-}
-
-// TestHookContextCancellation: the caller that started a flight may give
-// up; the flight and the other waiters go on, and the Token hook still sees
-// that caller's values.
-func TestHookContextCancellation(t *testing.T) {
-	ctx := context.Background()
-	seen := make(chan any, 1)
-	s, c := setup(t, WithHooks(Hooks{Token: func(ctx context.Context, ti TokenInfo) { seen <- ctx.Value(ctxKey{}) }}))
-	release := s.hold(t, pathToken)
-	first, cancel := context.WithCancel(context.WithValue(ctx, ctxKey{}, "starter"))
-	firstErr := make(chan error, 1)
-	go func() { _, err := c.AccessToken(first); firstErr <- err }()
-	for s.Requests(pathToken) == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	otherErr := make(chan error, 1)
-	go func() { _, err := c.AccessToken(ctx); otherErr <- err }()
-	cancel()
-	if err := <-firstErr; !errors.Is(err, context.Canceled) {
-		t.Errorf("the starter's error = %v; want context.Canceled", err)
-	}
-	release()
-	if err := <-otherErr; err != nil {
-		t.Errorf("the other waiter's error = %v; want nil", err)
-	}
-	if v := <-seen; v != "starter" {
-		t.Errorf("Token hook saw value %v; want the starter's", v)
-	}
-	if n := s.Requests(pathToken); n != 1 {
-		t.Errorf("token requests = %d; want 1", n)
-	}
-}
-
-// TestHookMayCallClient: a hook that calls the client does not deadlock:
-// hooks run outside every lock.
-func TestHookMayCallClient(t *testing.T) {
-	ctx := context.Background()
-	var c *Client
-	var inHook atomic.Int32
-	_, c = setup(t, WithHooks(Hooks{Attempt: func(ctx context.Context, a AttemptInfo) {
-		if a.Path == "/api/feedback" {
-			if _, err := c.AccessToken(ctx); err == nil {
-				inHook.Add(1)
-			}
-			_ = c.Token()
-		}
-	}}))
-	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
-		t.Fatal(err)
-	}
-	if inHook.Load() != 1 {
-		t.Errorf("AccessToken calls that succeeded in the hook = %d; want 1", inHook.Load())
-	}
-}
-
-// TestAPIKeyFunc: the key comes from the function at every exchange, a 401
-// gets one more try with a rotated key, the function's error fails the
-// flight, and every key it returned is scrubbed.
-func TestAPIKeyFunc(t *testing.T) {
-	ctx := context.Background()
-	var (
-		mu    sync.Mutex
-		key   = FakeAPIKey
-		fnErr error
-		calls int
-	)
-	fn := func(context.Context) (string, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		calls++
-		return key, fnErr
-	}
-	s := startServer(t)
-	c, err := NewClient("", WithBaseURL(s.URL), WithAPIKeyFunc(fn), WithRetryBackoff(time.Millisecond, time.Millisecond))
-	if err != nil {
-		t.Fatalf("NewClient(\"\", WithAPIKeyFunc(fn)) error = %v; want nil", err)
-	}
-	defer c.Close()
-	if _, err := c.Authenticate(ctx); err != nil || calls != 1 {
-		t.Fatalf("Authenticate(): %v after %d calls of fn; want success after 1", err, calls)
-	}
-	// Rotation at the server: the old key is refused; fn now returns the
-	// new one, so the exchange after the 401 succeeds.
-	const rotated = "rotated-SECRET-key-2"
-	s.setKnobs(func() { s.apiKey = rotated })
-	mu.Lock()
-	calls = 0
-	mu.Unlock()
-	rotate := s.hold(t, pathToken)
-	done := make(chan error, 1)
-	go func() { _, err := c.Authenticate(ctx); done <- err }()
-	for s.Requests(pathToken) < 2 {
-		time.Sleep(time.Millisecond)
-	}
-	mu.Lock()
-	key = rotated
-	mu.Unlock()
-	rotate()
-	if err := <-done; err != nil || calls != 2 || s.Requests(pathToken) != 3 {
-		t.Fatalf("Authenticate() after a rotation: %v after %d calls of fn and %d exchanges; want success after 2 and 3", err, calls, s.Requests(pathToken))
-	}
-	// An error from fn fails the token request, sending nothing.
-	mu.Lock()
-	fnErr = errors.New("vault sealed")
-	mu.Unlock()
-	before := s.Requests(pathToken)
-	_, err = c.Authenticate(ctx)
-	if err == nil || !strings.HasPrefix(err.Error(), "apala: API key: vault sealed") || s.Requests(pathToken) != before {
-		t.Fatalf("Authenticate() with fn failing = %v; want apala: API key: vault sealed, nothing sent", err)
-	}
-	// Both keys are scrubbed from server text.
-	mu.Lock()
-	fnErr = nil
-	mu.Unlock()
-	s.Fail("/api/feedback", 400, "keys "+FakeAPIKey+" and "+rotated)
-	err = c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
-	if err == nil || secretRun(err.Error(), FakeAPIKey, rotated) != "" {
-		t.Errorf("an error echoing both keys kept a part of one (withheld)")
-	}
-	noSecret(t, "client", fmt.Sprintf("%v %+v %#v", c, c, c))
-	// NewClientFromEnv does not need APALA_API_KEY with a key function.
-	t.Setenv(EnvAPIKey, "")
-	if c2, err := NewClientFromEnv(WithAPIKeyFunc(fn)); err != nil {
-		t.Errorf("NewClientFromEnv(WithAPIKeyFunc) without %s: %v", EnvAPIKey, err)
-	} else {
-		c2.Close()
-	}
-}
-
-// TestKeyRotationUnderLoad: 16 goroutines call while the key is rotated at
-// the server and in the secret store; the client moves to the new key with
-// one more exchange, and no call fails.
-func TestKeyRotationUnderLoad(t *testing.T) {
-	ctx := context.Background()
-	var key atomic.Value
-	key.Store(FakeAPIKey)
-	var asked atomic.Int32
-	fn := func(context.Context) (string, error) { asked.Add(1); return key.Load().(string), nil }
-	s, c := setup(t, WithAPIKeyFunc(fn))
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatal(err)
-	}
-	const rotated = "rotated-SECRET-key-3"
-	var failed, calls atomic.Int32
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	for g := 0; g < 16; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				calls.Add(1)
-				if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
-					failed.Add(1)
-				}
-			}
-		}()
-	}
-	for calls.Load() < 200 {
-		time.Sleep(time.Millisecond)
-	}
-	// The rotation: the store gets the new key, the server drops the old
-	// one and every token issued with it.
-	key.Store(rotated)
-	// The key first: a client refused by the revocation then exchanges
-	// the new key, never the new key with a server still on the old one.
-	s.setKnobs(func() { s.apiKey = rotated })
-	s.RevokeTokens()
-	before := calls.Load()
-	for calls.Load() < before+400 {
-		time.Sleep(time.Millisecond)
-	}
-	close(stop)
-	wg.Wait()
-	t.Logf("calls %d, failed %d, exchanges %d, refreshes %d, keys asked %d", calls.Load(), failed.Load(), s.Requests(pathToken), s.Requests(pathRefresh), asked.Load())
-	if failed.Load() != 0 {
-		t.Errorf("failed calls = %d; want 0", failed.Load())
-	}
-	if n := s.Requests(pathToken); n != 2 {
-		t.Errorf("exchanges = %d; want 2 (the first and one with the new key)", n)
-	}
-}
-
-// BenchmarkDoObserved is BenchmarkDo in memory with WithResponseInfo and a
-// no-op Attempt hook: what observing a call costs.
-func BenchmarkDoObserved(b *testing.B) {
-	ctx := context.Background()
-	in := benchFeedback{MessageID: "m1", CustomerResponded: true, Score: "good"}
-	hc := &http.Client{Transport: &cannedTransport{header: jsonHeader, body: benchReply}}
-	c := newTestClient(b, WithHTTPClient(hc), WithHooks(Hooks{Attempt: func(context.Context, AttemptInfo) {}}))
-	holdToken(c, "a.b.c", "r", 3600, 0)
-	var info ResponseInfo
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		var out benchStored
-		if err := c.Do(ctx, "POST", "/api/feedback", &in, &out, WithResponseInfo(&info)); err != nil {
-			b.Fatal(err)
-		}
-	}
 }

@@ -3,6 +3,8 @@ package apala
 // Tests of FakeServer (fake.go): its strictness, its tokens, its answers,
 // its test knobs and its in-memory transport. No test here times anything:
 // expiry is driven by the server's clock knob, and waits are on events.
+// Their helpers are at the top of apala_test.go with everyone's; the
+// request bodies only these tests use are below.
 
 import (
 	"bytes"
@@ -23,70 +25,6 @@ import (
 
 // fakeTestOther is a UUID that is not FakeCompanyGUID.
 const fakeTestOther = "11111111-2222-4333-8444-555555555555"
-
-// fakeTestClient returns an in-memory client of s, closed when the test ends.
-func fakeTestClient(tb testing.TB, s *FakeServer, opts ...Option) *Client {
-	tb.Helper()
-	c, err := s.NewClient(opts...)
-	if err != nil {
-		tb.Fatalf("NewClient() error = %v", err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return c
-}
-
-// fakeTestPost sends one request straight to s.ServeHTTP. header entries
-// with an empty value are left out (Content-Type defaults to JSON).
-func fakeTestPost(s *FakeServer, method, path, body string, header map[string]string) *httptest.ResponseRecorder {
-	r := httptest.NewRequest(method, path, strings.NewReader(body))
-	r.Header.Set("Content-Type", "application/json")
-	for k, v := range header {
-		if v == "" {
-			r.Header.Del(k)
-		} else {
-			r.Header.Set(k, v)
-		}
-	}
-	w := httptest.NewRecorder()
-	s.ServeHTTP(w, r)
-	return w
-}
-
-// fakeTestShow returns a body fit for a failure message: withheld when it
-// holds a secret.
-func fakeTestShow(body string) string {
-	if strings.Contains(body, secretMarker) {
-		return "(body withheld: it holds a secret)"
-	}
-	return body
-}
-
-// fakeTestError returns the "error" text of a JSON error body.
-func fakeTestError(t *testing.T, body []byte) string {
-	t.Helper()
-	var v struct {
-		Error *string `json:"error"`
-	}
-	if err := json.Unmarshal(body, &v); err != nil || v.Error == nil {
-		t.Fatalf("error body %s is not {\"error\": ...}", fakeTestShow(string(body)))
-	}
-	return *v.Error
-}
-
-func fakeTestRequest() MessageRequest {
-	t0 := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
-	repeat, state := 1, 5
-	return MessageRequest{
-		CustomerID: customerID,
-		Messages: []Message{
-			{Content: "Hi, is my loan approved?", Channel: ChannelSMS, MessageID: "m-1", SendTimestamp: t0, ReplyOrNot: true},
-			{Content: "We are reviewing your application.", Channel: ChannelSMS, MessageID: "m-2", SendTimestamp: t0.Add(time.Minute)},
-		},
-		Candidate: Message{Content: "Your payment is due on Friday.", Channel: ChannelSMS, MessageID: "m-3", SendTimestamp: t0.Add(time.Hour)},
-		ZipCode:   "94107",
-		Metadata:  &CustomerMetadata{IsRepeatBorrower: &repeat, StateID: &state, CreditScoreBin: CreditScore650To700, AgeBin: Age25To30},
-	}
-}
 
 // Valid request bodies, each broken one way in TestFakeServerStrict.
 const (
