@@ -356,6 +356,22 @@ func sameJSON(t *testing.T, what string, got []byte, want string) {
 	}
 }
 
+// httpClientPost posts body to the feedback endpoint of the server at
+// baseURL through hc, as a caller of HTTPClient would, with key as its
+// Idempotency-Key, and returns the request and the answer's status.
+func httpClientPost(t *testing.T, hc *http.Client, baseURL string, body io.Reader, key string) (*http.Request, int) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", baseURL+"/api/feedback", body)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return req, resp.StatusCode
+}
+
 // fakeTestPost sends one request straight to s.ServeHTTP. header entries
 // with an empty value are left out (Content-Type defaults to JSON).
 func fakeTestPost(s *FakeServer, method, path, body string, header map[string]string) *httptest.ResponseRecorder {
@@ -698,8 +714,8 @@ func benchTokenReads(b *testing.B, c *Client) {
 }
 
 // benchReply is a feedback answer, for the benchmarks of a round trip; they
-// send a benchFeedback and decode a benchStored, so that Do and the
-// hand-written baseline it is compared with do the same work.
+// send a benchFeedback and decode the fake's fakeFeedbackOut, so that Do
+// and the hand-written baseline it is compared with do the same work.
 var benchReply = []byte(`{"id":"fb-0001","message_id":"m1","customer_responded":true,"score":"good","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T10:30:00.123456"}`)
 
 // benchFeedback is a feedback request body of the benchmarks.
@@ -707,19 +723,6 @@ type benchFeedback struct {
 	MessageID         string `json:"message_id"`
 	CustomerResponded bool   `json:"customer_responded"`
 	Score             string `json:"score"`
-}
-
-// benchStored is benchReply decoded.
-type benchStored struct {
-	ID                string   `json:"id"`
-	MessageID         string   `json:"message_id"`
-	CustomerResponded bool     `json:"customer_responded"`
-	Score             string   `json:"score"`
-	ActualSentMessage *string  `json:"actual_sent_message"`
-	PositiveRewards   []string `json:"positive_rewards"`
-	SendTimestamp     *string  `json:"send_timestamp"`
-	ReplyTimestamp    *string  `json:"reply_timestamp"`
-	InsertedAt        string   `json:"inserted_at"`
 }
 
 // handPost is the baselines' hand-written round trip: the request Do puts
@@ -2309,16 +2312,9 @@ func TestHTTPClient(t *testing.T) {
 	hc := c.HTTPClient()
 
 	body := `{"message_id":"m1","customer_responded":true,"score":"good"}`
-	req, _ := http.NewRequest("POST", s.URL+"/api/feedback", strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", "k1")
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("status = %d; want 200", resp.StatusCode)
+	req, status := httpClientPost(t, hc, s.URL, strings.NewReader(body), "k1")
+	if status != 200 {
+		t.Fatalf("status = %d; want 200", status)
 	}
 	if req.Header.Get("Authorization") != "" {
 		t.Errorf("HTTPClient modified the caller's request")
@@ -2326,21 +2322,14 @@ func TestHTTPClient(t *testing.T) {
 
 	// 401: a new token and one replay with the body.
 	s.RevokeTokens()
-	req, _ = http.NewRequest("POST", s.URL+"/api/feedback", strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", "k2")
 	before := s.Requests("/api/feedback")
-	resp, err = hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 || s.Requests("/api/feedback")-before != 2 {
-		t.Errorf("after revocation: status %d, attempts %d; want 200, 2", resp.StatusCode, s.Requests("/api/feedback")-before)
+	_, status = httpClientPost(t, hc, s.URL, strings.NewReader(body), "k2")
+	if status != 200 || s.Requests("/api/feedback")-before != 2 {
+		t.Errorf("after revocation: status %d, attempts %d; want 200, 2", status, s.Requests("/api/feedback")-before)
 	}
 
 	// Another origin gets no token.
-	resp, err = hc.Get(other.URL + "/x")
+	resp, err := hc.Get(other.URL + "/x")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -2367,16 +2356,8 @@ func TestHTTPClientRefusedTokenDropped(t *testing.T) {
 	old := c.Token().AccessToken
 	s.RevokeTokens()
 	body := unreplayable{strings.NewReader(`{"message_id":"m1","customer_responded":true,"score":"good"}`)}
-	req, _ := http.NewRequest("POST", s.URL+"/api/feedback", body)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", "k1")
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 401 {
-		t.Fatalf("status = %d; want the 401", resp.StatusCode)
+	if _, status := httpClientPost(t, hc, s.URL, body, "k1"); status != 401 {
+		t.Fatalf("status = %d; want the 401", status)
 	}
 	if c.Token().Valid() {
 		t.Errorf("the refused token is still held")
@@ -3682,7 +3663,7 @@ func BenchmarkDo(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				var out benchStored
+				var out fakeFeedbackOut
 				if err := c.Do(ctx, "POST", "/api/feedback", &in, &out); err != nil {
 					b.Fatal(err)
 				}
@@ -3697,7 +3678,7 @@ func BenchmarkDo(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				var out benchStored
+				var out fakeFeedbackOut
 				handPost(b, hc, srv.URL+"/api/feedback", body, &out)
 			}
 		})
@@ -3716,7 +3697,7 @@ func BenchmarkDoObserved(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		var out benchStored
+		var out fakeFeedbackOut
 		if err := c.Do(ctx, "POST", "/api/feedback", &in, &out, WithResponseInfo(&info)); err != nil {
 			b.Fatal(err)
 		}
