@@ -1,7 +1,13 @@
 package apala
 
+// This file holds the tests of the token lifecycle (auth.go), in the order
+// of that file: authentication and the explicit token calls, printing
+// without secrets, the token pair, the lazy lifecycle (fresh, stale,
+// invalid), flights, the failure cooldown, a 401's token side, Close's
+// flight half, and token stores. Their helpers are at the top of
+// apala_test.go.
+
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,71 +17,221 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// TestWaiterSharesExplicitFlightError: a caller that needs a token while an
-// Authenticate is in flight shares that flight's failure, or meets the
-// cooldown it started: one token request in all.
-func TestWaiterSharesExplicitFlightError(t *testing.T) {
+// ---- authentication and the explicit token calls ----
+
+func TestAuthenticate(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
 	s, c := setup(t)
-	s.Fail(pathToken, 401, `{"error":"invalid API key"}`)
-	release := s.hold(t, pathToken)
-	authErr := make(chan error, 1)
-	go func() { _, err := c.Authenticate(ctx); authErr <- err }()
-	for s.Hits(pathToken) == 0 {
-		time.Sleep(time.Millisecond)
+	sentAt := clk.Now()
+	// The answer arrives 5s after the request left: expiry counts from the send.
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		clk.Advance(5 * time.Second)
+		return false
+	})
+	ar, err := c.Authenticate(ctx)
+	if err != nil {
+		t.Fatalf("Authenticate() error = %v", err)
 	}
-	tokErr := make(chan error, 1)
-	go func() { _, err := c.AccessToken(ctx); tokErr <- err }()
-	release()
-	if err := <-authErr; !errors.Is(err, ErrUnauthorized) {
-		t.Errorf("Authenticate() error = %v; want ErrUnauthorized", err)
+	if got, want := string(s.lastBody(pathToken)), `{"api_key":"`+FakeAPIKey+`"}`; got != want {
+		t.Errorf("token request body differs from {\"api_key\": <key>} (body withheld)")
 	}
-	if err := <-tokErr; !errors.Is(err, ErrUnauthorized) {
-		t.Errorf("AccessToken() error = %v; want the flight's ErrUnauthorized", err)
+	if h := s.lastHeader(pathToken); h.Get("Authorization") != "" || h.Get("Content-Type") != "application/json" {
+		t.Errorf("token request: Authorization set = %v, Content-Type = %q; want none, application/json", h.Get("Authorization") != "", h.Get("Content-Type"))
 	}
-	if got := s.Hits(pathToken); got != 1 {
-		t.Errorf("token requests = %d; want 1", got)
+	if ar.CompanyName != fakeCompanyName || ar.CompanyID != FakeCompanyGUID || ar.ExpiresIn != 3600 || ar.TokenType != "Bearer" {
+		t.Errorf("Authenticate() = %v; want company %q, 3600s, Bearer", ar, fakeCompanyName)
+	}
+	if ar.AccessToken == "" || ar.RefreshToken == "" {
+		t.Errorf("Authenticate() returned empty tokens")
+	}
+	tok := c.Token()
+	if tok.AccessToken != ar.AccessToken {
+		t.Errorf("Token().AccessToken differs from the one authenticated")
+	}
+	if want := sentAt.Add(time.Hour); !tok.ExpiresAt.Equal(want) {
+		t.Errorf("Token().ExpiresAt = %v; want %v (send time + expires_in)", tok.ExpiresAt, want)
+	}
+	if !tok.Valid() || tok.CompanyName != fakeCompanyName || tok.TokenType != "Bearer" {
+		t.Errorf("Token() = %v; want valid, company %q", tok, fakeCompanyName)
+	}
+	clk.Advance(time.Hour)
+	if tok.Valid() {
+		t.Errorf("Token().Valid() = true after ExpiresAt")
+	}
+	if (Token{}).Valid() {
+		t.Errorf("Token{}.Valid() = true; want false")
+	}
+	if (Token{AccessToken: "x"}).Valid() != true {
+		t.Errorf("Token with unknown expiry: Valid() = false; want true")
 	}
 }
 
-// TestExplicitFailureStartsCooldown: a failed Authenticate starts the
-// failure cooldown like an automatic flight, and the error served from it
-// says that nothing was sent.
-func TestExplicitFailureStartsCooldown(t *testing.T) {
+func TestAuthenticateErrors(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		status  int
+		body    string
+		is      error
+		wantMsg string // in the error
+	}{
+		{"invalid key", 401, `{"error":"invalid API key"}`, ErrUnauthorized, "invalid API key"},
+		{"no permission", 403, `{"message":"key lacks permissions"}`, ErrForbidden, "key lacks permissions"},
+		{"server", 500, `{"errors":{"detail":"Internal Server Error"}}`, ErrServer, "Internal Server Error"},
+		{"html page", 502, `<html><body>Bad gateway ` + secretMarker + `</body></html>`, ErrServer, "text/html"},
+		{"no access token", 200, `{"refresh_token":"r","expires_in":3600}`, nil, "no valid access_token"},
+		{"empty access token", 200, `{"access_token":"","expires_in":3600}`, nil, "no valid access_token"},
+		{"header injection", 200, `{"access_token":"a\r\nX-Evil: 1","expires_in":3600}`, nil, "no valid access_token"},
+		{"malformed", 200, `{"access_token":`, nil, "malformed JSON"},
+		{"wrong type", 200, `{"access_token":"a","expires_in":"soon"}`, nil, "malformed JSON"},
+		{"empty body", 200, ``, nil, "empty body"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, c := setup(t, WithMaxRetries(0))
+			s.script(pathToken, tt.status, tt.body, nil)
+			ar, err := c.Authenticate(ctx)
+			if err == nil || ar != nil {
+				t.Fatalf("Authenticate() = %v, %v; want an error", ar, err)
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
+			}
+			if !strings.Contains(err.Error(), tt.wantMsg) || !strings.HasPrefix(err.Error(), "apala: ") {
+				t.Errorf("Authenticate() error = %q; want it to contain %q", err, tt.wantMsg)
+			}
+			noSecret(t, "error", err.Error())
+			if tok := c.Token(); tok.AccessToken != "" {
+				t.Errorf("a token was stored from a bad answer")
+			}
+		})
+	}
+}
+
+// TestExpiresInIntegralFloat: expires_in sent as 3600.0 is read as an hour,
+// from the token and the refresh endpoints.
+func TestExpiresInIntegralFloat(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
 	s, c := setup(t)
-	s.Fail(pathToken, 401, `{"error":"invalid API key"}`)
-	if _, err := c.Authenticate(ctx); !errors.Is(err, ErrUnauthorized) {
-		t.Fatalf("Authenticate() error = %v; want ErrUnauthorized", err)
-	}
-	for i := 0; i < 5; i++ {
-		_, err := c.AccessToken(ctx)
-		var ae *APIError
-		if !errors.Is(err, ErrUnauthorized) || !errors.As(err, &ae) || ae.StatusCode != 401 {
-			t.Fatalf("AccessToken() #%d error = %v; want the cached 401", i, err)
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		switch r.URL.Path {
+		case pathToken:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"access_token":"a.b.c","refresh_token":"r-1","expires_in":3600.0}`)
+		case pathRefresh:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"access_token":"d.e.f","expires_in":1.8e3}`)
+		default:
+			return false
 		}
-		const want = "(cached: no new token request until 2025-01-15T10:00:01Z)"
-		if !strings.HasSuffix(err.Error(), want) {
-			t.Fatalf("AccessToken() #%d error = %q; want it to end %q", i, err, want)
+		return true
+	})
+	ar, err := c.Authenticate(ctx)
+	if err != nil || ar.ExpiresIn != 3600 {
+		t.Fatalf("Authenticate() = %v, %v; want ExpiresIn 3600", ar, err)
+	}
+	if got, want := c.Token().ExpiresAt, clk.Now().Add(time.Hour); !got.Equal(want) {
+		t.Errorf("ExpiresAt = %v; want %v", got, want)
+	}
+	rr, err := c.RefreshAccessToken(ctx)
+	if err != nil || rr.ExpiresIn != 1800 {
+		t.Fatalf("RefreshAccessToken() = %v, %v; want ExpiresIn 1800", rr, err)
+	}
+}
+
+// TestCompanyTextScrubbed: a server that puts a secret into the company name
+// cannot have it printed with the Token or logged.
+func TestCompanyTextScrubbed(t *testing.T) {
+	ctx := context.Background()
+	var logs logBuffer
+	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != pathToken {
+			return false
 		}
+		writeJSON(w, 200, map[string]any{"access_token": "acc-SECRET-0123456789", "refresh_token": "ref-SECRET-0123456789",
+			"expires_in": 3600, "company_id": "ref-SECRET-0123456789", "company_name": "Acme " + FakeAPIKey})
+		return true
+	})
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
 	}
-	if got := s.Hits(pathToken); got != 1 {
-		t.Fatalf("token requests during the cooldown = %d; want 1", got)
+	noSecret(t, "Token", fmt.Sprint(c.Token()))
+	noSecret(t, "log output", logs.String())
+	if got := c.Token().CompanyName; got != "Acme [REDACTED]" {
+		t.Errorf("CompanyName = %q; want %q", got, "Acme [REDACTED]")
 	}
-	clk.Advance(time.Second)
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatalf("AccessToken() after the cooldown: %v", err)
+}
+
+func TestRefreshAccessToken(t *testing.T) {
+	ctx := context.Background()
+	s, c := setup(t)
+	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrNotAuthenticated) {
+		t.Errorf("RefreshAccessToken() before auth: error = %v; want ErrNotAuthenticated", err)
 	}
-	if got := s.Hits(pathToken); got != 2 {
-		t.Errorf("token requests = %d; want 2", got)
+	if n := s.Requests(pathRefresh) + s.Requests(pathToken); n != 0 {
+		t.Errorf("requests sent with no refresh token = %d; want 0", n)
+	}
+	ar, err := c.Authenticate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := c.RefreshAccessToken(ctx)
+	if err != nil {
+		t.Fatalf("RefreshAccessToken() error = %v", err)
+	}
+	if rr.AccessToken == "" || rr.AccessToken == ar.AccessToken || rr.ExpiresIn != 3600 {
+		t.Errorf("RefreshAccessToken() gave no new token, or ExpiresIn = %d; want 3600", rr.ExpiresIn)
+	}
+	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+ar.RefreshToken+`"}`; got != want {
+		t.Errorf("refresh request body differs from {\"refresh_token\": <token>} (body withheld)")
+	}
+	if s.lastHeader(pathRefresh).Get("Authorization") != "" {
+		t.Errorf("refresh request carries an Authorization header")
+	}
+	if c.Token().AccessToken != rr.AccessToken || c.Token().CompanyName != fakeCompanyName {
+		t.Errorf("Token() after refresh is not the refreshed one, or lost the company")
+	}
+	// The old refresh token is kept: a second refresh uses it again.
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatalf("second RefreshAccessToken() error = %v", err)
+	}
+	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+ar.RefreshToken+`"}`; got != want {
+		t.Errorf("second refresh did not reuse the original refresh token")
+	}
+
+	// Rotation: a returned refresh token replaces the old one.
+	s.setKnobs(func() { s.rotate = true })
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rotated := c.pair.Load().refresh
+	if rotated == ar.RefreshToken {
+		t.Fatalf("rotated refresh token not adopted")
+	}
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatalf("refresh with the rotated token: %v", err)
+	}
+
+	// Refused: the explicit call returns the error and does not fall back.
+	s.Fail(pathRefresh, 401, "refresh token expired")
+	before := s.Requests(pathToken)
+	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("refused RefreshAccessToken() error = %v; want ErrUnauthorized", err)
+	}
+	if s.Requests(pathToken) != before {
+		t.Errorf("explicit refresh fell back to the API key")
 	}
 }
 
@@ -83,11 +239,12 @@ func TestExplicitFailureStartsCooldown(t *testing.T) {
 // is, starts no cooldown, and drops the refresh token, so that the
 // automatic path goes straight to the API key.
 func TestRefusedExplicitRefresh(t *testing.T) {
+	ctx := context.Background()
 	s, c := setup(t)
 	if _, err := c.Authenticate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.Fail(pathRefresh, 401, `{"error":"invalid refresh token"}`)
+	s.Fail(pathRefresh, 401, "invalid refresh token")
 	if _, err := c.RefreshAccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("RefreshAccessToken() error = %v; want ErrUnauthorized", err)
 	}
@@ -98,76 +255,145 @@ func TestRefusedExplicitRefresh(t *testing.T) {
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatalf("AccessToken() after a refused refresh: %v", err)
 	}
-	if got, want := [2]int{s.Hits(pathRefresh), s.Hits(pathToken)}, [2]int{1, 2}; got != want {
+	if got, want := [2]int{s.Requests(pathRefresh), s.Requests(pathToken)}, [2]int{1, 2}; got != want {
 		t.Errorf("refresh and token requests = %v; want %v", got, want)
 	}
 }
 
-// nilCtx is a nil context the linters cannot see through.
-var nilCtx context.Context
-
-// TestNilContext: a nil context is an error from every method that takes
-// one, never a panic, and sends nothing.
-func TestNilContext(t *testing.T) {
-	s, c := setup(t)
-	calls := map[string]func() error{
-		"AccessToken":        func() error { _, err := c.AccessToken(nilCtx); return err },
-		"Authenticate":       func() error { _, err := c.Authenticate(nilCtx); return err },
-		"RefreshAccessToken": func() error { _, err := c.RefreshAccessToken(nilCtx); return err },
-		"Do":                 func() error { return c.Do(nilCtx, "POST", "/api/feedback", nil, nil) },
-		"ProcessMessage":     func() error { _, err := c.ProcessMessage(nilCtx, conversation()); return err },
-		"OptimizeMessage":    func() error { _, err := c.OptimizeMessage(nilCtx, conversation()); return err },
-		"SubmitFeedback": func() error {
-			_, err := c.SubmitFeedback(nilCtx, Feedback{MessageID: "m", Score: ScoreGood})
-			return err
-		},
-		"SubmitFeedbackBulk": func() error {
-			_, err := c.SubmitFeedbackBulk(nilCtx, []Feedback{{MessageID: "m", Score: ScoreGood}})
-			return err
-		},
+// TestAPIKeyFunc: the key comes from the function at every exchange, a 401
+// gets one more try with a rotated key, the function's error fails the
+// flight, and every key it returned is scrubbed.
+func TestAPIKeyFunc(t *testing.T) {
+	ctx := context.Background()
+	var (
+		mu    sync.Mutex
+		key   = FakeAPIKey
+		fnErr error
+		calls int
+	)
+	fn := func(context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return key, fnErr
 	}
-	for name, call := range calls {
-		t.Run(name, func(t *testing.T) {
-			if err := call(); !errors.Is(err, errNilContext) {
-				t.Errorf("%s(nil) error = %v; want %v", name, err, errNilContext)
-			}
-		})
+	s := startServer(t)
+	c, err := NewClient("", WithBaseURL(s.URL), WithAPIKeyFunc(fn), WithRetryBackoff(time.Millisecond, time.Millisecond))
+	if err != nil {
+		t.Fatalf("NewClient(\"\", WithAPIKeyFunc(fn)) error = %v; want nil", err)
 	}
-	if got := s.totalHits(); got != 0 {
-		t.Errorf("requests = %d; want 0", got)
+	defer c.Close()
+	if _, err := c.Authenticate(ctx); err != nil || calls != 1 {
+		t.Fatalf("Authenticate(): %v after %d calls of fn; want success after 1", err, calls)
+	}
+	// Rotation at the server: the old key is refused; fn now returns the
+	// new one, so the exchange after the 401 succeeds.
+	const rotated = "rotated-SECRET-key-2"
+	s.setKnobs(func() { s.apiKey = rotated })
+	mu.Lock()
+	calls = 0
+	mu.Unlock()
+	rotate := s.hold(t, pathToken)
+	done := make(chan error, 1)
+	go func() { _, err := c.Authenticate(ctx); done <- err }()
+	for s.Requests(pathToken) < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	key = rotated
+	mu.Unlock()
+	rotate()
+	if err := <-done; err != nil || calls != 2 || s.Requests(pathToken) != 3 {
+		t.Fatalf("Authenticate() after a rotation: %v after %d calls of fn and %d exchanges; want success after 2 and 3", err, calls, s.Requests(pathToken))
+	}
+	// An error from fn fails the token request, sending nothing.
+	mu.Lock()
+	fnErr = errors.New("vault sealed")
+	mu.Unlock()
+	before := s.Requests(pathToken)
+	_, err = c.Authenticate(ctx)
+	if err == nil || !strings.HasPrefix(err.Error(), "apala: API key: vault sealed") || s.Requests(pathToken) != before {
+		t.Fatalf("Authenticate() with fn failing = %v; want apala: API key: vault sealed, nothing sent", err)
+	}
+	// Both keys are scrubbed from server text.
+	mu.Lock()
+	fnErr = nil
+	mu.Unlock()
+	s.Fail("/api/feedback", 400, "keys "+FakeAPIKey+" and "+rotated)
+	err = c.Do(ctx, "POST", "/api/feedback", map[string]int{}, nil)
+	if err == nil || secretRun(err.Error(), FakeAPIKey, rotated) != "" {
+		t.Errorf("an error echoing both keys kept a part of one (withheld)")
+	}
+	noSecret(t, "client", fmt.Sprintf("%v %+v %#v", c, c, c))
+	// NewClientFromEnv does not need APALA_API_KEY with a key function.
+	t.Setenv(EnvAPIKey, "")
+	if c2, err := NewClientFromEnv(WithAPIKeyFunc(fn)); err != nil {
+		t.Errorf("NewClientFromEnv(WithAPIKeyFunc) without %s: %v", EnvAPIKey, err)
+	} else {
+		c2.Close()
 	}
 }
 
-// TestFailedBackgroundRefreshLogsWarn: a refresh that fails in the
-// background, where no caller sees its error, is logged once at Warn.
-func TestFailedBackgroundRefreshLogsWarn(t *testing.T) {
-	clk := useFakeClock(t)
-	var logs logBuffer
-	s, c := setup(t, WithMaxRetries(0),
-		WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+// TestKeyRotationUnderLoad: 16 goroutines call while the key is rotated at
+// the server and in the secret store; the client moves to the new key with
+// one more exchange, and no call fails.
+func TestKeyRotationUnderLoad(t *testing.T) {
+	ctx := context.Background()
+	var key atomic.Value
+	key.Store(FakeAPIKey)
+	var asked atomic.Int32
+	fn := func(context.Context) (string, error) { asked.Add(1); return key.Load().(string), nil }
+	s, c := setup(t, WithAPIKeyFunc(fn))
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.Fail(pathRefresh, 503, `{"error":"maintenance"}`)
-	clk.Advance(time.Hour - 30*time.Second) // inside the margin, before the leeway
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatalf("AccessToken() in the stale window: %v", err)
+	const rotated = "rotated-SECRET-key-3"
+	var failed, calls atomic.Int32
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				calls.Add(1)
+				if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
 	}
-	waitIdle(t, c)
-	var warns []map[string]any
-	for _, r := range logs.records(t) {
-		if r["level"] == "WARN" {
-			warns = append(warns, r)
-		}
+	for calls.Load() < 200 {
+		time.Sleep(time.Millisecond)
 	}
-	if len(warns) != 1 || warns[0]["msg"] != "apala: token request failed" {
-		t.Fatalf("Warn records = %v; want one \"apala: token request failed\"", warns)
+	// The rotation: the store gets the new key, the server drops the old
+	// one and every token issued with it.
+	key.Store(rotated)
+	// The key first: a client refused by the revocation then exchanges
+	// the new key, never the new key with a server still on the old one.
+	s.setKnobs(func() { s.apiKey = rotated })
+	s.RevokeTokens()
+	before := calls.Load()
+	for calls.Load() < before+400 {
+		time.Sleep(time.Millisecond)
 	}
-	if e, _ := warns[0]["error"].(string); !strings.Contains(e, "503") {
-		t.Errorf("logged error = %q; want the 503", e)
+	close(stop)
+	wg.Wait()
+	t.Logf("calls %d, failed %d, exchanges %d, refreshes %d, keys asked %d", calls.Load(), failed.Load(), s.Requests(pathToken), s.Requests(pathRefresh), asked.Load())
+	if failed.Load() != 0 {
+		t.Errorf("failed calls = %d; want 0", failed.Load())
 	}
-	noSecret(t, "log output", logs.String())
+	if n := s.Requests(pathToken); n != 2 {
+		t.Errorf("exchanges = %d; want 2 (the first and one with the new key)", n)
+	}
 }
+
+// ---- printing without secrets ----
 
 // TestNestedValuesRedacted: the types holding a secret stay redacted inside
 // slices and maps, through slog's JSON and text handlers and json.Marshal.
@@ -210,85 +436,735 @@ func TestNestedValuesRedacted(t *testing.T) {
 	}
 }
 
-// TestCompanyTextScrubbed: a server that puts a secret into the company name
-// cannot have it printed with the Token or logged.
-func TestCompanyTextScrubbed(t *testing.T) {
-	var logs logBuffer
-	s, c := setup(t, WithLogger(newJSONLogger(&logs)))
-	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path != pathToken {
-			return false
-		}
-		writeJSON(w, 200, map[string]any{"access_token": "acc-SECRET-0123456789", "refresh_token": "ref-SECRET-0123456789",
-			"expires_in": 3600, "company_id": "ref-SECRET-0123456789", "company_name": "Acme " + DemoAPIKey})
-		return true
-	})
+// ---- the token pair ----
+
+func TestNewPairDeadlines(t *testing.T) {
+	base := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
+	const never = time.Duration(1<<63 - 1)
+	const tenYears = 10 * 365 * 24 * time.Hour // the cap on a lifetime, literal
+	tests := []struct {
+		name          string
+		margin        time.Duration
+		access        string
+		expiresIn     int
+		sent          time.Duration
+		wantStale     time.Duration
+		wantInvalid   time.Duration
+		wantExpiresAt time.Time
+	}{
+		{"hour", DefaultRefreshMargin, "a", 3600, 0, 3540 * time.Second, 3590 * time.Second, base.Add(time.Hour)},
+		{"sent later", DefaultRefreshMargin, "a", 3600, 7 * time.Second, 3547 * time.Second, 3597 * time.Second, base.Add(time.Hour)},
+		{"two minutes", DefaultRefreshMargin, "a", 120, 0, 60 * time.Second, 110 * time.Second, base.Add(2 * time.Minute)},
+		{"margin capped at half", DefaultRefreshMargin, "a", 60, 0, 30 * time.Second, 60*time.Second - 7500*time.Millisecond, base.Add(time.Minute)},
+		{"short", DefaultRefreshMargin, "a", 2, 0, time.Second, 1750 * time.Millisecond, base.Add(2 * time.Second)},
+		{"zero margin", 0, "a", 3600, 0, time.Hour, time.Hour, base.Add(time.Hour)},
+		{"jwt exp", DefaultRefreshMargin, jwtExpiring(base.Add(30 * time.Minute)), 0, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
+		{"jwt exp, negative expires_in", DefaultRefreshMargin, jwtExpiring(base.Add(30 * time.Minute)), -5, 0, 29 * time.Minute, 1790 * time.Second, base.Add(30 * time.Minute)},
+		{"jwt already expired", DefaultRefreshMargin, jwtExpiring(base.Add(-time.Minute)), 0, 0, never, never, time.Time{}},
+		{"opaque token", DefaultRefreshMargin, "opaque", 0, 0, never, never, time.Time{}},
+		{"absurd expires_in", DefaultRefreshMargin, "a", 1 << 62, 0, tenYears - time.Minute, tenYears - 10*time.Second, base.Add(tenYears)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Client{cfg: config{margin: tt.margin}}
+			p := c.newPair(tt.access, "r", "", tt.expiresIn, tt.sent, base)
+			if p.staleAt != tt.wantStale || p.invalidAt != tt.wantInvalid {
+				t.Errorf("staleAt, invalidAt = %v, %v; want %v, %v", p.staleAt, p.invalidAt, tt.wantStale, tt.wantInvalid)
+			}
+			if !p.expiresAt.Equal(tt.wantExpiresAt) {
+				t.Errorf("expiresAt = %v; want %v", p.expiresAt, tt.wantExpiresAt)
+			}
+			if p.tokenType != "Bearer" || p.bearer[0] != "Bearer "+tt.access {
+				t.Errorf("token type or bearer header not built")
+			}
+		})
+	}
+}
+
+func TestUnknownExpiryUsedUntilRejected(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	s.setKnobs(func() { s.noExpiry = true })
+	// Without expires_in the fake's JWT exp (real time + 1h) is read.
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.Token().ExpiresAt.IsZero() {
+		t.Errorf("ExpiresAt is zero; want the JWT's exp")
+	}
+
+	// An opaque token with no expires_in is used until the server rejects it.
+	s.script(pathToken, 200, `{"access_token":"opaque-`+secretMarker+`","refresh_token":"r-`+secretMarker+`"}`, nil)
 	if _, err := c.Authenticate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	noSecret(t, "Token", fmt.Sprint(c.Token()))
+	clk.Advance(1000 * time.Hour)
+	if tok := c.Token(); !tok.ExpiresAt.IsZero() || !tok.Valid() {
+		t.Errorf("opaque token: ExpiresAt = %v, Valid() = %v; want zero, true", tok.ExpiresAt, tok.Valid())
+	}
+	before := s.Requests(pathToken) + s.Requests(pathRefresh)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s.Requests(pathToken)+s.Requests(pathRefresh) != before {
+		t.Errorf("a token of unknown expiry was refreshed without a rejection")
+	}
+}
+
+// ---- the lifecycle: fresh, stale, invalid ----
+
+func TestLifecycle(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t)
+
+	first, err := c.AccessToken(ctx)
+	if err != nil {
+		t.Fatalf("AccessToken() error = %v", err)
+	}
+	if s.Requests(pathToken) != 1 {
+		t.Fatalf("token requests = %d; want 1 (lazy authentication)", s.Requests(pathToken))
+	}
+
+	// Fresh, a second before the margin: no request, none started (a
+	// refresh just started may not have reached the server yet: the flight
+	// is what tells). At 59m exactly the token is already stale.
+	clk.Advance(59*time.Minute - time.Second)
+	if tok, _ := c.AccessToken(ctx); tok != first || c.flight.Load() != nil || s.Requests(pathRefresh) != 0 {
+		t.Fatalf("fresh token: a new token or a refresh started")
+	}
+
+	// Stale: the same token at once, one refresh in the background.
+	release := s.hold(t, pathRefresh)
+	clk.Advance(31 * time.Second) // 59m30s: inside the 60s margin, before the 10s leeway
+	for i := 0; i < 10; i++ {
+		if tok, err := c.AccessToken(ctx); err != nil || tok != first {
+			t.Fatalf("stale token: AccessToken() did not return the held token at once (err %v)", err)
+		}
+	}
+	release()
+	waitIdle(t, c)
+	if n := s.Requests(pathRefresh); n != 1 {
+		t.Errorf("background refreshes = %d; want 1", n)
+	}
+	second, _ := c.AccessToken(ctx)
+	if second == first {
+		t.Fatalf("token not replaced by the background refresh")
+	}
+	if want := clk.Now().Add(time.Hour); !c.Token().ExpiresAt.Equal(want) {
+		t.Errorf("ExpiresAt after refresh = %v; want %v", c.Token().ExpiresAt, want)
+	}
+
+	// Invalid: past expiry - leeway, callers wait for a new token.
+	s.setHook(nil)
+	clk.Advance(time.Hour - 5*time.Second)
+	third, err := c.AccessToken(ctx)
+	if err != nil || third == second {
+		t.Fatalf("expired token: AccessToken() = same token or error %v", err)
+	}
+	if n := s.Requests(pathRefresh); n != 2 {
+		t.Errorf("refreshes = %d; want 2", n)
+	}
+	if n := s.Requests(pathToken); n != 1 {
+		t.Errorf("API-key exchanges = %d; want 1", n)
+	}
+}
+
+// TestStaleWindowNobodyWaits: 1,000 goroutines calling inside the stale
+// window all return the current token while the one background refresh is
+// held by the server: none waited on the network.
+func TestStaleWindowNobodyWaits(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := c.Token().AccessToken
+	s.hold(t, pathRefresh)
+	clk.Advance(time.Hour - 30*time.Second) // inside the 60s margin
+	const n = 1000
+	var wg sync.WaitGroup
+	var wrong atomic.Int32
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if tok, err := c.AccessToken(ctx); err != nil || tok != old {
+				wrong.Add(1)
+			}
+		}()
+	}
+	wg.Wait() // would hang if any caller waited for the held refresh
+	if wrong.Load() != 0 {
+		t.Errorf("%d callers got an error or another token; want the current one", wrong.Load())
+	}
+	for s.Requests(pathRefresh) == 0 { // the flight may not have reached the server yet
+		time.Sleep(time.Millisecond)
+	}
+	if got := s.Requests(pathRefresh); got != 1 {
+		t.Errorf("refresh requests = %d; want 1", got)
+	}
+}
+
+// TestTokenPathsTakeNoLock: with the client's mutex held elsewhere, a fresh
+// token, and a stale one while its refresh is in flight, are still handed
+// out: neither path touches the lock.
+func TestTokenPathsTakeNoLock(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.hold(t, pathRefresh)
+	get := func(what string) {
+		t.Helper()
+		c.mu.Lock()
+		done := make(chan error, 1)
+		go func() { _, err := c.AccessToken(ctx); done <- err }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s: %v", what, err)
+			}
+		case <-time.After(30 * time.Second): // a hang guard, not a timing assertion
+			t.Errorf("%s: AccessToken blocked on the client's lock", what)
+		}
+		c.mu.Unlock()
+	}
+	get("fresh token")
+	clk.Advance(time.Hour - 30*time.Second)
+	if _, err := c.AccessToken(ctx); err != nil { // starts the refresh
+		t.Fatal(err)
+	}
+	if c.flight.Load() == nil {
+		t.Fatal("no refresh in flight")
+	}
+	get("stale token, refresh in flight")
+}
+
+// TestFailedBackgroundRefreshLogsWarn: a refresh that fails in the
+// background, where no caller sees its error, is logged once at Warn.
+func TestFailedBackgroundRefreshLogsWarn(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	var logs logBuffer
+	s, c := setup(t, WithMaxRetries(0),
+		WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.Fail(pathRefresh, 503, "maintenance")
+	clk.Advance(time.Hour - 30*time.Second) // inside the margin, before the leeway
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatalf("AccessToken() in the stale window: %v", err)
+	}
+	waitIdle(t, c)
+	var warns []map[string]any
+	for _, r := range logs.records(t) {
+		if r["level"] == "WARN" {
+			warns = append(warns, r)
+		}
+	}
+	if len(warns) != 1 || warns[0]["msg"] != "apala: token request failed" {
+		t.Fatalf("Warn records = %v; want one \"apala: token request failed\"", warns)
+	}
+	if e, _ := warns[0]["error"].(string); !strings.Contains(e, "503") {
+		t.Errorf("logged error = %q; want the 503", e)
+	}
 	noSecret(t, "log output", logs.String())
-	if got := c.Token().CompanyName; got != "Acme [REDACTED]" {
-		t.Errorf("CompanyName = %q; want %q", got, "Acme [REDACTED]")
+}
+
+func TestRefreshRefusedFallsBackToAPIKey(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	for _, status := range []int{400, 401, 403} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			var logs logBuffer
+			s, c := setup(t, WithLogger(newJSONLogger(&logs)))
+			if _, err := c.AccessToken(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s.Fail(pathRefresh, status, "refresh refused")
+			clk.Advance(2 * time.Hour)
+			if _, err := c.AccessToken(ctx); err != nil {
+				t.Fatalf("AccessToken() after refused refresh: %v", err)
+			}
+			if s.Requests(pathRefresh) != 1 || s.Requests(pathToken) != 2 {
+				t.Errorf("refresh, token requests = %d, %d; want 1, 2", s.Requests(pathRefresh), s.Requests(pathToken))
+			}
+			if !strings.Contains(logs.String(), `"level":"WARN","msg":"apala: refresh refused; exchanging the API key"`) {
+				t.Errorf("no Warn record for the fall-back")
+			}
+		})
 	}
 }
 
-// memStore is a TokenStore in memory that counts its use, and can fail.
-type memStore struct {
-	mu           sync.Mutex
-	tok          *StoredToken
-	loads, saves int
-	err          error
+// ---- flights ----
+
+// TestOneFlightShared: 1,000 goroutines needing a token at once, with none
+// held or with an expired one, cause exactly one token request and all share
+// its result, its error included.
+func TestOneFlightShared(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		expired bool // hold an expired token first: the flight is a refresh
+		fail    bool // the token request fails
+	}{
+		{"no token", false, false},
+		{"expired token", true, false},
+		{"no token, request fails", false, true},
+		{"expired token, request fails", true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := useFakeClock(t)
+			s, c := setup(t, WithMaxRetries(0))
+			path := pathToken
+			if tt.expired {
+				if _, err := c.Authenticate(ctx); err != nil {
+					t.Fatal(err)
+				}
+				clk.Advance(2 * time.Hour)
+				path = pathRefresh
+			}
+			release := s.hold(t, path)
+			if tt.fail {
+				s.Fail(path, 503, "down") // given once the request is released
+			}
+			before := s.Requests(path)
+			const n = 1000
+			var wg sync.WaitGroup
+			toks := make([]string, n)
+			errs := make([]error, n)
+			for i := 0; i < n; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					toks[i], errs[i] = c.AccessToken(ctx)
+				}(i)
+			}
+			for s.Requests(path) == before {
+				time.Sleep(time.Millisecond)
+			}
+			release()
+			wg.Wait()
+			if got := s.Requests(path) - before; got != 1 {
+				t.Errorf("requests to %s = %d; want 1", path, got)
+			}
+			if tt.expired && s.Requests(pathToken) != 1 {
+				t.Errorf("API-key exchanges = %d; want only the first", s.Requests(pathToken))
+			}
+			var first *APIError
+			for i := range toks {
+				if tt.fail {
+					// The flight's own error, or the same one served from
+					// the cooldown to a caller that came after it ended.
+					var ae *APIError
+					if !errors.As(errs[i], &ae) || (first != nil && ae != first) || !errors.Is(errs[i], ErrServer) {
+						t.Fatalf("caller %d: error = %v; want the shared ErrServer", i, errs[i])
+					}
+					first = ae
+					continue
+				}
+				if errs[i] != nil || toks[i] != toks[0] {
+					t.Fatalf("caller %d: error %v or a different token", i, errs[i])
+				}
+			}
+		})
+	}
 }
 
-func (m *memStore) Load(context.Context) (*StoredToken, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.loads++
-	if m.tok == nil {
-		return nil, m.err
+func TestFlightDetachedFromCaller(t *testing.T) {
+	ctx := context.Background()
+	s, c := setup(t)
+	release := s.hold(t, pathToken)
+	cctx, cancel := context.WithCancel(ctx)
+	firstErr := make(chan error)
+	go func() {
+		_, err := c.AccessToken(cctx)
+		firstErr <- err
+	}()
+	for s.Requests(pathToken) == 0 {
+		time.Sleep(time.Millisecond)
 	}
-	t := *m.tok
-	return &t, m.err
+	second := make(chan error)
+	go func() {
+		_, err := c.AccessToken(ctx)
+		second <- err
+	}()
+	cancel()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled caller: error = %v; want context.Canceled", err)
+	}
+	release()
+	if err := <-second; err != nil {
+		t.Errorf("other caller: error = %v; want the shared token", err)
+	}
+	if s.Requests(pathToken) != 1 {
+		t.Errorf("token requests = %d; want 1", s.Requests(pathToken))
+	}
 }
 
-func (m *memStore) Save(_ context.Context, t *StoredToken) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.saves++
-	if m.err != nil {
-		return m.err
+// TestWaiterSharesExplicitFlightError: a caller that needs a token while an
+// Authenticate is in flight shares that flight's failure, or meets the
+// cooldown it started: one token request in all.
+func TestWaiterSharesExplicitFlightError(t *testing.T) {
+	ctx := context.Background()
+	s, c := setup(t)
+	s.Fail(pathToken, 401, "invalid API key")
+	release := s.hold(t, pathToken)
+	authErr := make(chan error, 1)
+	go func() { _, err := c.Authenticate(ctx); authErr <- err }()
+	for s.Requests(pathToken) == 0 {
+		time.Sleep(time.Millisecond)
 	}
-	c := *t
-	m.tok = &c
-	return nil
+	tokErr := make(chan error, 1)
+	go func() { _, err := c.AccessToken(ctx); tokErr <- err }()
+	release()
+	if err := <-authErr; !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("Authenticate() error = %v; want ErrUnauthorized", err)
+	}
+	if err := <-tokErr; !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("AccessToken() error = %v; want the flight's ErrUnauthorized", err)
+	}
+	if got := s.Requests(pathToken); got != 1 {
+		t.Errorf("token requests = %d; want 1", got)
+	}
 }
+
+// ---- the failure cooldown ----
+
+func TestFailureCooldown(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t, WithMaxRetries(0))
+	s.setKnobs(func() { s.apiKey = "another key" }) // the client's key is revoked
+
+	want := []struct {
+		advance  time.Duration
+		requests int // token requests so far
+	}{
+		{0, 1},                       // first failure: cooldown 1s
+		{500 * time.Millisecond, 1},  // inside it: the last error, no request
+		{500 * time.Millisecond, 2},  // after 1s: a new attempt; cooldown 2s
+		{1900 * time.Millisecond, 2}, // inside 2s
+		{100 * time.Millisecond, 3},  // cooldown 4s
+		{4 * time.Second, 4},         // 8s
+		{8 * time.Second, 5},         // 16s
+		{16 * time.Second, 6},        // 30s (capped)
+		{29 * time.Second, 6},        // inside 30s
+		{1 * time.Second, 7},         // 30s again
+		{30 * time.Second, 8},
+	}
+	for i, step := range want {
+		clk.Advance(step.advance)
+		_, err := c.AccessToken(ctx)
+		if !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("step %d: error = %v; want ErrUnauthorized", i, err)
+		}
+		if got := s.Requests(pathToken); got != step.requests {
+			t.Fatalf("step %d: token requests = %d; want %d", i, got, step.requests)
+		}
+	}
+
+	// An explicit Authenticate ignores the cooldown, and success resets it.
+	s.setKnobs(func() { s.apiKey = FakeAPIKey })
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatalf("Authenticate() during cooldown: %v", err)
+	}
+	if c.cooldown != 0 || c.cooldownUntil.Load() != 0 {
+		t.Errorf("cooldown not reset by a success")
+	}
+}
+
+// TestExplicitFailureStartsCooldown: a failed Authenticate starts the
+// failure cooldown like an automatic flight, and the error served from it
+// says that nothing was sent.
+func TestExplicitFailureStartsCooldown(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	s.Fail(pathToken, 401, "invalid API key")
+	if _, err := c.Authenticate(ctx); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("Authenticate() error = %v; want ErrUnauthorized", err)
+	}
+	for i := 0; i < 5; i++ {
+		_, err := c.AccessToken(ctx)
+		var ae *APIError
+		if !errors.Is(err, ErrUnauthorized) || !errors.As(err, &ae) || ae.StatusCode != 401 {
+			t.Fatalf("AccessToken() #%d error = %v; want the cached 401", i, err)
+		}
+		const want = "(cached: no new token request until 2025-01-15T10:00:01Z)"
+		if !strings.HasSuffix(err.Error(), want) {
+			t.Fatalf("AccessToken() #%d error = %q; want it to end %q", i, err, want)
+		}
+	}
+	if got := s.Requests(pathToken); got != 1 {
+		t.Fatalf("token requests during the cooldown = %d; want 1", got)
+	}
+	clk.Advance(time.Second)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatalf("AccessToken() after the cooldown: %v", err)
+	}
+	if got := s.Requests(pathToken); got != 2 {
+		t.Errorf("token requests = %d; want 2", got)
+	}
+}
+
+// TestRevokedKeyUnderLoad: with the API key revoked, 16 goroutines calling
+// without pause for two simulated minutes cause no more token requests than
+// the cooldown schedule allows.
+func TestRevokedKeyUnderLoad(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t, WithMaxRetries(0))
+	s.setKnobs(func() { s.apiKey = "another key" })
+	const step = 250 * time.Millisecond
+	var (
+		elapsed  time.Duration
+		next     time.Duration // when the schedule allows the next request
+		cooldown = time.Second
+		want     int
+	)
+	for elapsed = step; elapsed <= 2*time.Minute; elapsed += step {
+		clk.Advance(step)
+		if elapsed >= next {
+			want++
+			next = elapsed + cooldown
+			cooldown = min(2*cooldown, 30*time.Second)
+		}
+		var wg sync.WaitGroup
+		for g := 0; g < 16; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 4; i++ {
+					if _, err := c.AccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
+						t.Errorf("AccessToken() error = %v; want ErrUnauthorized", err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if got := s.Requests(pathToken); got != want {
+			t.Fatalf("after %v: token requests = %d; want %d", elapsed, got, want)
+		}
+	}
+	if want > 10 {
+		t.Errorf("schedule allowed %d requests in 2 minutes; want at most 10", want)
+	}
+}
+
+// ---- a 401: the token side ----
+
+// TestMany401OneNewToken: 100 goroutines all answered 401 on the same token
+// cause one new token and one replay each.
+func TestMany401OneNewToken(t *testing.T) {
+	ctx := context.Background()
+	s, c := setup(t)
+	if _, err := c.Authenticate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	var first sync.Once
+	old := c.Token().AccessToken
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/api/feedback" && r.Header.Get("Authorization") == "Bearer "+old {
+			// Hold every call made with the old token until all n have
+			// arrived, then revoke it: each is answered 401.
+			arrived.Done()
+			arrived.Wait()
+			first.Do(s.RevokeTokens)
+		}
+		return false
+	})
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, errs[i] = c.SubmitFeedback(ctx, Feedback{MessageID: fmt.Sprint("m", i), Score: ScoreGood})
+		}(i)
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("caller %d: %v", i, err)
+		}
+	}
+	// One new token, in one flight: RevokeTokens revoked the refresh token
+	// too, so its refresh is refused and it falls back to the API key.
+	if r, x := s.Requests(pathRefresh), s.Requests(pathToken); r != 1 || x != 2 {
+		t.Errorf("refresh, token requests = %d, %d; want 1, 2 (one flight: the refused refresh, then the API key)", r, x)
+	}
+	if got := s.Requests("/api/feedback"); got != 2*n {
+		t.Errorf("feedback requests = %d; want %d (each call: a 401, then one replay)", got, 2*n)
+	}
+}
+
+func TestRejectKeepsNewerToken(t *testing.T) {
+	_, c := setup(t)
+	old := holdToken(c, "old", "r", 3600, 0)
+	newer := holdToken(c, "newer", "r", 3600, 0)
+	c.reject(old)
+	if c.pair.Load() != newer {
+		t.Errorf("reject of a replaced token dropped the newer one")
+	}
+	c.reject(newer)
+	if p := c.pair.Load(); p == newer || p.access != "" || p.refresh != "r" {
+		t.Errorf("reject of the current token: not invalidated, or refresh token lost")
+	}
+}
+
+// ---- Close: the flight's half ----
+
+// TestCloseCancelsFlight: Close ends a token request in progress by
+// cancelling it, not by waiting for it to end. With no per-attempt timeout
+// and no deadline on the caller's context, the server holds the request
+// until the test releases it or the request's context ends, and the test
+// releases it only after Close has returned: the handler must have seen its
+// request cancelled first. A caller waiting for the token gets ErrClosed, and
+// no goroutine is left. The 30s bounds only stop a hung test.
+func TestCloseCancelsFlight(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		stale bool // hold a stale token: the flight is a background refresh
+	}{{"exchange with a caller waiting", false}, {"background refresh", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := useFakeClock(t)
+			before := runtime.NumGoroutine()
+			s := startServer(t)
+			c := newTestClient(t, WithBaseURL(s.URL), WithTimeout(0))
+			path := pathToken
+			if tc.stale {
+				if _, err := c.AccessToken(ctx); err != nil {
+					t.Fatal(err)
+				}
+				clk.Advance(59*time.Minute + 30*time.Second)
+				path = pathRefresh
+			}
+			release := make(chan struct{})
+			arrived := make(chan struct{}, 1)
+			ended := make(chan string, 1) // why the handler stopped holding
+			s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.URL.Path != path {
+					return false
+				}
+				arrived <- struct{}{}
+				select {
+				case <-release:
+					ended <- "released by the test"
+				case <-r.Context().Done():
+					ended <- "cancelled"
+				}
+				return true
+			})
+			callerErr := make(chan error, 1)
+			if tc.stale {
+				if _, err := c.AccessToken(ctx); err != nil { // returns at once, starts the refresh
+					t.Fatal(err)
+				}
+			} else {
+				go func() { _, err := c.AccessToken(ctx); callerErr <- err }()
+			}
+			select {
+			case <-arrived:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the token request never reached the server")
+			}
+
+			closed := make(chan struct{})
+			go func() { c.Close(); close(closed) }()
+			select {
+			case <-closed:
+			case <-time.After(30 * time.Second):
+				t.Errorf("Close() still waiting after 30s while the server holds the token request: it did not cancel it")
+				close(release)
+				<-closed
+			}
+			var why string
+			select {
+			case why = <-ended:
+			case <-time.After(30 * time.Second):
+				why = "still held after 30s"
+			}
+			if why != "cancelled" {
+				t.Errorf("the held token request ended %s; want cancelled by Close before the test released it", why)
+			}
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+			if !tc.stale {
+				if err := <-callerErr; !errors.Is(err, ErrClosed) {
+					t.Errorf("waiting caller: AccessToken() error = %v; want ErrClosed", err)
+				}
+			}
+			if c.flight.Load() != nil {
+				t.Errorf("a flight is still recorded after Close")
+			}
+			s.Close()
+			settle(t, before)
+		})
+	}
+}
+
+func TestNoGoroutineLeft(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	before := runtime.NumGoroutine()
+	s := startServer(t)
+	for i := 0; i < 20; i++ {
+		c := newTestClient(t, WithBaseURL(s.URL))
+		if _, err := c.AccessToken(ctx); err != nil {
+			t.Fatal(err)
+		}
+		clk.Advance(59*time.Minute + 30*time.Second)
+		_, _ = c.AccessToken(ctx) // starts a background refresh
+		c.Close()
+		clk.Advance(time.Hour)
+	}
+	s.Close()
+	settle(t, before)
+}
+
+// ---- token stores ----
 
 // TestTokenStoreShared: a second client adopts the token the first saved,
 // with no token request of its own; a token of another key, another base
 // URL, one that expired, or one the server refused is not adopted.
 func TestTokenStoreShared(t *testing.T) {
+	ctx := context.Background()
 	clk := useFakeClock(t)
-	s := NewDemoServer()
-	defer s.Close()
+	s := startServer(t)
 	store := &memStore{}
-	first := newTestClient(t, s.URL, WithTokenStore(store))
+	first := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(store))
 	if _, err := first.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if store.saves != 1 || store.tok.KeyID == "" || store.tok.ExpiresAt != clk.Now().Add(time.Hour) {
 		t.Fatalf("after the first token: %d saves, stored %v; want 1 save of a token expiring in an hour with a KeyID", store.saves, store.tok)
 	}
-	if strings.Contains(store.tok.KeyID, DemoAPIKey) || strings.Contains(fmt.Sprint(store.tok), secretMarker) {
+	if strings.Contains(store.tok.KeyID, FakeAPIKey) || strings.Contains(fmt.Sprint(store.tok), secretMarker) {
 		t.Fatalf("the stored token shows a secret, or its KeyID the key")
 	}
-	second := newTestClient(t, s.URL, WithTokenStore(store))
+	second := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(store))
 	tok, err := second.AccessToken(ctx)
-	if err != nil || tok != first.Token().AccessToken || s.Hits(pathToken) != 1 {
-		t.Fatalf("second client: error %v, same token %v, exchanges %d; want the stored token and 1 exchange", err, tok == first.Token().AccessToken, s.Hits(pathToken))
+	if err != nil || tok != first.Token().AccessToken || s.Requests(pathToken) != 1 {
+		t.Fatalf("second client: error %v, same token %v, exchanges %d; want the stored token and 1 exchange", err, tok == first.Token().AccessToken, s.Requests(pathToken))
 	}
-	if second.Token().CompanyName != DemoCompanyName {
-		t.Errorf("adopted company = %q; want %q", second.Token().CompanyName, DemoCompanyName)
+	if second.Token().CompanyName != fakeCompanyName {
+		t.Errorf("adopted company = %q; want %q", second.Token().CompanyName, fakeCompanyName)
 	}
 	// Not adopted: another key, another base URL.
 	other, _ := NewClient("other-key", WithBaseURL(s.URL), WithTokenStore(store))
@@ -296,18 +1172,18 @@ func TestTokenStoreShared(t *testing.T) {
 	if _, err := other.AccessToken(ctx); !errors.Is(err, ErrUnauthorized) {
 		t.Errorf("a client of another key: error = %v; want the server's 401, not the stored token", err)
 	}
-	elsewhere := newTestClient(t, strings.Replace(s.URL, "127.0.0.1", "localhost", 1), WithTokenStore(store))
-	if _, err := elsewhere.AccessToken(ctx); err != nil || s.Hits(pathToken) != 3 {
-		t.Errorf("a client of another base URL: %v after %d exchanges; want its own exchange (3)", err, s.Hits(pathToken))
+	elsewhere := newTestClient(t, WithBaseURL(strings.Replace(s.URL, "127.0.0.1", "localhost", 1)), WithTokenStore(store))
+	if _, err := elsewhere.AccessToken(ctx); err != nil || s.Requests(pathToken) != 3 {
+		t.Errorf("a client of another base URL: %v after %d exchanges; want its own exchange (3)", err, s.Requests(pathToken))
 	}
 	// Not adopted: expired.
 	clk.Advance(2 * time.Hour)
-	late := newTestClient(t, s.URL, WithTokenStore(store))
+	late := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(store))
 	store.mu.Lock()
 	store.tok.ExpiresAt = clk.Now().Add(-time.Second)
 	store.mu.Unlock()
-	before := s.Hits(pathToken)
-	if _, err := late.AccessToken(ctx); err != nil || s.Hits(pathToken) != before+1 {
+	before := s.Requests(pathToken)
+	if _, err := late.AccessToken(ctx); err != nil || s.Requests(pathToken) != before+1 {
 		t.Errorf("with an expired stored token: %v; want an exchange of its own", err)
 	}
 }
@@ -315,10 +1191,10 @@ func TestTokenStoreShared(t *testing.T) {
 // TestTokenStoreRefusedNotAdopted: after the server refused a token, the
 // same token in the store is not adopted again.
 func TestTokenStoreRefusedNotAdopted(t *testing.T) {
-	s := NewDemoServer()
-	defer s.Close()
+	ctx := context.Background()
+	s := startServer(t)
 	store := &memStore{}
-	c := newTestClient(t, s.URL, WithTokenStore(store))
+	c := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(store))
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatal(err)
 	}
@@ -326,21 +1202,22 @@ func TestTokenStoreRefusedNotAdopted(t *testing.T) {
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatalf("after a revocation: %v", err)
 	}
-	if got := s.Hits(pathRefresh); got != 1 {
+	if got := s.Requests(pathRefresh); got != 1 {
 		t.Errorf("refreshes = %d; want 1 (the stored, refused token not adopted)", got)
 	}
 }
 
 // TestTokenStoreFailures: a store that fails costs nothing but a log line.
 func TestTokenStoreFailures(t *testing.T) {
+	ctx := context.Background()
 	var logs logBuffer
 	store := &memStore{err: errors.New("disk on fire")}
 	s, c := setup(t, WithTokenStore(store), WithLogger(newJSONLogger(&logs)))
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatalf("with a failing store: %v", err)
 	}
-	if s.Hits(pathToken) != 1 || store.loads != 1 || store.saves != 1 {
-		t.Errorf("exchanges %d, loads %d, saves %d; want 1 each", s.Hits(pathToken), store.loads, store.saves)
+	if s.Requests(pathToken) != 1 || store.loads != 1 || store.saves != 1 {
+		t.Errorf("exchanges %d, loads %d, saves %d; want 1 each", s.Requests(pathToken), store.loads, store.saves)
 	}
 	var warns int
 	for _, r := range logs.records(t) {
@@ -370,6 +1247,7 @@ func TestStoredTokenPrinting(t *testing.T) {
 // TestFileTokenStore: the file store round-trips a token in a 0600 file,
 // ignores a foreign file (and overwrites it), and its lock excludes.
 func TestFileTokenStore(t *testing.T) {
+	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "token.json")
 	fs := NewFileTokenStore(path)
 	if tok, err := fs.Load(ctx); tok != nil || err != nil {
@@ -451,10 +1329,6 @@ func TestFileTokenStore(t *testing.T) {
 	u3()
 }
 
-// storeChild is the environment of a child process of the cross-process
-// tests: it runs TestStoreChild.
-const storeChild = "APALA_STORE_CHILD"
-
 // TestStoreChild is not a test of its own: it is the body of the child
 // processes that TestFileTokenStoreAcrossProcesses and
 // TestFileTokenStoreCrashedHolder start.
@@ -480,11 +1354,7 @@ func TestStoreChild(t *testing.T) {
 	if mode == "store" {
 		opts = append(opts, WithTokenStore(store))
 	}
-	c, err := NewClient(DemoAPIKey, opts...)
-	if err != nil {
-		fail("%v", err)
-	}
-	defer c.Close()
+	c := newTestClient(t, opts...)
 	call := func() {
 		if _, err := c.SubmitFeedback(context.Background(), Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 			fail("call: %v", err)
@@ -503,50 +1373,6 @@ func TestStoreChild(t *testing.T) {
 	fmt.Println("child: done")
 }
 
-// startChildren starts n child processes in mode and returns their stdin
-// and a channel that yields one line per child and event.
-func startChildren(t *testing.T, n int, mode, url, path, run string) ([]*exec.Cmd, []io.WriteCloser, chan string) {
-	t.Helper()
-	lines := make(chan string, 4*n)
-	var cmds []*exec.Cmd
-	var ins []io.WriteCloser
-	for i := 0; i < n; i++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestStoreChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), storeChild+"="+mode, "APALA_STORE_PATH="+path, "APALA_STORE_URL="+url, "APALA_STORE_RUN="+run)
-		in, _ := cmd.StdinPipe()
-		out, _ := cmd.StdoutPipe()
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				if strings.HasPrefix(sc.Text(), "child: ") {
-					lines <- strings.TrimPrefix(sc.Text(), "child: ")
-				}
-			}
-			if err := cmd.Wait(); err != nil {
-				lines <- "exit: " + err.Error() + ": " + stderr.String()
-			}
-		}()
-		cmds, ins = append(cmds, cmd), append(ins, in)
-		t.Cleanup(func() { _ = cmd.Process.Kill() })
-	}
-	return cmds, ins, lines
-}
-
-// expect reads one line per child and fails unless each is want.
-func expect(t *testing.T, lines chan string, n int, want string) {
-	t.Helper()
-	for i := 0; i < n; i++ {
-		if got := <-lines; got != want {
-			t.Fatalf("a child said %q; want %q", got, want)
-		}
-	}
-}
-
 // TestFileTokenStoreAcrossProcesses: 8 processes sharing one file store
 // make one token request at start (8 without it), and one per refresh
 // cycle of short-lived tokens after a revocation, instead of one each.
@@ -555,8 +1381,7 @@ func TestFileTokenStoreAcrossProcesses(t *testing.T) {
 		t.Skip("starts 16 processes and runs for about 8s")
 	}
 	const n = 8
-	s := NewDemoServer()
-	defer s.Close()
+	s := startServer(t)
 
 	// Without a store, for comparison: one exchange each.
 	_, ins, lines := startChildren(t, n, "nostore", s.URL, filepath.Join(t.TempDir(), "unused.json"), "0s")
@@ -564,26 +1389,29 @@ func TestFileTokenStoreAcrossProcesses(t *testing.T) {
 	for _, in := range ins {
 		in.Close()
 	}
-	without := s.Hits(pathToken)
+	without := s.Requests(pathToken)
 
-	s2 := NewDemoServer()
-	defer s2.Close()
+	s2 := startServer(t)
 	path := filepath.Join(t.TempDir(), "token.json")
 	_, ins, lines = startChildren(t, n, "store", s2.URL, path, "7500ms")
 	expect(t, lines, n, "ready")
-	atStart := s2.Hits(pathToken) + s2.Hits(pathRefresh)
+	atStart := s2.Requests(pathToken) + s2.Requests(pathRefresh)
 	// Short-lived tokens from now on, and the hour-long ones revoked: the
 	// children move to 3s tokens refreshed 0.5s before they expire, a
-	// refresh cycle of 2.5s, three cycles in the 7.5s run.
-	s2.SetTokenLifetime(3 * time.Second)
-	s2.RevokeTokens()
+	// refresh cycle of 2.5s, three cycles in the 7.5s run. The 3s are the
+	// children's (expires_in): the server accepts the tokens for its hour,
+	// so that a request held up on a busy machine is not refused for
+	// expiry; and it keeps the refresh tokens, so that the revocation costs
+	// one refresh, not a refused refresh and an exchange.
+	s2.setKnobs(func() { s2.expiresIn = 3 })
+	s2.revokeAccess()
 	for _, in := range ins {
 		fmt.Fprintln(in, "go")
 	}
 	expect(t, lines, n, "done")
-	later := s2.Hits(pathToken) + s2.Hits(pathRefresh) - atStart
+	later := s2.Requests(pathToken) + s2.Requests(pathRefresh) - atStart
 	t.Logf("token requests of %d processes: without a store %d at start; with the file store %d at start, %d over the 7.5s run (exchanges %d, refreshes %d)",
-		n, without, atStart, later, s2.Hits(pathToken), s2.Hits(pathRefresh))
+		n, without, atStart, later, s2.Requests(pathToken), s2.Requests(pathRefresh))
 	if without != n {
 		t.Errorf("exchanges without a store = %d; want %d", without, n)
 	}
@@ -598,11 +1426,11 @@ func TestFileTokenStoreAcrossProcesses(t *testing.T) {
 // TestFileTokenStoreCrashedHolder: a process killed while holding the lock
 // blocks the others only until its lock file is old enough to take over.
 func TestFileTokenStoreCrashedHolder(t *testing.T) {
+	ctx := context.Background()
 	if testing.Short() {
 		t.Skip("starts a process")
 	}
-	s := NewDemoServer()
-	defer s.Close()
+	s := startServer(t)
 	path := filepath.Join(t.TempDir(), "token.json")
 	cmds, _, lines := startChildren(t, 1, "hold", s.URL, path, "0s")
 	expect(t, lines, 1, "locked")
@@ -612,14 +1440,14 @@ func TestFileTokenStoreCrashedHolder(t *testing.T) {
 	saved := fileLockStale
 	fileLockStale = 500 * time.Millisecond
 	defer func() { fileLockStale = saved }()
-	c := newTestClient(t, s.URL, WithTokenStore(NewFileTokenStore(path)))
+	c := newTestClient(t, WithBaseURL(s.URL), WithTokenStore(NewFileTokenStore(path)))
 	start := time.Now()
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatalf("AccessToken() after the holder crashed: %v", err)
 	}
 	t.Logf("waited %v for a lock whose holder was killed (takeover bound %v)", time.Since(start).Round(time.Millisecond), fileLockStale)
-	if s.Hits(pathToken) != 1 {
-		t.Errorf("exchanges = %d; want 1", s.Hits(pathToken))
+	if s.Requests(pathToken) != 1 {
+		t.Errorf("exchanges = %d; want 1", s.Requests(pathToken))
 	}
 	if _, err := os.Stat(path + ".lock"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the lock file was not released: %v", err)

@@ -113,13 +113,14 @@ type FakeServer struct {
 	mu     sync.Mutex
 	inited bool // the defaults and maps are set
 
-	// Knobs for the package's own tests. Set them with mu held (or, for
-	// hook, with setHook), before or between requests.
+	// Knobs for the package's own tests. Set them with mu held (the tests'
+	// setKnobs does; hook with setHook), before or between requests.
 	now       func() time.Time                                  // the server's clock: token expiry, inserted_at; it must not call the server. Default time.Now
 	lifetime  time.Duration                                     // of access tokens issued from now on
 	expiresIn int                                               // expires_in of auth answers, sent as is, even 0 or negative; SetTokenLifetime sets it
 	noExpiry  bool                                              // leave expires_in out of auth answers
 	rotate    bool                                              // answer a refresh with a new refresh token and revoke the old one
+	apiKey    string                                            // the one key the token endpoint accepts; "" means FakeAPIKey
 	hook      func(w http.ResponseWriter, r *http.Request) bool // see setHook
 
 	requests   int                        // requests received, on every path: n of the last X-Request-Id req-000n
@@ -325,6 +326,19 @@ func (s *FakeServer) grant() (access, refresh string) {
 	defer s.mu.Unlock()
 	s.ready()
 	return s.pairLocked()
+}
+
+// revokeAccess revokes every access token issued so far and keeps the
+// refresh tokens, for a test whose client must recover through a refresh.
+func (s *FakeServer) revokeAccess() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ready()
+	for tok, t := range s.tokens {
+		if !t.refresh {
+			delete(s.tokens, tok)
+		}
+	}
 }
 
 // pairLocked issues an access token and a refresh token. s.mu must be held.
@@ -569,11 +583,16 @@ func (s *FakeServer) serveToken(w http.ResponseWriter, r *http.Request, body []b
 		fakeError(w, http.StatusBadRequest, `want exactly {"api_key": ...}`)
 		return
 	}
-	if *in.APIKey != FakeAPIKey {
+	s.mu.Lock()
+	key := s.apiKey
+	if key == "" {
+		key = FakeAPIKey
+	}
+	if *in.APIKey != key {
+		s.mu.Unlock()
 		fakeError(w, http.StatusUnauthorized, "invalid API key")
 		return
 	}
-	s.mu.Lock()
 	out := fakeAuthOut{TokenType: "Bearer", CompanyID: FakeCompanyGUID, CompanyName: fakeCompanyName}
 	out.AccessToken, out.RefreshToken = s.pairLocked()
 	out.ExpiresIn = s.expiresInLocked()

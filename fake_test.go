@@ -3,6 +3,8 @@ package apala
 // Tests of FakeServer (fake.go): its strictness, its tokens, its answers,
 // its test knobs and its in-memory transport. No test here times anything:
 // expiry is driven by the server's clock knob, and waits are on events.
+// Their helpers are at the top of apala_test.go with everyone's; the
+// request bodies only these tests use are below.
 
 import (
 	"bytes"
@@ -21,96 +23,14 @@ import (
 	"time"
 )
 
-const (
-	fakeTestCustomer = "123e4567-e89b-42d3-a456-426614174000"
-	fakeTestOther    = "11111111-2222-4333-8444-555555555555" // a UUID that is not FakeCompanyGUID
-	fakeTestSecret   = "SECRET"                               // in every secret the server hands out
-)
-
-// fakeTestClient returns an in-memory client of s, closed when the test ends.
-func fakeTestClient(tb testing.TB, s *FakeServer, opts ...Option) *Client {
-	tb.Helper()
-	c, err := s.NewClient(opts...)
-	if err != nil {
-		tb.Fatalf("NewClient() error = %v", err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return c
-}
-
-// fakeTestSetClock sets the server's clock to t0 and returns a function
-// that moves it. The clock's time is guarded by s.mu, which the server
-// holds whenever it reads its clock.
-func fakeTestSetClock(s *FakeServer, t0 time.Time) (advance func(time.Duration)) {
-	now := t0
-	s.mu.Lock()
-	s.now = func() time.Time { return now }
-	s.mu.Unlock()
-	return func(d time.Duration) {
-		s.mu.Lock()
-		now = now.Add(d)
-		s.mu.Unlock()
-	}
-}
-
-// fakeTestPost sends one request straight to s.ServeHTTP. header entries
-// with an empty value are left out (Content-Type defaults to JSON).
-func fakeTestPost(s *FakeServer, method, path, body string, header map[string]string) *httptest.ResponseRecorder {
-	r := httptest.NewRequest(method, path, strings.NewReader(body))
-	r.Header.Set("Content-Type", "application/json")
-	for k, v := range header {
-		if v == "" {
-			r.Header.Del(k)
-		} else {
-			r.Header.Set(k, v)
-		}
-	}
-	w := httptest.NewRecorder()
-	s.ServeHTTP(w, r)
-	return w
-}
-
-// fakeTestShow returns a body fit for a failure message: withheld when it
-// holds a secret.
-func fakeTestShow(body string) string {
-	if strings.Contains(body, fakeTestSecret) {
-		return "(body withheld: it holds a secret)"
-	}
-	return body
-}
-
-// fakeTestError returns the "error" text of a JSON error body.
-func fakeTestError(t *testing.T, body []byte) string {
-	t.Helper()
-	var v struct {
-		Error *string `json:"error"`
-	}
-	if err := json.Unmarshal(body, &v); err != nil || v.Error == nil {
-		t.Fatalf("error body %s is not {\"error\": ...}", fakeTestShow(string(body)))
-	}
-	return *v.Error
-}
-
-func fakeTestRequest() MessageRequest {
-	t0 := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
-	repeat, state := 1, 5
-	return MessageRequest{
-		CustomerID: fakeTestCustomer,
-		Messages: []Message{
-			{Content: "Hi, is my loan approved?", Channel: ChannelSMS, MessageID: "m-1", SendTimestamp: t0, ReplyOrNot: true},
-			{Content: "We are reviewing your application.", Channel: ChannelSMS, MessageID: "m-2", SendTimestamp: t0.Add(time.Minute)},
-		},
-		Candidate: Message{Content: "Your payment is due on Friday.", Channel: ChannelSMS, MessageID: "m-3", SendTimestamp: t0.Add(time.Hour)},
-		ZipCode:   "94107",
-		Metadata:  &CustomerMetadata{IsRepeatBorrower: &repeat, StateID: &state, CreditScoreBin: CreditScore650To700, AgeBin: Age25To30},
-	}
-}
+// fakeTestOther is a UUID that is not FakeCompanyGUID.
+const fakeTestOther = "11111111-2222-4333-8444-555555555555"
 
 // Valid request bodies, each broken one way in TestFakeServerStrict.
 const (
 	fakeTestMsg        = `{"content":"Hi","channel":"SMS","message_id":"m1","send_timestamp":"2025-01-15T10:30:00Z","reply_or_not":"false"}`
-	fakeTestProcessing = `{"company":"` + FakeCompanyGUID + `","customer_id":"` + fakeTestCustomer + `","zip_code":"94107","messages":[` + fakeTestMsg + `],"candidate_message":` + fakeTestMsg + `}`
-	fakeTestOptimizer  = `{"company":"` + FakeCompanyGUID + `","customer_id":"` + fakeTestCustomer + `","messages":[` + fakeTestMsg + `],"candidate_message":"Hi","state_id":5,"credit_score_bin":"SCORE_650_700"}`
+	fakeTestProcessing = `{"company":"` + FakeCompanyGUID + `","customer_id":"` + customerID + `","zip_code":"94107","messages":[` + fakeTestMsg + `],"candidate_message":` + fakeTestMsg + `}`
+	fakeTestOptimizer  = `{"company":"` + FakeCompanyGUID + `","customer_id":"` + customerID + `","messages":[` + fakeTestMsg + `],"candidate_message":"Hi","state_id":5,"credit_score_bin":"SCORE_650_700"}`
 	fakeTestFeedback   = `{"message_id":"msg-0001","customer_responded":true,"score":"good"}`
 	fakeTestBulk       = `{"feedback":[` + fakeTestFeedback + `,` + fakeTestFeedback + `]}`
 )
@@ -162,7 +82,7 @@ func TestFakeServerStrict(t *testing.T) {
 		{name: "array body", path: fb, body: `[]`, wantStatus: 422, wantError: "want a JSON object"},
 		{name: "company not a UUID", path: proc, body: with(fakeTestProcessing, FakeCompanyGUID, "acme"), wantStatus: 422, wantError: "company: not a UUID"},
 		{name: "company missing", path: opt, body: with(fakeTestOptimizer, `"company":"`+FakeCompanyGUID+`",`, ""), wantStatus: 422, wantError: "company: required"},
-		{name: "customer not a UUID", path: opt, body: with(fakeTestOptimizer, fakeTestCustomer, "123e4567e89b42d3a456426614174000"), wantStatus: 422, wantError: "customer_id: not a UUID"},
+		{name: "customer not a UUID", path: opt, body: with(fakeTestOptimizer, customerID, "123e4567e89b42d3a456426614174000"), wantStatus: 422, wantError: "customer_id: not a UUID"},
 		{name: "another company", path: opt, body: with(fakeTestOptimizer, FakeCompanyGUID, fakeTestOther), wantStatus: 403, wantError: "company does not match the token"},
 		{name: "zip code of 4 digits", path: proc, body: with(fakeTestProcessing, "94107", "9410"), wantStatus: 422, wantError: "zip_code"},
 		{name: "zip code with a letter", path: opt, body: with(fakeTestOptimizer, `"messages"`, `"zip_code":"9410A","messages"`), wantStatus: 422, wantError: "zip_code"},
@@ -271,7 +191,7 @@ func TestFakeServerClient(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ProcessMessage() error = %v", err)
 	}
-	wantPR := ProcessingResponse{Company: FakeCompanyGUID, CustomerID: fakeTestCustomer,
+	wantPR := ProcessingResponse{Company: FakeCompanyGUID, CustomerID: customerID,
 		CandidateMessage: CandidateMessage{Content: "Your payment is due on Friday.", Channel: ChannelSMS, MessageID: "m-3"}}
 	if *pr != wantPR {
 		t.Errorf("ProcessMessage() = %+v; want %+v", *pr, wantPR)
@@ -343,7 +263,7 @@ func TestFakeServerClient(t *testing.T) {
 // against API.md, with the server's clock fixed.
 func TestFakeServerAnswers(t *testing.T) {
 	s := NewFakeServer()
-	fakeTestSetClock(s, time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.FixedZone("CET", 3600)))
+	s.setClock(time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.FixedZone("CET", 3600)))
 	access, _ := s.grant()
 	auth := map[string]string{"Authorization": "Bearer " + access}
 	tests := []struct {
@@ -356,7 +276,7 @@ func TestFakeServerAnswers(t *testing.T) {
 		{"/api/feedback/bulk", `{"feedback":[{"message_id":"m3","customer_responded":true,"score":"bad"}]}`,
 			`{"success":true,"count":1,"feedback":[{"id":"fb-0003","message_id":"m3","customer_responded":true,"score":"bad","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T09:30:00.123456"}]}`},
 		{"/api/message_processing", fakeTestProcessing,
-			`{"company":"` + FakeCompanyGUID + `","customer_id":"` + fakeTestCustomer + `","candidate_message":{"content":"Hi","channel":"SMS","message_id":"m1"}}`},
+			`{"company":"` + FakeCompanyGUID + `","customer_id":"` + customerID + `","candidate_message":{"content":"Hi","channel":"SMS","message_id":"m1"}}`},
 		{"/api/message_optimizer", fakeTestOptimizer,
 			`{"message_id":"msg-0001","optimized_message":"Hi - reply YES and we will call you today.","recommended_channel":"SMS","original_message":"Hi"}`},
 	}
@@ -398,7 +318,7 @@ func TestFakeServerAnswers(t *testing.T) {
 func TestFakeServerAuth(t *testing.T) {
 	s := NewFakeServer()
 	t0 := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
-	fakeTestSetClock(s, t0)
+	s.setClock(t0)
 	c := fakeTestClient(t, s)
 	ctx := context.Background()
 
@@ -417,8 +337,8 @@ func TestFakeServerAuth(t *testing.T) {
 		if len(parts) != 3 {
 			t.Fatalf("%s token has %d dot-separated parts; want 3 (a JWT)", tok.name, len(parts))
 		}
-		if !strings.Contains(parts[2], fakeTestSecret) {
-			t.Errorf("%s token's signature lacks the word %s", tok.name, fakeTestSecret)
+		if !strings.Contains(parts[2], secretMarker) {
+			t.Errorf("%s token's signature lacks the word %s", tok.name, secretMarker)
 		}
 		for i, p := range parts {
 			if _, err := base64.RawURLEncoding.DecodeString(p); err != nil {
@@ -471,15 +391,11 @@ func TestFakeServerAuth(t *testing.T) {
 	}
 
 	// Knobs: the raw expires_in, none at all, rotation.
-	s.mu.Lock()
-	s.expiresIn = -5
-	s.mu.Unlock()
+	s.setKnobs(func() { s.expiresIn = -5 })
 	if ar, err := c.Authenticate(ctx); err != nil || ar.ExpiresIn != -5 {
 		t.Errorf("Authenticate() with expiresIn -5: ExpiresIn = %v (err %v); want -5", ar.ExpiresIn, err)
 	}
-	s.mu.Lock()
-	s.noExpiry, s.rotate = true, true
-	s.mu.Unlock()
+	s.setKnobs(func() { s.noExpiry, s.rotate = true, true })
 	for _, path := range []string{"/api/auth/token", "/api/auth/refresh"} {
 		body := `{"api_key":"` + FakeAPIKey + `"}`
 		if path == "/api/auth/refresh" {
@@ -517,7 +433,7 @@ func TestFakeServerSetTokenLifetime(t *testing.T) {
 		t.Run(tt.life.String(), func(t *testing.T) {
 			s := NewFakeServer()
 			t0 := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
-			advance := fakeTestSetClock(s, t0)
+			advance := s.setClock(t0)
 			s.SetTokenLifetime(tt.life)
 			c := fakeTestClient(t, s)
 			ar, err := c.Authenticate(context.Background())
@@ -548,7 +464,7 @@ func TestFakeServerSetTokenLifetime(t *testing.T) {
 // refused with 401, and a client recovers by refreshing it.
 func TestFakeServerExpiredToken(t *testing.T) {
 	s := NewFakeServer()
-	advance := fakeTestSetClock(s, time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC))
+	advance := s.setClock(time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC))
 	c := fakeTestClient(t, s)
 	ctx := context.Background()
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
@@ -605,6 +521,32 @@ func TestFakeServerRevokeTokens(t *testing.T) {
 	}
 	if c.Token().AccessToken == old {
 		t.Errorf("the client still holds the revoked token")
+	}
+}
+
+// TestFakeServerKnobs: the knobs the package's tests set beyond the
+// exported API. apiKey replaces the key the token endpoint accepts;
+// revokeAccess refuses the access tokens issued so far and keeps the
+// refresh tokens.
+func TestFakeServerKnobs(t *testing.T) {
+	s := NewFakeServer()
+	s.setKnobs(func() { s.apiKey = "other-SECRET-key" })
+	for _, tt := range []struct {
+		name, key string
+		want      int
+	}{{"FakeAPIKey", FakeAPIKey, 401}, {"the apiKey knob's", "other-SECRET-key", 200}} {
+		if w := fakeTestPost(s, "POST", "/api/auth/token", `{"api_key":"`+tt.key+`"}`, nil); w.Code != tt.want {
+			t.Errorf("token request with %s key: status %d; want %d", tt.name, w.Code, tt.want)
+		}
+	}
+
+	access, refresh := s.grant()
+	s.revokeAccess()
+	if w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, map[string]string{"Authorization": "Bearer " + access}); w.Code != 401 {
+		t.Errorf("access token after revokeAccess: status %d; want 401", w.Code)
+	}
+	if w := fakeTestPost(s, "POST", "/api/auth/refresh", `{"refresh_token":"`+refresh+`"}`, nil); w.Code != 200 {
+		t.Errorf("refresh token after revokeAccess: status %d; want 200", w.Code)
 	}
 }
 
@@ -1054,7 +996,7 @@ func TestFakeServerZeroValue(t *testing.T) {
 func BenchmarkFakeServerOptimizeMessage(b *testing.B) {
 	s := NewFakeServer()
 	c := fakeTestClient(b, s)
-	req := MessageRequest{CustomerID: fakeTestCustomer, Candidate: Message{Content: "Your payment is due on Friday."}}
+	req := MessageRequest{CustomerID: customerID, Candidate: Message{Content: "Your payment is due on Friday."}}
 	ctx := context.Background()
 	if _, err := c.OptimizeMessage(ctx, req); err != nil { // authenticates
 		b.Fatal(err)
