@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -421,7 +422,8 @@ func WithResponseInfo(dst *ResponseInfo) Option {
 }
 
 // ResponseInfo describes how a call went, for support tickets and metrics;
-// WithResponseInfo asks for it.
+// WithResponseInfo asks for it. Printed, logged or JSON-encoded, it shows
+// the names of the answer's headers, not their values.
 type ResponseInfo struct {
 	StatusCode int           // of the last answer; 0 when none came
 	Header     http.Header   // of the last answer; nil when none came
@@ -430,6 +432,40 @@ type ResponseInfo struct {
 	Duration   time.Duration // from the call's start to its return
 }
 
+// printable lists what i shows of itself: the names of the answer's
+// headers, not their values, which a hostile server could fill with a
+// secret of the client's; read Header for those.
+func (i ResponseInfo) printable() []slog.Attr {
+	names := make([]string, 0, len(i.Header))
+	for k := range i.Header {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return []slog.Attr{
+		slog.Int("status_code", i.StatusCode),
+		slog.String("header", "["+strings.Join(names, " ")+"]"),
+		slog.String("request_id", i.RequestID),
+		slog.Int("attempts", i.Attempts),
+		slog.Duration("duration", i.Duration),
+	}
+}
+
+// String describes the call, with the names of the answer's headers only.
+func (i ResponseInfo) String() string { return describe("apala.ResponseInfo", i.printable()) }
+
+// GoString is String, for code that asks for it by name; fmt's %#v goes
+// through Format.
+func (i ResponseInfo) GoString() string { return i.String() }
+
+// Format implements fmt.Formatter: every verb prints String.
+func (i ResponseInfo) Format(f fmt.State, verb rune) { formatRedacted(f, verb, i.String()) }
+
+// LogValue implements slog.LogValuer, with the header names only.
+func (i ResponseInfo) LogValue() slog.Value { return slog.GroupValue(i.printable()...) }
+
+// MarshalJSON encodes the description, with the header names only.
+func (i ResponseInfo) MarshalJSON() ([]byte, error) { return marshalAttrs(i.printable()) }
+
 // WithHooks sets functions the client calls as it works, to feed metrics or
 // traces without the package depending on them. Client only.
 func WithHooks(h Hooks) Option {
@@ -437,9 +473,10 @@ func WithHooks(h Hooks) Option {
 }
 
 // Hooks are called synchronously, outside every lock of the client, so a
-// hook may call the client, except that a Token hook must not wait for a
-// token (AccessToken, an API call): it would wait on the flight that is
-// reporting to it. A nil func is skipped. The context a hook gets is the
+// hook may call the client, except that a hook reporting on a token request
+// (Token, and Attempt for /api/auth/ paths) must neither wait for a token
+// (AccessToken, an API call) nor call Close: either would wait on the
+// flight that is reporting to it. A nil func is skipped. The context a hook gets is the
 // caller's; for a token request it is the context of the caller that
 // started it, with its cancellation removed: its values (a trace, a logger)
 // flow, its cancellation does not. Hooks see no secret but through Token,
@@ -816,21 +853,34 @@ func validPath(p string) bool {
 			return false
 		}
 	}
-	// No dot segment, escaped or not: a path must not climb out of the
-	// base URL's prefix.
+	// No dot segment, escaped or not, nor one with path parameters
+	// ("..;x"): a path must not climb out of the base URL's prefix. Decoded
+	// up to three times, for servers and proxies that decode more than once;
+	// a decoding that is not UTF-8 or yields a control character or a
+	// backslash is refused.
 	path, _, _ := strings.Cut(p, "?")
-	dec, err := url.PathUnescape(path)
-	if err != nil || strings.Contains(dec, "\\") {
-		return false
-	}
-	for rest := dec; rest != ""; {
-		var seg string
-		seg, rest, _ = strings.Cut(rest, "/")
-		if seg == "." || seg == ".." {
+	for depth := 0; ; depth++ {
+		for rest := path; rest != ""; {
+			var seg string
+			seg, rest, _ = strings.Cut(rest, "/")
+			if name, _, _ := strings.Cut(seg, ";"); name == "." || name == ".." {
+				return false
+			}
+		}
+		if depth == 3 || !strings.Contains(path, "%") {
+			return true
+		}
+		dec, err := url.PathUnescape(path)
+		if err != nil || !utf8.ValidString(dec) {
 			return false
 		}
+		for i := 0; i < len(dec); i++ {
+			if b := dec[i]; b < ' ' || b == 0x7f || b == '\\' {
+				return false
+			}
+		}
+		path = dec
 	}
-	return true
 }
 
 // newID returns 16 random bytes as 32 lowercase hex characters, shaped as a
@@ -883,7 +933,7 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 			return sendTime{}, ErrClosed
 		}
 		sent := sendTime{mono: c.mono(), wall: c.now()}
-		resp, err := c.attempt(ctx, rq, cfg, pair)
+		resp, err := c.attempt(ctx, rq, cfg, pair, carried)
 		if err == nil && resp.ok() {
 			c.report(ctx, rq, cfg, n, resp, nil, 0, carried)
 			err = c.decode(rq, resp, out, carried)
@@ -1029,7 +1079,7 @@ func (r *response) release() {
 // attempt sends one HTTP request and reads its answer: a success body up to
 // maxBody, an error body up to maxErrorBody, drained past that. The response
 // comes back with an error too, for the time it took.
-func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *tokenPair) (r response, err error) {
+func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *tokenPair, carried []*tokenPair) (r response, err error) {
 	if cfg.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cfg.timeout)
@@ -1063,7 +1113,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	defer func() { r.took = time.Since(start) }()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return r, rq.errorf(ErrConnection, "%w", err)
+		return r, rq.errorf(ErrConnection, "%w", c.scrubErr(err, carried))
 	}
 	defer resp.Body.Close()
 	r.status, r.header = resp.StatusCode, resp.Header
@@ -1083,7 +1133,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 		// failure unwraps to a *url.Error.
 		op := rq.method[:1] + strings.ToLower(rq.method[1:])
 		err = &url.Error{Op: op, URL: c.baseStr + rq.path, Err: err}
-		return r, rq.errorf(ErrConnection, "reading response: %w", err)
+		return r, rq.errorf(ErrConnection, "reading response: %w", c.scrubErr(err, carried))
 	}
 	if int64(r.body.Len()) > limit {
 		if r.ok() {
@@ -1108,7 +1158,8 @@ func (c *Client) decode(rq *request, r response, out any, carried []*tokenPair) 
 		return rq.errorf(nil, "%d response has an empty body", r.status)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return rq.errorf(nil, "malformed JSON response (%s): %w", c.mediaType(r.header, carried), err)
+		// Not wrapped: encoding/json quotes what the server sent.
+		return rq.errorf(nil, "malformed JSON response (%s): %s", c.mediaType(r.header, carried), c.serverText(err.Error(), 512, carried))
 	}
 	return nil
 }
@@ -1129,6 +1180,22 @@ func (c *Client) apiError(rq *request, r response, carried []*tokenPair) *APIErr
 		e.contentType = c.mediaType(r.header, carried)
 	}
 	return e
+}
+
+// scrubErr returns err, a connection failure, without the secrets that
+// server text quoted in it may carry (net/http quotes a malformed answer).
+// An error that holds none is returned as it is, its types intact; one that
+// does is rebuilt from its scrubbed text, a *url.Error kept as one.
+func (c *Client) scrubErr(err error, carried []*tokenPair) error {
+	s := err.Error()
+	if c.scrub(s, carried) == s {
+		return err
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return &url.Error{Op: ue.Op, URL: ue.URL, Err: errors.New(c.scrub(ue.Err.Error(), carried))}
+	}
+	return errors.New(c.scrub(s, carried))
 }
 
 // mediaType names the media type of an answer for an error, scrubbed: the

@@ -1362,7 +1362,8 @@ func TestDoInput(t *testing.T) {
 func TestDoPathStaysUnderBase(t *testing.T) {
 	ctx := context.Background()
 	s, c := setup(t)
-	for _, p := range []string{"/api/../admin", "/api/./x", "/..", "/api/%2e%2e/admin", "/api/%2E%2e", "/api/.%2e/x", "/api/%2e", "/api/%2e%2e%2fadmin", "/api/x/..?q=1", "/api/%zz"} {
+	for _, p := range []string{"/api/../admin", "/api/./x", "/..", "/api/%2e%2e/admin", "/api/%2E%2e", "/api/.%2e/x", "/api/%2e", "/api/%2e%2e%2fadmin", "/api/x/..?q=1", "/api/%zz",
+		"/api/%252e%252e/x", "/api/..;/x", "/api/..%3b/x", "/api/%2e%2e%3b/x", "/api/%c0%ae%c0%ae/x", "/api/..%5cx", "/api/x%00"} {
 		err := c.Do(ctx, "GET", p, nil, nil)
 		var ve *ValidationError
 		if !errors.As(err, &ve) || ve.Field != "path" {
@@ -3770,4 +3771,96 @@ func BenchmarkOptimizeMessage(b *testing.B) {
 			handPost(b, hc, "http://localhost:4000/api/message_optimizer", data, &out)
 		}
 	})
+}
+
+// ---- what a fresh review found ----
+
+// TestDecodeErrorsScrubbed: encoding/json quotes the server's text in its
+// errors (a map key, a ,string value); the client's error does not carry a
+// secret from it.
+func TestDecodeErrorsScrubbed(t *testing.T) {
+	ctx := context.Background()
+	s, c := setup(t)
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasPrefix(r.URL.Path, "/api/echo") {
+			return false
+		}
+		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"`+tok+`":1,"n":"`+tok+`"}`)
+		return true
+	})
+	var m map[int]int
+	err := c.Do(ctx, "POST", "/api/echo", nil, &m)
+	var n struct {
+		N int `json:"n,string"`
+	}
+	err2 := c.Do(ctx, "POST", "/api/echo2", nil, &n)
+	for _, e := range []error{err, err2} {
+		if e == nil || !strings.Contains(e.Error(), "malformed JSON response") {
+			t.Fatalf("error = %v; want a malformed JSON response", e != nil)
+		}
+		noSecret(t, "decode error", fmt.Sprintf("%v %+v", e, e))
+	}
+}
+
+// TestConnectionErrorScrubbed: net/http quotes a malformed answer in its
+// error; a server that echoes the API key there cannot get it into the
+// error, the cooldown's copy of it, or the log.
+func TestConnectionErrorScrubbed(t *testing.T) {
+	ctx := context.Background()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(conn net.Conn) {
+				defer conn.Close()
+				req, err := http.ReadRequest(bufio.NewReader(conn))
+				if err != nil {
+					return
+				}
+				var in struct {
+					APIKey string `json:"api_key"`
+				}
+				_ = json.NewDecoder(req.Body).Decode(&in)
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\njunk "+in.APIKey+"\r\n\r\n")
+			}(conn)
+		}
+	}()
+	var logs logBuffer
+	c := newTestClient(t, WithBaseURL("http://"+ln.Addr().String()), WithMaxRetries(0), WithLogger(newJSONLogger(&logs)))
+	for i := 0; i < 2; i++ { // the answer, then the cooldown's copy
+		_, err = c.AccessToken(ctx)
+		var ue *url.Error
+		if !errors.Is(err, ErrConnection) || !errors.As(err, &ue) {
+			t.Fatalf("AccessToken() error = %v; want ErrConnection with a *url.Error", err != nil)
+		}
+		noSecret(t, "connection error", err.Error())
+	}
+	noSecret(t, "log output", logs.String())
+}
+
+// TestResponseInfoPrintsHeaderNames: ResponseInfo keeps the answer's header
+// for the program to read, and prints, logs and encodes only its names.
+func TestResponseInfoPrintsHeaderNames(t *testing.T) {
+	info := ResponseInfo{StatusCode: 200, Header: http.Header{"X-Echo": {"tok-SECRET-1"}, "Content-Type": {"application/json"}}, RequestID: "req-0001", Attempts: 1}
+	var b bytes.Buffer
+	slog.New(slog.NewJSONHandler(&b, nil)).Info("call", slog.Any("info", info), slog.Any("all", []ResponseInfo{info}))
+	js, _ := json.Marshal(map[string]ResponseInfo{"i": info})
+	for what, out := range map[string]string{"fmt": fmt.Sprintf("%v %+v %#v", info, info, &info), "slog": b.String(), "json": string(js)} {
+		noSecret(t, what, out)
+		if !strings.Contains(out, "X-Echo") || !strings.Contains(out, "req-0001") {
+			t.Errorf("%s output does not name the header and the request id", what)
+		}
+	}
+	if info.Header.Get("X-Echo") != "tok-SECRET-1" {
+		t.Errorf("the header's value was changed for the program")
+	}
 }

@@ -337,6 +337,18 @@ func (p *tokenPair) token() Token {
 	}
 }
 
+// dropRefresh removes the refresh token refresh, which the server refused,
+// from the pair held, whichever generation of it holds it now (a 401 may
+// have replaced the pair by its rejected copy meanwhile).
+func (c *Client) dropRefresh(refresh string) {
+	for {
+		p := c.pair.Load()
+		if p == nil || p.refresh != refresh || c.pair.CompareAndSwap(p, p.withoutRefresh()) {
+			return
+		}
+	}
+}
+
 // withoutRefresh returns a copy of p without its refresh token, after the
 // server refused it.
 func (p *tokenPair) withoutRefresh() *tokenPair {
@@ -401,15 +413,17 @@ func (c *Client) setDeadlines(p *tokenPair, life, sentMono time.Duration, sentWa
 	p.expiresAt = sentWall.Add(life)
 }
 
-// seconds reads expires_in: an integer, or a float such as 3600.0 (a
-// fraction is dropped), clamped to what an int holds on every platform. 0
-// when absent or unreadable, which means unknown.
-func seconds(n json.Number) int {
-	if n == "" {
-		return 0
+// seconds reads expires_in leniently: an integer, a float such as 3600.0 (a
+// fraction is dropped) or a string holding one, clamped to what an int holds
+// on every platform. Anything else is 0, which means unknown: it is never a
+// decoding error, whose text would quote what the server sent.
+func seconds(raw json.RawMessage) int {
+	v := strings.TrimSpace(string(raw))
+	if u, err := strconv.Unquote(v); err == nil {
+		v = u
 	}
-	f, err := strconv.ParseFloat(string(n), 64)
-	if err != nil && !errors.Is(err, strconv.ErrRange) {
+	f, err := strconv.ParseFloat(v, 64)
+	if (err != nil && !errors.Is(err, strconv.ErrRange)) || math.IsNaN(f) {
 		return 0
 	}
 	switch {
@@ -713,7 +727,7 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 		c.cooldownUntil.Store(0)
 		c.lastErr = nil
 	case f.kind == flightRefresh && refused(f.err):
-		c.pair.CompareAndSwap(old, old.withoutRefresh())
+		c.dropRefresh(old.refresh)
 	default:
 		if c.cooldown == 0 {
 			c.cooldown = minCooldown
@@ -822,7 +836,7 @@ func (c *Client) exchangeKey(ctx context.Context, key string) (*AuthResponse, *t
 	}
 	var w struct {
 		AuthResponse
-		ExpiresIn json.Number `json:"expires_in"` // an integral float (3600.0) too
+		ExpiresIn json.RawMessage `json:"expires_in"` // read leniently by seconds
 	}
 	rq := &request{method: http.MethodPost, path: pathToken, body: body}
 	sent, err := c.send(ctx, rq, &w)
@@ -866,8 +880,8 @@ func (c *Client) refresh(ctx context.Context, old *tokenPair) (_ *RefreshRespons
 	}
 	var rr struct {
 		RefreshResponse
-		ExpiresIn    json.Number `json:"expires_in"` // an integral float (3600.0) too
-		RefreshToken string      `json:"refresh_token"`
+		ExpiresIn    json.RawMessage `json:"expires_in"` // read leniently by seconds
+		RefreshToken string          `json:"refresh_token"`
 	}
 	rq := &request{method: http.MethodPost, path: pathRefresh, body: body, carries: old}
 	sent, err := c.send(ctx, rq, &rr)
@@ -1039,7 +1053,7 @@ func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 	}
 	unlock, err := l.Lock(ctx)
 	if err != nil || unlock == nil {
-		c.storeFailed(ctx, "lock", err)
+		c.storeFailed(ctx, "lock", err, nil)
 		return func() {}, false
 	}
 	return unlock, true
@@ -1055,7 +1069,7 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	}
 	st, err := c.cfg.store.Load(ctx)
 	if err != nil {
-		c.storeFailed(ctx, "load", err)
+		c.storeFailed(ctx, "load", err, nil)
 		return nil
 	}
 	if st == nil || st.ExpiresAt.IsZero() || !validToken(st.AccessToken) || (st.RefreshToken != "" && !validToken(st.RefreshToken)) {
@@ -1103,15 +1117,17 @@ func (c *Client) save(ctx context.Context, p *tokenPair) {
 		CompanyID: p.companyID, CompanyName: p.companyName, KeyID: p.keyID,
 	})
 	if err != nil {
-		c.storeFailed(ctx, "save", err)
+		c.storeFailed(ctx, "save", err, p)
 	}
 }
 
-// storeFailed logs a failure of the store at Warn: a cache that failed.
-func (c *Client) storeFailed(ctx context.Context, op string, err error) {
+// storeFailed logs a failure of the store at Warn: a cache that failed. Its
+// error is scrubbed of the client's secrets and of p's, the pair it was
+// given, which the client may not hold yet.
+func (c *Client) storeFailed(ctx context.Context, op string, err error, p *tokenPair) {
 	msg := "<nil>"
 	if err != nil {
-		msg = c.scrub(err.Error(), nil)
+		msg = c.scrub(err.Error(), []*tokenPair{p})
 	}
 	c.logAttrs(ctx, slog.LevelWarn, "apala: token store failed; going on without it",
 		slog.String("op", op), slog.String("error", msg))
@@ -1146,12 +1162,25 @@ type fileToken struct {
 
 // Load implements TokenStore.
 func (s *fileStore) Load(ctx context.Context) (*StoredToken, error) {
-	b, err := os.ReadFile(s.path)
+	// Only a regular file, read with a bound: a FIFO or a device at the
+	// path would block or never end.
+	fi, err := os.Stat(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	if err == nil && !fi.Mode().IsRegular() {
+		err = errors.New("not a regular file")
+	}
+	var b []byte
+	if err == nil {
+		var f *os.File
+		if f, err = os.Open(s.path); err == nil {
+			b, err = io.ReadAll(io.LimitReader(f, 64<<10+1))
+			f.Close()
+		}
+	}
 	if err != nil {
-		return nil, fmt.Errorf("apala: token store: %w", err)
+		return nil, fmt.Errorf("apala: token store: %s: %w", s.path, err)
 	}
 	var f fileToken
 	if len(b) > 64<<10 || json.Unmarshal(b, &f) != nil || f.Version != 1 {
@@ -1188,10 +1217,15 @@ func (s *fileStore) Save(ctx context.Context, t *StoredToken) error {
 }
 
 // Lock implements TokenLocker with a lock file. A lock file older than
-// fileLockStale is taken over: its holder crashed or hangs. Two processes
+// fileLockStale (or dated further than that in the future) is taken over:
+// its holder crashed or hangs; one that cannot be removed is an error, and
+// the client goes on without the lock. Two processes
 // taking one over at once may both hold the lock; the cost is one more
 // token request, never a failed call.
 func (s *fileStore) Lock(ctx context.Context) (func(), error) {
+	if ctx == nil {
+		return nil, errNilContext
+	}
 	name := s.path + ".lock"
 	id, err := newID()
 	if err != nil {
@@ -1220,9 +1254,15 @@ func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 		if !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("apala: token store lock: %w", err)
 		}
-		if fi, err := os.Stat(name); err == nil && time.Since(fi.ModTime()) > fileLockStale {
-			os.Remove(name)
-			continue
+		// Stale: older than the bound, or dated in the future by more
+		// than it (a clock set back).
+		if fi, err := os.Stat(name); err == nil {
+			if age := time.Since(fi.ModTime()); age > fileLockStale || age < -fileLockStale {
+				if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return nil, fmt.Errorf("apala: token store lock: taking over a stale lock: %w", err)
+				}
+				continue
+			}
 		}
 		if err := sleep(ctx, wait); err != nil {
 			return nil, fmt.Errorf("apala: token store lock: %w", err)

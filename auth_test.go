@@ -93,7 +93,7 @@ func TestAuthenticateErrors(t *testing.T) {
 		{"empty access token", 200, `{"access_token":"","expires_in":3600}`, nil, "no valid access_token"},
 		{"header injection", 200, `{"access_token":"a\r\nX-Evil: 1","expires_in":3600}`, nil, "no valid access_token"},
 		{"malformed", 200, `{"access_token":`, nil, "malformed JSON"},
-		{"wrong type", 200, `{"access_token":"a","expires_in":"soon"}`, nil, "malformed JSON"},
+		{"wrong type", 200, `{"access_token":42,"expires_in":3600}`, nil, "malformed JSON"},
 		{"empty body", 200, ``, nil, "empty body"},
 	}
 	for _, tt := range tests {
@@ -1451,5 +1451,100 @@ func TestFileTokenStoreCrashedHolder(t *testing.T) {
 	}
 	if _, err := os.Stat(path + ".lock"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the lock file was not released: %v", err)
+	}
+}
+
+// echoStore is a TokenStore whose Save fails with an error quoting what it
+// was given, as a store's client library may.
+type echoStore struct{}
+
+func (echoStore) Load(context.Context) (*StoredToken, error) { return nil, nil }
+func (echoStore) Save(_ context.Context, t *StoredToken) error {
+	return fmt.Errorf("SET apala %s %s: READONLY", t.AccessToken, t.RefreshToken)
+}
+
+// TestStoreErrorScrubbed: a store's error is logged without the tokens the
+// client was saving, which it does not hold yet.
+func TestStoreErrorScrubbed(t *testing.T) {
+	var logs logBuffer
+	_, c := setup(t, WithTokenStore(echoStore{}), WithLogger(newJSONLogger(&logs)))
+	if _, err := c.AccessToken(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "token store failed") {
+		t.Fatal("no store failure logged")
+	}
+	noSecret(t, "log output", logs.String())
+}
+
+// TestFileLockOddFiles: a lock file dated in the future by more than the
+// bound is taken over; a stale one that cannot be removed is an error, not
+// a spin, and the token request goes on without the lock; a store path that
+// is not a regular file is an error, not a hang; Lock(nil) is an error.
+func TestFileLockOddFiles(t *testing.T) {
+	ctx := context.Background()
+	saved := fileLockStale
+	fileLockStale = 50 * time.Millisecond
+	defer func() { fileLockStale = saved }()
+
+	future := filepath.Join(t.TempDir(), "future.json")
+	if err := os.WriteFile(future+".lock", []byte("1 x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ahead := time.Now().Add(24 * time.Hour)
+	if err := os.Chtimes(future+".lock", ahead, ahead); err != nil {
+		t.Fatal(err)
+	}
+	guard, cancel := context.WithTimeout(ctx, 30*time.Second) // a safety net, not a measure
+	defer cancel()
+	unlock, err := NewFileTokenStore(future).(TokenLocker).Lock(guard)
+	if err != nil {
+		t.Fatalf("Lock() over a lock dated a day ahead: %v", err)
+	}
+	unlock()
+
+	stuck := filepath.Join(t.TempDir(), "stuck.json")
+	if err := os.MkdirAll(filepath.Join(stuck+".lock", "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(stuck+".lock", past, past); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewFileTokenStore(stuck).(TokenLocker).Lock(guard); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Lock() over a stale lock that cannot be removed: nil error; want one")
+	}
+	s, c := setup(t, WithTokenStore(NewFileTokenStore(stuck)))
+	if _, err := c.AccessToken(ctx); err != nil || s.Requests(pathToken) != 1 {
+		t.Errorf("AccessToken() with a lock that cannot be taken: %v after %d exchanges; want success after 1", err, s.Requests(pathToken))
+	}
+
+	dir := filepath.Join(t.TempDir(), "dir.json")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := NewFileTokenStore(dir).Load(ctx); tok != nil || err == nil {
+		t.Errorf("Load() of a directory = %v, %v; want an error", tok, err)
+	}
+	if _, err := NewFileTokenStore(future).(TokenLocker).Lock(nilCtx); !errors.Is(err, errNilContext) {
+		t.Errorf("Lock(nil) error = %v; want %v", err, errNilContext)
+	}
+}
+
+// TestRefusedRefreshDroppedFromEveryGeneration: the refresh token the server
+// refused is dropped from the pair held even when a 401 replaced that pair
+// by its rejected copy meanwhile, so that it is never sent again.
+func TestRefusedRefreshDroppedFromEveryGeneration(t *testing.T) {
+	_, c := setup(t)
+	p := holdToken(c, "a.b.c", "refused-refresh", 3600, 0)
+	c.reject(p)
+	c.dropRefresh("refused-refresh")
+	if got := c.pair.Load(); got.refresh != "" || got.refused != "a.b.c" {
+		t.Errorf("after dropRefresh: refresh %q, refused %q; want no refresh token, the refusal kept", got.refresh, got.refused)
+	}
+	holdToken(c, "d.e.f", "other-refresh", 3600, 0)
+	c.dropRefresh("refused-refresh")
+	if got := c.pair.Load(); got.refresh != "other-refresh" {
+		t.Errorf("dropRefresh removed another refresh token")
 	}
 }
