@@ -693,25 +693,23 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 	}
 	if f.pair == nil {
 		unlock, locked := c.lockStore(ctx)
-		switch f.kind {
-		case flightAuth:
-			f.auth, f.pair, f.err = c.exchange(ctx)
-		case flightRefresh:
-			f.refresh, f.pair, f.err = c.refresh(ctx, old)
-		default:
+		if f.kind == flightAuto && locked {
 			// Again under the lock: the process that held it may have
 			// just saved a token.
-			if locked {
-				f.pair = c.adopt(ctx, old)
-			}
-			if f.pair == nil {
-				if f.pair, f.err = c.obtain(ctx); f.err == nil {
-					c.save(ctx, f.pair)
-				}
-			}
+			f.pair = c.adopt(ctx, old)
 		}
-		if f.err == nil && f.kind != flightAuto {
-			c.save(ctx, f.pair)
+		if f.pair == nil {
+			switch f.kind {
+			case flightAuth:
+				f.auth, f.pair, f.err = c.exchange(ctx)
+			case flightRefresh:
+				f.refresh, f.pair, f.err = c.refresh(ctx, old)
+			default:
+				f.pair, f.err = c.obtain(ctx)
+			}
+			if f.err == nil {
+				c.save(ctx, f.pair)
+			}
 		}
 		unlock()
 	}
