@@ -245,15 +245,23 @@ type config struct {
 	info    *ResponseInfo // filled when a call returns; nil: not asked for
 }
 
-// apply applies opts, each checked for scope s, then checks the result.
+// apply applies opts, each checked for scope s, then checks the result. It
+// applies every option it can before it reports the first it could not.
 func (cfg *config) apply(opts []Option, s scope) *ValidationError {
+	var first *ValidationError
 	for _, o := range opts {
 		if err := o.usable(s); err != nil {
-			return err
+			if first == nil {
+				first = err
+			}
+			continue
 		}
 		if o.apply != nil {
 			o.apply(cfg)
 		}
+	}
+	if first != nil {
+		return first
 	}
 	switch {
 	case cfg.margin < 0:
@@ -269,13 +277,19 @@ func (cfg *config) apply(opts []Option, s scope) *ValidationError {
 }
 
 // callConfig returns the settings of one call: the client's, or with opts
-// a copy of them with opts applied.
+// a copy of them with opts applied. Every call starts with it, before its
+// input is checked, so that the ResponseInfo it asks for is emptied even
+// when the call is refused before sending.
 func (c *Client) callConfig(opts []Option) (*config, error) {
 	if len(opts) == 0 {
 		return &c.cfg, nil
 	}
 	cfg := c.cfg
-	if err := cfg.apply(opts, forCall); err != nil {
+	err := cfg.apply(opts, forCall)
+	if cfg.info != nil {
+		*cfg.info = ResponseInfo{}
+	}
+	if err != nil {
 		return nil, err
 	}
 	return &cfg, nil
@@ -809,20 +823,20 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts 
 	if method == "" {
 		method = http.MethodGet
 	}
-	if !validPath(path) {
-		return &ValidationError{Field: "path", Reason: "want an absolute path under the base URL, such as /api/feedback, without dot segments"}
-	}
-	return c.call(ctx, &request{method: method, path: path, auth: true}, in, out, opts)
-}
-
-// call sends rq with in as its JSON body, marshalled once, and an
-// Idempotency-Key when it is a POST to an API endpoint, and decodes the
-// answer into out. opts are the call's options.
-func (c *Client) call(ctx context.Context, rq *request, in, out any, opts []Option) error {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
 		return err
 	}
+	if !validPath(path) {
+		return &ValidationError{Field: "path", Reason: "want an absolute path under the base URL, such as /api/feedback, without dot segments"}
+	}
+	return c.call(ctx, &request{method: method, path: path, auth: true}, in, out, cfg)
+}
+
+// call sends rq with in as its JSON body, marshalled once, and an
+// Idempotency-Key when it is a POST to an API endpoint, and decodes the
+// answer into out. cfg is the call's settings, from callConfig.
+func (c *Client) call(ctx context.Context, rq *request, in, out any, cfg *config) error {
 	rq.cfg = cfg
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -838,7 +852,7 @@ func (c *Client) call(ctx context.Context, rq *request, in, out any, opts []Opti
 		}
 		rq.idemKey = k
 	}
-	_, err = c.send(ctx, rq, out)
+	_, err := c.send(ctx, rq, out)
 	return err
 }
 
@@ -1191,12 +1205,23 @@ func (c *Client) scrubErr(err error, carried []*tokenPair) error {
 	if c.scrub(s, carried) == s {
 		return err
 	}
+	clean := &scrubbedError{msg: c.scrub(s, carried), permanent: permanent(err)}
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return &url.Error{Op: ue.Op, URL: ue.URL, Err: errors.New(c.scrub(ue.Err.Error(), carried))}
+		clean.msg = c.scrub(ue.Err.Error(), carried)
+		return &url.Error{Op: ue.Op, URL: ue.URL, Err: clean}
 	}
-	return errors.New(c.scrub(s, carried))
+	return clean
 }
+
+// scrubbedError stands for an error whose text quoted a secret: its text
+// scrubbed, and whether no retry can fix it, which the types it had told.
+type scrubbedError struct {
+	msg       string
+	permanent bool
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
 
 // mediaType names the media type of an answer for an error, scrubbed: the
 // header is the server's text too.
@@ -1454,8 +1479,9 @@ func permanent(err error) bool {
 		invalid   x509.CertificateInvalidError
 		roots     x509.SystemRootsError
 	)
+	var scrubbed *scrubbedError
 	return errors.As(err, &verify) || errors.As(err, &authority) || errors.As(err, &hostname) ||
-		errors.As(err, &invalid) || errors.As(err, &roots)
+		errors.As(err, &invalid) || errors.As(err, &roots) || (errors.As(err, &scrubbed) && scrubbed.permanent)
 }
 
 func retryReason(status int) string {
@@ -2193,6 +2219,10 @@ func (c *Client) messageBody(req MessageRequest, contentOnly bool) (wireConversa
 // first: a *ValidationError means nothing was sent. req.Metadata is not
 // sent.
 func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ...Option) (*ProcessingResponse, error) {
+	cfg, err := c.callConfig(opts)
+	if err != nil {
+		return nil, err
+	}
 	cv, err := c.messageBody(req, false)
 	if err != nil {
 		return nil, err
@@ -2200,7 +2230,7 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 	rq := apiCall(pathProcess)
 	in := processBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate}
 	var out ProcessingResponse
-	if err := c.call(ctx, rq, &in, &out, opts); err != nil {
+	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
 	switch {
@@ -2220,6 +2250,10 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 // unset. req and opts are checked first: a *ValidationError means nothing
 // was sent.
 func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts ...Option) (*OptimizationResponse, error) {
+	cfg, err := c.callConfig(opts)
+	if err != nil {
+		return nil, err
+	}
 	cv, err := c.messageBody(req, true)
 	if err != nil {
 		return nil, err
@@ -2232,7 +2266,7 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts .
 		in.AgeBin, in.MonthlyIncomeBin, in.ApplicationReason = m.AgeBin, m.MonthlyIncomeBin, m.ApplicationReason
 	}
 	var out OptimizationResponse
-	if err := c.call(ctx, rq, &in, &out, opts); err != nil {
+	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
 	switch {
@@ -2251,13 +2285,17 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts .
 // entries may be sent for one MessageID over time. fb and opts are checked
 // first: a *ValidationError means nothing was sent.
 func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...Option) (*FeedbackResponse, error) {
+	cfg, err := c.callConfig(opts)
+	if err != nil {
+		return nil, err
+	}
 	if e := fb.check(); e != nil {
 		return nil, e
 	}
 	rq := apiCall(pathFeedback)
 	in := fb.wire()
 	var out wireFeedbackResponse
-	if err := c.call(ctx, rq, &in, &out, opts); err != nil {
+	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
 	r, err := out.decode(rq, "")
@@ -2276,6 +2314,10 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...Option
 // stored fewer entries than were sent, SubmitFeedbackBulk returns its answer
 // together with an error matching ErrPartial.
 func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts ...Option) (*BulkFeedbackResponse, error) {
+	cfg, err := c.callConfig(opts)
+	if err != nil {
+		return nil, err
+	}
 	if len(items) == 0 {
 		return nil, &ValidationError{Field: "Items", Reason: "empty list"}
 	}
@@ -2288,7 +2330,7 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts 
 	}
 	rq := apiCall(pathFeedbackBulk)
 	var out bulkResponse
-	if err := c.call(ctx, rq, &in, &out, opts); err != nil {
+	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
 	if out.Success == nil {

@@ -3864,3 +3864,41 @@ func TestResponseInfoPrintsHeaderNames(t *testing.T) {
 		t.Errorf("the header's value was changed for the program")
 	}
 }
+
+// TestScrubbedErrorStaysPermanent: a certificate error whose text quoted a
+// secret is rebuilt scrubbed, and is still not retried.
+func TestScrubbedErrorStaysPermanent(t *testing.T) {
+	_, c := setup(t)
+	err := &url.Error{Op: "Post", URL: "https://x/api", Err: &tls.CertificateVerificationError{Err: errors.New("x509: certificate is valid for " + FakeAPIKey + ".example")}}
+	got := c.scrubErr(err, nil)
+	noSecret(t, "scrubbed error", got.Error())
+	if !permanent(got) || retryable(0, fmt.Errorf("%w: %w", ErrConnection, got)) {
+		t.Errorf("the scrubbed certificate error would be retried")
+	}
+}
+
+// TestResponseInfoEmptiedWhenRefused: a call refused before sending leaves
+// no earlier call's details in its ResponseInfo.
+func TestResponseInfoEmptiedWhenRefused(t *testing.T) {
+	_, c := setup(t)
+	var info ResponseInfo
+	ctx := context.Background()
+	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithResponseInfo(&info)); err != nil || info.StatusCode != 200 {
+		t.Fatalf("first call: %v, %+v", err, info)
+	}
+	for name, call := range map[string]func() error{
+		"bad input": func() error {
+			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: "excellent"}, WithResponseInfo(&info))
+			return err
+		},
+		"bad option": func() error {
+			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithLogger(nil), WithResponseInfo(&info))
+			return err
+		},
+	} {
+		info.StatusCode = 200
+		if err := call(); err == nil || info.StatusCode != 0 || info.RequestID != "" || info.Attempts != 0 {
+			t.Errorf("%s: error %v, info %+v; want an error and an empty ResponseInfo", name, err, info)
+		}
+	}
+}

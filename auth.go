@@ -793,7 +793,7 @@ func (c *Client) key(ctx context.Context) (string, error) {
 	k, err := fn(ctx)
 	switch {
 	case err != nil:
-		return "", fmt.Errorf("apala: API key: %w", err)
+		return "", fmt.Errorf("apala: API key: %w", c.scrubErr(err, nil))
 	case k == "":
 		return "", fmt.Errorf("%w: WithAPIKeyFunc returned an empty key", ErrMissingAPIKey)
 	}
@@ -851,10 +851,12 @@ func (c *Client) exchangeKey(ctx context.Context, key string) (*AuthResponse, *t
 	}
 	p := c.newPair(ar.AccessToken, ar.RefreshToken, ar.TokenType, ar.ExpiresIn, sent.mono, sent.wall)
 	p.keyID = c.keyID(key)
-	// The company is the server's text, printed with the Token and logged:
-	// scrubbed like any, of the new tokens too.
+	// The token type and the company are the server's text, printed with
+	// the Token and the answer, and logged: scrubbed like any, of the new
+	// tokens too.
 	fresh := []*tokenPair{p}
-	p.companyID, p.companyName = c.scrub(ar.CompanyID, fresh), c.scrub(ar.CompanyName, fresh)
+	ar.TokenType, ar.CompanyID, ar.CompanyName = c.scrub(ar.TokenType, fresh), c.scrub(ar.CompanyID, fresh), c.scrub(ar.CompanyName, fresh)
+	p.tokenType, p.companyID, p.companyName = c.scrub(p.tokenType, fresh), ar.CompanyID, ar.CompanyName
 	c.logAttrs(ctx, slog.LevelInfo, "apala: authenticated",
 		slog.String("company_id", p.companyID),
 		slog.String("company_name", p.companyName),
@@ -899,6 +901,9 @@ func (c *Client) refresh(ctx context.Context, old *tokenPair) (_ *RefreshRespons
 	}
 	p = c.newPair(rr.AccessToken, refresh, rr.TokenType, rr.RefreshResponse.ExpiresIn, sent.mono, sent.wall)
 	p.companyID, p.companyName, p.keyID = old.companyID, old.companyName, old.keyID
+	fresh := []*tokenPair{old, p} // the token type is the server's text: scrubbed
+	p.tokenType = c.scrub(p.tokenType, fresh)
+	rr.RefreshResponse.TokenType = c.scrub(rr.RefreshResponse.TokenType, fresh)
 	c.logAttrs(ctx, slog.LevelInfo, "apala: token refreshed",
 		slog.Duration("expires_in", time.Duration(rr.RefreshResponse.ExpiresIn)*time.Second))
 	resp := rr.RefreshResponse
@@ -1041,6 +1046,12 @@ func (c *Client) currentKeyID(ctx context.Context) (string, error) {
 	return c.keyID(k), nil
 }
 
+// storeTimeout bounds each use of a TokenStore (a lock waited for, a load,
+// a save): a store that hangs costs a token request, never a call. It is
+// longer than the file store's takeover bound, so that a crashed holder's
+// lock is taken over rather than given up on. Tests shorten it.
+var storeTimeout = 15 * time.Second
+
 // lockStore takes the store's lock when it is a TokenLocker, and returns
 // what releases it and whether the lock is held. A lock that cannot be
 // taken is logged, and the token request goes on without it.
@@ -1049,12 +1060,14 @@ func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 	if !ok {
 		return func() {}, false
 	}
-	unlock, err := l.Lock(ctx)
+	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	unlock, err := l.Lock(lctx)
 	if err != nil || unlock == nil {
+		cancel()
 		c.storeFailed(ctx, "lock", err, nil)
 		return func() {}, false
 	}
-	return unlock, true
+	return func() { unlock(); cancel() }, true
 }
 
 // adopt loads the store and returns a pair made of the token stored there
@@ -1065,6 +1078,8 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	if c.cfg.store == nil {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
 	st, err := c.cfg.store.Load(ctx)
 	if err != nil {
 		c.storeFailed(ctx, "load", err, nil)
@@ -1095,6 +1110,7 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	if p.tokenType == "" {
 		p.tokenType = "Bearer"
 	}
+	p.tokenType = c.scrub(p.tokenType, []*tokenPair{p})
 	now, mono := c.now(), c.mono()
 	c.setDeadlines(p, st.ExpiresAt.Sub(now), mono, now)
 	if mono >= p.staleAt {
@@ -1110,6 +1126,8 @@ func (c *Client) save(ctx context.Context, p *tokenPair) {
 	if c.cfg.store == nil {
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
 	err := c.cfg.store.Save(ctx, &StoredToken{
 		AccessToken: p.access, RefreshToken: p.refresh, TokenType: p.tokenType, ExpiresAt: p.expiresAt,
 		CompanyID: p.companyID, CompanyName: p.companyName, KeyID: p.keyID,

@@ -1548,3 +1548,87 @@ func TestRefusedRefreshDroppedFromEveryGeneration(t *testing.T) {
 		t.Errorf("dropRefresh removed another refresh token")
 	}
 }
+
+// TestTokenAnswerTextScrubbed: the token type and the company of a token
+// answer are the server's text; echoing a secret there does not print it
+// with the Token, the answers or a Token hook's report.
+func TestTokenAnswerTextScrubbed(t *testing.T) {
+	ctx := context.Background()
+	var infos []TokenInfo
+	var mu sync.Mutex
+	s, c := setup(t, WithHooks(Hooks{Token: func(_ context.Context, ti TokenInfo) { mu.Lock(); infos = append(infos, ti); mu.Unlock() }}))
+	refresh := "ref-SECRET-0123456789"
+	s.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		switch r.URL.Path {
+		case pathToken:
+			writeJSON(w, 200, map[string]any{"access_token": "acc-SECRET-0123456789", "refresh_token": refresh, "expires_in": 3600,
+				"token_type": FakeAPIKey, "company_id": FakeAPIKey, "company_name": "ACME " + FakeAPIKey})
+		case pathRefresh:
+			writeJSON(w, 200, map[string]any{"access_token": "acc-SECRET-9876543210", "expires_in": 3600, "token_type": "Bearer " + refresh})
+		default:
+			return false
+		}
+		return true
+	})
+	ar, err := c.Authenticate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := c.RefreshAccessToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range []any{ar, rr, c.Token(), infos} {
+		js, _ := json.Marshal(v)
+		var b bytes.Buffer
+		slog.New(slog.NewTextHandler(&b, nil)).Info("v", slog.Any("v", v))
+		noSecret(t, fmt.Sprintf("output of %T", v), fmt.Sprintf("%v %+v %s %s", v, v, js, b.String()))
+	}
+}
+
+// TestKeyFuncErrorScrubbed: an error of WithAPIKeyFunc's function that
+// quotes a key it returned before is scrubbed of it.
+func TestKeyFuncErrorScrubbed(t *testing.T) {
+	calls := 0
+	fn := func(context.Context) (string, error) {
+		calls++
+		if calls == 1 {
+			return FakeAPIKey, nil
+		}
+		return "", errors.New("vault: key " + FakeAPIKey + " was revoked")
+	}
+	_, c := setup(t, WithAPIKeyFunc(fn))
+	if _, err := c.Authenticate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Authenticate(context.Background())
+	if err == nil || !strings.HasPrefix(err.Error(), "apala: API key: vault: key [REDACTED] was revoked") {
+		t.Fatalf("error does not say the function failed, scrubbed (withheld)")
+	}
+	noSecret(t, "error", err.Error())
+}
+
+// blockingStore is a TokenStore whose Load waits until its context ends.
+type blockingStore struct{}
+
+func (blockingStore) Load(ctx context.Context) (*StoredToken, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (blockingStore) Save(context.Context, *StoredToken) error { return nil }
+
+// TestStoreHangsBounded: a store that hangs costs a token request, not the
+// call: each use of it is bounded.
+func TestStoreHangsBounded(t *testing.T) {
+	saved := storeTimeout
+	storeTimeout = 20 * time.Millisecond
+	defer func() { storeTimeout = saved }()
+	s, c := setup(t, WithTokenStore(blockingStore{}))
+	guard, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a safety net, not a measure
+	defer cancel()
+	if _, err := c.AccessToken(guard); err != nil || s.Requests(pathToken) != 1 {
+		t.Errorf("AccessToken() with a hanging store: %v after %d exchanges; want success after 1", err, s.Requests(pathToken))
+	}
+}
