@@ -1061,13 +1061,13 @@ func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 		return func() {}, false
 	}
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	unlock, err := l.Lock(lctx)
-	if err != nil || unlock == nil {
+	release, err := l.Lock(lctx)
+	if err != nil || release == nil {
 		cancel()
 		c.storeFailed(ctx, "lock", err, nil)
 		return func() {}, false
 	}
-	return func() { unlock(); cancel() }, true
+	return func() { release(); cancel() }, true
 }
 
 // adopt loads the store and returns a pair made of the token stored there
