@@ -529,7 +529,8 @@ type TokenInfo struct {
 // request takes its lock, loads s again (another process may have just
 // saved one), and holds the lock until it saved its result, so that
 // processes racing for a token make one request between them; adopting a
-// stored token takes no lock. Failures of s are logged at Warn and never fail a
+// stored token takes no lock. Each use of s (a lock waited for, a load, a
+// save) is bounded by 15 seconds. Failures of s are logged at Warn and never fail a
 // call. The hot path does not touch s. Client only.
 func WithTokenStore(s TokenStore) Option {
 	o := Option{name: "WithTokenStore", scope: forClient}
