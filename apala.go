@@ -223,6 +223,16 @@ func (o Option) usable(s scope) *ValidationError {
 	return o.err
 }
 
+// checked makes the Option name for scope s from an argument checked when
+// the option was made: with bad non-empty, the option applies nothing and
+// is a *ValidationError giving bad as the reason wherever it is used.
+func checked(name string, s scope, bad string, apply func(*config)) Option {
+	if bad != "" {
+		return Option{name: name, scope: s, err: &ValidationError{Field: name, Reason: bad}}
+	}
+	return Option{name: name, scope: s, apply: apply}
+}
+
 // config is every setting an option can change: a client's, and a copy of
 // it with a call's options applied.
 type config struct {
@@ -368,21 +378,15 @@ func WithInsecureHTTP() Option {
 // hop-by-hop headers are refused, and so is a value with a control
 // character. Client or call.
 func WithHeader(key, value string) Option {
-	o := Option{name: "WithHeader", scope: forBoth}
 	k := http.CanonicalHeaderKey(key)
-	if reason := badHeader(k, value); reason != "" {
-		o.err = &ValidationError{Field: "WithHeader", Reason: reason}
-		return o
-	}
-	o.apply = func(c *config) {
+	return checked("WithHeader", forBoth, badHeader(k, value), func(c *config) {
 		h := make(http.Header, len(c.header)+1)
 		for hk, hv := range c.header {
 			h[hk] = hv
 		}
 		h[k] = []string{value}
 		c.header = h
-	}
-	return o
+	})
 }
 
 // badHeader says why a header cannot be added, or "" when it can.
@@ -414,25 +418,21 @@ func badHeader(key, value string) string {
 // and the server stores it once. 1 to 255 visible ASCII characters. Call
 // only.
 func WithIdempotencyKey(key string) Option {
-	o := Option{name: "WithIdempotencyKey", scope: forCall}
+	var bad string
 	if key == "" || len(key) > 255 || !validToken(key) {
-		o.err = &ValidationError{Field: "WithIdempotencyKey", Reason: "want 1 to 255 visible ASCII characters"}
-		return o
+		bad = "want 1 to 255 visible ASCII characters"
 	}
-	o.apply = func(c *config) { c.idemKey = key }
-	return o
+	return checked("WithIdempotencyKey", forCall, bad, func(c *config) { c.idemKey = key })
 }
 
 // WithResponseInfo asks for the details of a call's last answer: dst is
 // filled when the call returns, error or not. Call only.
 func WithResponseInfo(dst *ResponseInfo) Option {
-	o := Option{name: "WithResponseInfo", scope: forCall}
+	var bad string
 	if dst == nil {
-		o.err = &ValidationError{Field: "WithResponseInfo", Reason: "nil *ResponseInfo"}
-		return o
+		bad = "nil *ResponseInfo"
 	}
-	o.apply = func(c *config) { c.info = dst }
-	return o
+	return checked("WithResponseInfo", forCall, bad, func(c *config) { c.info = dst })
 }
 
 // ResponseInfo describes how a call went, for support tickets and metrics;
@@ -533,13 +533,11 @@ type TokenInfo struct {
 // save) is bounded by 15 seconds. Failures of s are logged at Warn and never fail a
 // call. The hot path does not touch s. Client only.
 func WithTokenStore(s TokenStore) Option {
-	o := Option{name: "WithTokenStore", scope: forClient}
+	var bad string
 	if s == nil {
-		o.err = &ValidationError{Field: "WithTokenStore", Reason: "nil TokenStore"}
-		return o
+		bad = "nil TokenStore"
 	}
-	o.apply = func(c *config) { c.store = s }
-	return o
+	return checked("WithTokenStore", forClient, bad, func(c *config) { c.store = s })
 }
 
 // WithAPIKeyFunc makes the client ask fn for the API key at every API-key
@@ -551,13 +549,11 @@ func WithTokenStore(s TokenStore) Option {
 // as "apala: API key: ..." (the failure cooldown applies). Every key fn
 // returns is scrubbed from server text and never logged. Client only.
 func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) Option {
-	o := Option{name: "WithAPIKeyFunc", scope: forClient}
+	var bad string
 	if fn == nil {
-		o.err = &ValidationError{Field: "WithAPIKeyFunc", Reason: "nil function"}
-		return o
+		bad = "nil function"
 	}
-	o.apply = func(c *config) { c.keyFunc = fn }
-	return o
+	return checked("WithAPIKeyFunc", forClient, bad, func(c *config) { c.keyFunc = fn })
 }
 
 // Client talks to the Apala API. It exchanges the API key for a token pair on
@@ -729,11 +725,8 @@ func (c *Client) printable() []slog.Attr {
 	if c == nil {
 		return nil
 	}
-	key := c.apiKey
-	if c.cfg.keyFunc != nil {
-		key = "from WithAPIKeyFunc"
-	}
-	return []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", redact(key))}
+	// A client always has a key, given or from WithAPIKeyFunc.
+	return []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", "[REDACTED]")}
 }
 
 // String describes the client without its secrets.
@@ -1278,9 +1271,9 @@ func present(v any) bool {
 }
 
 // serverText renders a decoded JSON value the server sent as one line of
-// at most max bytes: secrets scrubbed first (in every string of a nested
-// value, then in the whole), control characters blanked, and the cut made
-// last, on a character boundary.
+// at most max bytes: secrets scrubbed first (a nested value is rendered as
+// JSON, where scrub finds a secret in its JSON-escaped form too), control
+// characters blanked, and the cut made last, on a character boundary.
 func (c *Client) serverText(v any, max int, carried []*tokenPair) string {
 	var s string
 	switch v := v.(type) {
@@ -1290,7 +1283,7 @@ func (c *Client) serverText(v any, max int, carried []*tokenPair) string {
 		var b bytes.Buffer
 		enc := json.NewEncoder(&b)
 		enc.SetEscapeHTML(false)
-		if enc.Encode(c.scrubValue(v, carried)) != nil {
+		if enc.Encode(v) != nil {
 			return ""
 		}
 		s = b.String()
@@ -1302,28 +1295,6 @@ func (c *Client) serverText(v any, max int, carried []*tokenPair) string {
 		return r
 	}, c.scrub(s, carried))
 	return truncate(strings.TrimSpace(s), max)
-}
-
-// scrubValue returns v, a decoded JSON value, with every string in it (map
-// keys included) scrubbed.
-func (c *Client) scrubValue(v any, carried []*tokenPair) any {
-	switch v := v.(type) {
-	case string:
-		return c.scrub(v, carried)
-	case []any:
-		out := make([]any, len(v))
-		for i, x := range v {
-			out[i] = c.scrubValue(x, carried)
-		}
-		return out
-	case map[string]any:
-		out := make(map[string]any, len(v))
-		for k, x := range v {
-			out[c.scrub(k, carried)] = c.scrubValue(x, carried)
-		}
-		return out
-	}
-	return v
 }
 
 // truncate cuts s to at most max bytes and marks the cut, never splitting
