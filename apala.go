@@ -571,9 +571,12 @@ type Client struct {
 	origin   string // scheme://host:port of the base URL
 	hc       *http.Client
 	ownRT    *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
+	// The clock by which token lifetimes are judged (mono, now), and the
+	// real one, for waits; they differ only for a FakeServer's clients.
 	since    func(time.Time) time.Duration
 	now      func() time.Time
 	baseTime time.Time // the zero of the monotonic clock
+	waited   func(time.Time) time.Duration
 
 	tokenState // the token lifecycle (auth.go)
 }
@@ -621,6 +624,7 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		now:      timeNow,
 	}
 	c.baseTime = c.now()
+	c.waited = c.since
 	if cfg.hc != nil {
 		hc := *cfg.hc
 		c.hc = &hc

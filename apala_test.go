@@ -3902,3 +3902,22 @@ func TestResponseInfoEmptiedWhenRefused(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAuthenticate measures an API-key exchange through the in-memory
+// FakeServer: the request, the answer's decoding and the new pair.
+func BenchmarkAuthenticate(b *testing.B) {
+	ctx := context.Background()
+	s := NewFakeServer()
+	c, err := s.NewClient()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Authenticate(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -528,6 +528,20 @@ type flight struct {
 // mono is the client's monotonic clock: time since construction.
 func (c *Client) mono() time.Duration { return c.since(c.baseTime) }
 
+// elapsed is time since construction on the real clock, for the cooldown.
+func (c *Client) elapsed() time.Duration { return c.waited(c.baseTime) }
+
+// useClock makes c judge token lifetimes by now instead of the real clock:
+// a FakeServer gives its clients its own clock. Call it before c is shared.
+func (c *Client) useClock(now func() time.Time) {
+	base := now()
+	real := c.baseTime
+	c.now = now
+	c.since = func(t time.Time) time.Duration { return now().Sub(t) }
+	c.waited = func(time.Time) time.Duration { return timeSince(real) }
+	c.baseTime = base
+}
+
 // usablePair returns a usable token pair. The fast path is lock-free and does not
 // allocate: one atomic load, one clock read.
 func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
@@ -537,7 +551,7 @@ func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 			return p, nil
 		}
 		if now < p.invalidAt {
-			c.refreshSoon(ctx, now)
+			c.refreshSoon(ctx)
 			return p, nil
 		}
 	}
@@ -547,13 +561,13 @@ func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 // refreshSoon starts a background refresh unless one is running or a failure
 // cooldown is in force. Checked without a lock, so that callers inside the
 // stale window never contend: at most one of them takes the lock to start it.
-func (c *Client) refreshSoon(ctx context.Context, now time.Duration) {
-	if c.flight.Load() != nil || now < time.Duration(c.cooldownUntil.Load()) {
+func (c *Client) refreshSoon(ctx context.Context) {
+	if c.flight.Load() != nil || c.elapsed() < time.Duration(c.cooldownUntil.Load()) {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed.Load() || c.flight.Load() != nil || now < time.Duration(c.cooldownUntil.Load()) {
+	if c.closed.Load() || c.flight.Load() != nil || c.elapsed() < time.Duration(c.cooldownUntil.Load()) {
 		return
 	}
 	c.launch(ctx, flightAuto)
@@ -579,7 +593,7 @@ func (c *Client) waitToken(ctx context.Context) (*tokenPair, error) {
 		}
 		f := c.flight.Load()
 		if f == nil {
-			if now, until := c.mono(), time.Duration(c.cooldownUntil.Load()); now < until {
+			if now, until := c.elapsed(), time.Duration(c.cooldownUntil.Load()); now < until {
 				err := &cachedError{err: c.lastErr, until: c.now().Add(until - now)}
 				c.mu.Unlock()
 				return nil, err
@@ -733,7 +747,7 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 			c.cooldown = maxCooldown
 		}
 		cooldown = c.cooldown
-		c.cooldownUntil.Store(int64(c.mono() + c.cooldown))
+		c.cooldownUntil.Store(int64(c.elapsed() + c.cooldown))
 		c.lastErr = f.err
 	}
 	c.flight.Store(nil)
