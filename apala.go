@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -28,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -97,8 +97,14 @@ var (
 	// ErrNotAuthenticated is returned by RefreshAccessToken when no refresh
 	// token is held.
 	ErrNotAuthenticated = errors.New("apala: not authenticated: no refresh token held")
-	// ErrMissingAPIKey is returned by NewClient for an empty API key.
-	ErrMissingAPIKey = errors.New("apala: missing API key")
+	// ErrConfig matches every error about the program's setup, as opposed
+	// to the data of a call (a *ValidationError): an invalid option value,
+	// a refused base URL, no API key, no company GUID for a message call.
+	// Nothing is sent. A service maps it to its own 500.
+	ErrConfig = errors.New("apala: invalid configuration")
+	// ErrMissingAPIKey is returned by NewClient for an empty API key; it
+	// matches ErrConfig.
+	ErrMissingAPIKey = fmt.Errorf("%w: missing API key", ErrConfig)
 	// ErrClosed is returned by every call made after Close.
 	ErrClosed = errors.New("apala: client closed")
 	// ErrPartial matches the error of SubmitFeedbackBulk when the server
@@ -171,9 +177,11 @@ func (e *APIError) Is(target error) bool {
 	return false
 }
 
-// ValidationError reports input the client refused before sending anything.
-// Field names the field as the Go type spells it; inside a list it carries
-// the item's index, as in "Messages[2].Channel".
+// ValidationError reports data of a call that the client refused before
+// sending anything: a field of a request, or Do's path. Field names the
+// field as the Go type spells it; inside a list it carries the item's
+// index, as in "Messages[2].Channel". A service maps it to its own 400; a
+// problem of the program's setup is ErrConfig instead.
 type ValidationError struct{ Field, Reason string }
 
 // Error names the field and the reason.
@@ -189,49 +197,32 @@ func (e *ValidationError) within(name string) *ValidationError {
 	return e
 }
 
-// Option configures a Client, or one call. Options are made only by the
-// With* functions. Each applies to a client (NewClient, NewClientFromEnv),
-// to a call (the message and feedback calls, Do), or to both, as its
-// documentation says; one given where it does not apply is a
-// *ValidationError naming it, and nothing is sent.
-type Option struct {
-	name  string           // the With* function, for errors
-	scope scope            // where the option applies
-	err   *ValidationError // an invalid argument, reported where it is used
-	apply func(*config)
+// ClientOption configures a Client: NewClient, NewClientFromEnv and
+// FakeServer.NewClient take it. Each With* function returns the kind of
+// option its place allows, so that an option given where it does not apply
+// does not compile. A nil option is ignored.
+type ClientOption interface{ client(*config) }
+
+// CallOption configures one call: the message and feedback calls and Do
+// take it, and it applies to that call alone, over the client's settings.
+type CallOption interface{ call(*config) }
+
+// Option configures a client or one call: both places take it.
+type Option interface {
+	ClientOption
+	CallOption
 }
 
-// scope is where an option applies.
-type scope uint8
-
-const (
-	forClient scope = 1 << iota
-	forCall
-	forBoth = forClient | forCall
+type (
+	clientOption func(*config)
+	callOption   func(*config)
+	option       func(*config)
 )
 
-// usable reports, as a *ValidationError, why o cannot be used in s.
-func (o Option) usable(s scope) *ValidationError {
-	switch {
-	case o.name == "":
-		return nil // the zero Option does nothing
-	case o.scope&s == 0 && s == forCall:
-		return &ValidationError{Field: o.name, Reason: "configures a client, not a call: give it to NewClient"}
-	case o.scope&s == 0:
-		return &ValidationError{Field: o.name, Reason: "configures a call, not a client: give it to the call"}
-	}
-	return o.err
-}
-
-// checked makes the Option name for scope s from an argument checked when
-// the option was made: with bad non-empty, the option applies nothing and
-// is a *ValidationError giving bad as the reason wherever it is used.
-func checked(name string, s scope, bad string, apply func(*config)) Option {
-	if bad != "" {
-		return Option{name: name, scope: s, err: &ValidationError{Field: name, Reason: bad}}
-	}
-	return Option{name: name, scope: s, apply: apply}
-}
+func (o clientOption) client(c *config) { o(c) }
+func (o callOption) call(c *config)     { o(c) }
+func (o option) client(c *config)       { o(c) }
+func (o option) call(c *config)         { o(c) }
 
 // config is every setting an option can change: a client's, and a copy of
 // it with a call's options applied.
@@ -253,63 +244,45 @@ type config struct {
 
 	idemKey string        // a call's Idempotency-Key; "" generates one
 	info    *ResponseInfo // filled when a call returns; nil: not asked for
+	err     error         // the first invalid option, an ErrConfig
 }
 
-// apply applies opts, each checked for scope s, then checks the result. It
-// applies every option it can before it reports the first it could not.
-func (cfg *config) apply(opts []Option, s scope) *ValidationError {
-	var first *ValidationError
-	for _, o := range opts {
-		if err := o.usable(s); err != nil {
-			if first == nil {
-				first = err
-			}
-			continue
-		}
-		if o.apply != nil {
-			o.apply(cfg)
-		}
+// invalid records that option was given an invalid value, unless an
+// earlier option was.
+func (c *config) invalid(option, reason string) {
+	if c.err == nil {
+		c.err = fmt.Errorf("%w: %s: %s", ErrConfig, option, reason)
 	}
-	if first != nil {
-		return first
-	}
-	switch {
-	case cfg.margin < 0:
-		return &ValidationError{Field: "WithRefreshMargin", Reason: "negative margin"}
-	case cfg.maxRetries < 0:
-		return &ValidationError{Field: "WithMaxRetries", Reason: "negative count"}
-	case cfg.minBackoff <= 0 || cfg.maxBackoff < cfg.minBackoff:
-		return &ValidationError{Field: "WithRetryBackoff", Reason: "want 0 < min <= max"}
-	case cfg.timeout < 0:
-		return &ValidationError{Field: "WithTimeout", Reason: "negative timeout"}
-	}
-	return nil
 }
 
 // callConfig returns the settings of one call: the client's, or with opts
-// a copy of them with opts applied. Every call starts with it, before its
-// input is checked, so that the ResponseInfo it asks for is emptied even
-// when the call is refused before sending.
-func (c *Client) callConfig(opts []Option) (*config, error) {
+// a copy of them with opts applied. Every call starts with it, so that the
+// ResponseInfo it asks for is emptied even when the call is refused before
+// sending.
+func (c *Client) callConfig(opts []CallOption) (*config, error) {
 	if len(opts) == 0 {
 		return &c.cfg, nil
 	}
 	cfg := c.cfg
-	err := cfg.apply(opts, forCall)
+	for _, o := range opts {
+		if o != nil {
+			o.call(&cfg)
+		}
+	}
 	if cfg.info != nil {
 		*cfg.info = ResponseInfo{}
 	}
-	if err != nil {
-		return nil, err
+	if cfg.err != nil {
+		return nil, cfg.err
 	}
 	return &cfg, nil
 }
 
 // WithBaseURL sets the server's address, an absolute http or https URL; a
 // path prefix is kept (https://gw.example/apala + /api/...). Default
-// DefaultBaseURL. Client only.
-func WithBaseURL(url string) Option {
-	return Option{name: "WithBaseURL", scope: forClient, apply: func(c *config) { c.baseURL = url }}
+// DefaultBaseURL.
+func WithBaseURL(url string) ClientOption {
+	return clientOption(func(c *config) { c.baseURL = url })
 }
 
 // WithHTTPClient sets the *http.Client that carries requests: give one with
@@ -317,69 +290,105 @@ func WithBaseURL(url string) Option {
 // of your own. The client works on a copy, which never follows redirects;
 // Close leaves its idle connections to you. Nil means a client of its own,
 // with a transport cloned from http.DefaultTransport (which honours
-// HTTPS_PROXY and NO_PROXY). Client only.
-func WithHTTPClient(hc *http.Client) Option {
-	return Option{name: "WithHTTPClient", scope: forClient, apply: func(c *config) { c.hc = hc }}
+// HTTPS_PROXY and NO_PROXY).
+func WithHTTPClient(hc *http.Client) ClientOption {
+	return clientOption(func(c *config) { c.hc = hc })
 }
 
 // WithLogger sets the logger for debugging: each HTTP attempt at Debug,
-// authentication and refresh at Info, retries, refused refreshes and failed
-// token requests at Warn. Nil, the default, logs nothing. No secret is ever
-// logged. Client only.
-func WithLogger(l *slog.Logger) Option {
-	return Option{name: "WithLogger", scope: forClient, apply: func(c *config) { c.logger = l }}
+// authentication and refresh at Info, retries (and retries not made),
+// refused refreshes and failed token requests at Warn. Nil, the default,
+// logs nothing. No secret is ever logged.
+func WithLogger(l *slog.Logger) ClientOption {
+	return clientOption(func(c *config) { c.logger = l })
 }
 
 // WithRefreshMargin sets how long before expiry the token is refreshed in the
 // background. It is capped at half the token's lifetime. Default
-// DefaultRefreshMargin; negative is an error. Client only.
-func WithRefreshMargin(d time.Duration) Option {
-	return Option{name: "WithRefreshMargin", scope: forClient, apply: func(c *config) { c.margin = d }}
+// DefaultRefreshMargin; negative is invalid.
+func WithRefreshMargin(d time.Duration) ClientOption {
+	return clientOption(func(c *config) {
+		if d < 0 {
+			c.invalid("WithRefreshMargin", "negative margin")
+			return
+		}
+		c.margin = d
+	})
 }
 
-// WithMaxRetries sets how many more attempts follow a failed first one on a
-// connection error or a 408, 429, 500, 502, 503 or 504 answer. Default 2;
-// 0 disables retries; negative is an error. Client or call.
+// WithMaxRetries sets how many more attempts may follow a failed first one
+// on a connection error or a 408, 429, 500, 502, 503 or 504 answer, within
+// the client's retry budget. Default 2; 0 disables retries; negative is
+// invalid.
 func WithMaxRetries(n int) Option {
-	return Option{name: "WithMaxRetries", scope: forBoth, apply: func(c *config) { c.maxRetries = n }}
+	return option(func(c *config) {
+		if n < 0 {
+			c.invalid("WithMaxRetries", "negative count")
+			return
+		}
+		c.maxRetries = n
+	})
 }
 
 // WithRetryBackoff sets the bounds of the jittered exponential backoff
 // between retries. Default 500ms and 8s; min must be positive and max at
-// least min. Client or call.
+// least min.
 func WithRetryBackoff(min, max time.Duration) Option {
-	return Option{name: "WithRetryBackoff", scope: forBoth, apply: func(c *config) { c.minBackoff, c.maxBackoff = min, max }}
+	return option(func(c *config) {
+		if min <= 0 || max < min {
+			c.invalid("WithRetryBackoff", "want 0 < min <= max")
+			return
+		}
+		c.minBackoff, c.maxBackoff = min, max
+	})
 }
 
 // WithTimeout sets the time limit of each HTTP attempt, the reading of its
 // answer included. Default 60s; 0 means no limit but the caller's context;
-// negative is an error. Client or call.
+// negative is invalid.
 func WithTimeout(d time.Duration) Option {
-	return Option{name: "WithTimeout", scope: forBoth, apply: func(c *config) { c.timeout = d }}
+	return option(func(c *config) {
+		if d < 0 {
+			c.invalid("WithTimeout", "negative timeout")
+			return
+		}
+		c.timeout = d
+	})
 }
 
 // WithCompanyGUID sets the company GUID sent as "company" in message calls
-// that do not name one. It must be a UUID; empty means none. Client only.
-func WithCompanyGUID(guid string) Option {
-	return Option{name: "WithCompanyGUID", scope: forClient, apply: func(c *config) { c.company = guid }}
+// whose request names none. It must be a UUID; empty means none.
+func WithCompanyGUID(guid string) ClientOption {
+	return clientOption(func(c *config) {
+		if guid != "" && !isUUID(guid) {
+			c.invalid("WithCompanyGUID", "not a UUID")
+			return
+		}
+		c.company = guid
+	})
 }
 
 // WithInsecureHTTP allows an http:// base URL to a host that is not
 // loopback. Without it such a URL is refused, so that an API key never
-// crosses a network in clear text by accident. Client only.
-func WithInsecureHTTP() Option {
-	return Option{name: "WithInsecureHTTP", scope: forClient, apply: func(c *config) { c.insecure = true }}
+// crosses a network in clear text by accident.
+func WithInsecureHTTP() ClientOption {
+	return clientOption(func(c *config) { c.insecure = true })
 }
 
-// WithHeader adds a header to requests: given to NewClient, to every
-// request, token requests included; given to a call, to that call's
-// attempts, over the client's. The headers the client sets itself
-// (Authorization, Idempotency-Key, Content-Type, Content-Length, Host) and
-// hop-by-hop headers are refused, and so is a value with a control
-// character. Client or call.
+// WithHeader adds a header to requests: given to a client, to every
+// request, token requests and HTTPClient's requests to the base URL's
+// origin included; given to a call, to that call's attempts, over the
+// client's. The headers the client sets itself (Authorization,
+// Idempotency-Key, Content-Type, Content-Length, Host) and hop-by-hop
+// headers are invalid, and so is a value with a control character.
 func WithHeader(key, value string) Option {
 	k := http.CanonicalHeaderKey(key)
-	return checked("WithHeader", forBoth, badHeader(k, value), func(c *config) {
+	bad := badHeader(k, value)
+	return option(func(c *config) {
+		if bad != "" {
+			c.invalid("WithHeader", bad)
+			return
+		}
 		h := make(http.Header, len(c.header)+1)
 		for hk, hv := range c.header {
 			h[hk] = hv
@@ -415,29 +424,27 @@ func badHeader(key, value string) string {
 
 // WithIdempotencyKey sets the Idempotency-Key of a call, instead of the one
 // generated for it: a caller that restarts resends a call with the same key,
-// and the server stores it once. 1 to 255 visible ASCII characters. Call
-// only.
-func WithIdempotencyKey(key string) Option {
-	var bad string
-	if key == "" || len(key) > 255 || !validToken(key) {
-		bad = "want 1 to 255 visible ASCII characters"
-	}
-	return checked("WithIdempotencyKey", forCall, bad, func(c *config) { c.idemKey = key })
+// and the server stores it once. 1 to 255 visible ASCII characters.
+func WithIdempotencyKey(key string) CallOption {
+	return callOption(func(c *config) {
+		if len(key) > 255 || !validToken(key) {
+			c.invalid("WithIdempotencyKey", "want 1 to 255 visible ASCII characters")
+			return
+		}
+		c.idemKey = key
+	})
 }
 
 // WithResponseInfo asks for the details of a call's last answer: dst is
-// filled when the call returns, error or not. Call only.
-func WithResponseInfo(dst *ResponseInfo) Option {
-	var bad string
-	if dst == nil {
-		bad = "nil *ResponseInfo"
-	}
-	return checked("WithResponseInfo", forCall, bad, func(c *config) { c.info = dst })
+// filled when the call returns, error or not. Nil asks for nothing.
+func WithResponseInfo(dst *ResponseInfo) CallOption {
+	return callOption(func(c *config) { c.info = dst })
 }
 
 // ResponseInfo describes how a call went, for support tickets and metrics;
-// WithResponseInfo asks for it. Printed, logged or JSON-encoded, it shows
-// the names of the answer's headers, not their values.
+// WithResponseInfo asks for it. Printed or JSON-encoded (log/slog
+// included), it shows the names of the answer's headers, not their values,
+// which a hostile server could fill with a secret of the client's.
 type ResponseInfo struct {
 	StatusCode int           // of the last answer; 0 when none came
 	Header     http.Header   // of the last answer; nil when none came
@@ -446,9 +453,6 @@ type ResponseInfo struct {
 	Duration   time.Duration // from the call's start to its return
 }
 
-// printable lists what i shows of itself: the names of the answer's
-// headers, not their values, which a hostile server could fill with a
-// secret of the client's; read Header for those.
 func (i ResponseInfo) printable() []slog.Attr {
 	names := make([]string, 0, len(i.Header))
 	for k := range i.Header {
@@ -464,48 +468,43 @@ func (i ResponseInfo) printable() []slog.Attr {
 	}
 }
 
-// String describes the call, with the names of the answer's headers only.
-func (i ResponseInfo) String() string { return describe("apala.ResponseInfo", i.printable()) }
-
-// GoString is String, for code that asks for it by name; fmt's %#v goes
-// through Format.
-func (i ResponseInfo) GoString() string { return i.String() }
-
-// Format implements fmt.Formatter: every verb prints String.
-func (i ResponseInfo) Format(f fmt.State, verb rune) { formatRedacted(f, verb, i.String()) }
-
-// LogValue implements slog.LogValuer, with the header names only.
-func (i ResponseInfo) LogValue() slog.Value { return slog.GroupValue(i.printable()...) }
+// Format implements fmt.Formatter: every verb prints the description,
+// with the header names only.
+func (i ResponseInfo) Format(f fmt.State, verb rune) {
+	format(f, verb, "apala.ResponseInfo", i.printable())
+}
 
 // MarshalJSON encodes the description, with the header names only.
 func (i ResponseInfo) MarshalJSON() ([]byte, error) { return marshalAttrs(i.printable()) }
 
 // WithHooks sets functions the client calls as it works, to feed metrics or
-// traces without the package depending on them. Client only.
-func WithHooks(h Hooks) Option {
-	return Option{name: "WithHooks", scope: forClient, apply: func(c *config) { c.hooks = h }}
+// traces without the package depending on them.
+func WithHooks(h Hooks) ClientOption {
+	return clientOption(func(c *config) { c.hooks = h })
 }
 
-// Hooks are called synchronously, outside every lock of the client, so a
-// hook may call the client, except that a hook reporting on a token request
-// (Token, and Attempt for /api/auth/ paths) must neither wait for a token
-// (AccessToken, an API call) nor call Close: either would wait on the
-// flight that is reporting to it. A nil func is skipped. The context a hook gets is the
-// caller's; for a token request it is the context of the caller that
-// started it, with its cancellation removed: its values (a trace, a logger)
-// flow, its cancellation does not. Hooks see no secret but through Token,
-// which prints redacted.
+// Hooks are called synchronously and outside every lock of the client, so
+// that a hook may call any method of the client but Close. An API call's
+// Attempt reports come on the caller's goroutine, after each attempt and
+// before the call returns; the reports about a token request (its Attempt
+// reports and its Token report) come in order once it ended, after its
+// result reached the callers waiting for it: nobody waits for a hook. A
+// nil func is skipped. The context a hook gets is the caller's; for a token
+// request it is the context of the caller that started it, with its
+// cancellation removed: its values (a trace, a logger) flow, its
+// cancellation does not. Hooks see no secret but through Token, which
+// prints redacted.
 type Hooks struct {
 	// Attempt is called after every HTTP attempt, token requests included.
 	Attempt func(ctx context.Context, a AttemptInfo)
 	// Token is called once per token request (API-key exchange or
-	// refresh), when it ends, after its retries.
+	// refresh), after its retries.
 	Token func(ctx context.Context, t TokenInfo)
 }
 
 // AttemptInfo describes one HTTP attempt, for Hooks.Attempt.
 type AttemptInfo struct {
-	Method, Path string
+	Method, Path string        // Path without the query
 	Attempt      int           // 1 for the first
 	StatusCode   int           // 0 when no answer came
 	RequestID    string        // the answer's X-Request-Id, when sent
@@ -523,21 +522,18 @@ type TokenInfo struct {
 }
 
 // WithTokenStore makes the client share its tokens through s: before every
-// token request it loads s and adopts a fresh token another client saved
-// for the same base URL and key, and after every token request it saves
-// what it got. When s is also a TokenLocker, a client that needs a token
-// request takes its lock, loads s again (another process may have just
+// automatic token request it loads s and adopts a fresh token another client
+// saved for the same base URL and key, and after every token request it
+// saves what it got. When s is also a TokenLocker, a client that needs a
+// token request takes its lock, loads s again (another process may have just
 // saved one), and holds the lock until it saved its result, so that
 // processes racing for a token make one request between them; adopting a
 // stored token takes no lock. Each use of s (a lock waited for, a load, a
-// save) is bounded by 15 seconds. Failures of s are logged at Warn and never fail a
-// call. The hot path does not touch s. Client only.
-func WithTokenStore(s TokenStore) Option {
-	var bad string
-	if s == nil {
-		bad = "nil TokenStore"
-	}
-	return checked("WithTokenStore", forClient, bad, func(c *config) { c.store = s })
+// save) is bounded by 15 seconds, even when s ignores its context. Failures
+// of s are logged at Warn and never fail a call. The hot path does not touch
+// s. Nil means no store.
+func WithTokenStore(s TokenStore) ClientOption {
+	return clientOption(func(c *config) { c.store = s })
 }
 
 // WithAPIKeyFunc makes the client ask fn for the API key at every API-key
@@ -547,13 +543,10 @@ func WithTokenStore(s TokenStore) Option {
 // answers 401 and fn then returns another key, the exchange is tried once
 // more with it. An error from fn fails that token request at once, wrapped
 // as "apala: API key: ..." (the failure cooldown applies). Every key fn
-// returns is scrubbed from server text and never logged. Client only.
-func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) Option {
-	var bad string
-	if fn == nil {
-		bad = "nil function"
-	}
-	return checked("WithAPIKeyFunc", forClient, bad, func(c *config) { c.keyFunc = fn })
+// returns is scrubbed from server text and never logged. Nil means the key
+// given to NewClient.
+func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) ClientOption {
+	return clientOption(func(c *config) { c.keyFunc = fn })
 }
 
 // Client talks to the Apala API. It exchanges the API key for a token pair on
@@ -571,7 +564,9 @@ type Client struct {
 	origin   string // scheme://host:port of the base URL
 	hc       *http.Client
 	ownRT    *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
-	// The clock by which token lifetimes are judged (mono, now), and the
+	budget   retryBudget
+
+	// The clock by which token lifetimes are judged (since, now), and the
 	// real one, for waits; they differ only for a FakeServer's clients.
 	since    func(time.Time) time.Duration
 	now      func() time.Time
@@ -582,10 +577,10 @@ type Client struct {
 }
 
 // NewClient returns a client that authenticates with apiKey. It sends
-// nothing: the first call that needs a token authenticates. It fails with
-// ErrMissingAPIKey on an empty key (unless WithAPIKeyFunc gives the keys),
-// and with a *ValidationError naming the option on an invalid one.
-func NewClient(apiKey string, opts ...Option) (*Client, error) {
+// nothing: the first call that needs a token authenticates. An empty key
+// (without WithAPIKeyFunc) is ErrMissingAPIKey, and an invalid option or
+// base URL an error matching ErrConfig.
+func NewClient(apiKey string, opts ...ClientOption) (*Client, error) {
 	cfg := config{
 		baseURL:    DefaultBaseURL,
 		margin:     DefaultRefreshMargin,
@@ -594,18 +589,20 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		maxBackoff: defaultMaxBackoff,
 		timeout:    defaultTimeout,
 	}
-	if err := cfg.apply(opts, forClient); err != nil {
-		return nil, err
+	for _, o := range opts {
+		if o != nil {
+			o.client(&cfg)
+		}
+	}
+	if cfg.err != nil {
+		return nil, cfg.err
 	}
 	if apiKey == "" && cfg.keyFunc == nil {
 		return nil, ErrMissingAPIKey
 	}
-	if cfg.company != "" && !isUUID(cfg.company) {
-		return nil, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
-	}
 	base, err := parseBaseURL(cfg.baseURL, cfg.insecure)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: base URL: %s", ErrConfig, err)
 	}
 	authBody, err := json.Marshal(struct {
 		APIKey string `json:"api_key"`
@@ -622,9 +619,10 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		origin:   origin(base),
 		since:    timeSince,
 		now:      timeNow,
+		waited:   timeSince,
 	}
 	c.baseTime = c.now()
-	c.waited = c.since
+	c.closing = make(chan struct{})
 	if cfg.hc != nil {
 		hc := *cfg.hc
 		c.hc = &hc
@@ -645,16 +643,18 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 // base URL and company GUID from APALA_BASE_URL and APALA_COMPANY_GUID when
 // they are set. Options win over the environment; with WithAPIKeyFunc,
 // APALA_API_KEY is not required.
-func NewClientFromEnv(opts ...Option) (*Client, error) {
+func NewClientFromEnv(opts ...ClientOption) (*Client, error) {
 	key := os.Getenv(EnvAPIKey)
-	keyFunc := false
+	var given config
 	for _, o := range opts {
-		keyFunc = keyFunc || o.name == "WithAPIKeyFunc"
+		if o != nil {
+			o.client(&given)
+		}
 	}
-	if key == "" && !keyFunc {
+	if key == "" && given.keyFunc == nil {
 		return nil, fmt.Errorf("%w: %s is not set", ErrMissingAPIKey, EnvAPIKey)
 	}
-	var env []Option
+	var env []ClientOption
 	if u := os.Getenv(EnvBaseURL); u != "" {
 		env = append(env, WithBaseURL(u))
 	}
@@ -667,30 +667,27 @@ func NewClientFromEnv(opts ...Option) (*Client, error) {
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // parseBaseURL accepts an absolute http(s) URL without user info, query or
-// fragment; http only to a loopback host unless insecure.
+// fragment; http only to a loopback host unless insecure. Its errors never
+// quote the URL, which may hold a password.
 func parseBaseURL(raw string, insecure bool) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		// Not err itself: a *url.Error quotes the URL, which may hold a password.
 		if ue, ok := err.(*url.Error); ok {
 			err = ue.Err
 		}
-		return nil, fmt.Errorf("apala: invalid base URL: %w", err)
+		return nil, err
 	}
 	switch {
-	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, errors.New("apala: invalid base URL: want an absolute http or https URL")
+	case u.Scheme != "http" && u.Scheme != "https" || u.Opaque != "":
+		return nil, errors.New("want an absolute http or https URL")
 	case u.Host == "" || u.Hostname() == "":
-		return nil, errors.New("apala: invalid base URL: no host")
+		return nil, errors.New("no host")
 	case u.User != nil:
-		return nil, errors.New("apala: invalid base URL: user info is not allowed")
+		return nil, errors.New("user info is not allowed")
 	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
-		return nil, errors.New("apala: invalid base URL: query and fragment are not allowed")
-	case u.Opaque != "":
-		return nil, errors.New("apala: invalid base URL: want an absolute http or https URL")
-	}
-	if u.Scheme == "http" && !insecure && !isLoopback(u.Hostname()) {
-		return nil, errors.New("apala: invalid base URL: http:// to a host that is not loopback; use https, or WithInsecureHTTP")
+		return nil, errors.New("query and fragment are not allowed")
+	case u.Scheme == "http" && !insecure && !isLoopback(u.Hostname()):
+		return nil, errors.New("http:// to a host that is not loopback; use https, or WithInsecureHTTP")
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
@@ -723,36 +720,20 @@ func origin(u *url.URL) string {
 // none: from WithCompanyGUID or APALA_COMPANY_GUID, or "" when unset.
 func (c *Client) CompanyGUID() string { return c.cfg.company }
 
-// printable lists what the client shows of itself: its base URL, never
-// its secrets.
-func (c *Client) printable() []slog.Attr {
-	if c == nil {
-		return nil
+// Format implements fmt.Formatter: every verb prints the client's base URL,
+// never its secrets. (encoding/json sees no field of a Client.)
+func (c *Client) Format(f fmt.State, verb rune) {
+	var attrs []slog.Attr
+	if c != nil {
+		attrs = []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", "[REDACTED]")}
 	}
-	// A client always has a key, given or from WithAPIKeyFunc.
-	return []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", "[REDACTED]")}
+	format(f, verb, "apala.Client", attrs)
 }
 
-// String describes the client without its secrets.
-func (c *Client) String() string { return describe("apala.Client", c.printable()) }
-
-// GoString is String, for code that asks for it by name; fmt's %#v goes
-// through Format.
-func (c *Client) GoString() string { return c.String() }
-
-// Format implements fmt.Formatter: every verb prints String.
-func (c *Client) Format(f fmt.State, verb rune) { formatRedacted(f, verb, c.String()) }
-
-// LogValue implements slog.LogValuer, leaving the secrets out.
-func (c *Client) LogValue() slog.Value { return slog.GroupValue(c.printable()...) }
-
-// MarshalJSON encodes the client's description, without its secrets.
-func (c *Client) MarshalJSON() ([]byte, error) { return marshalAttrs(c.printable()) }
-
-// Close ends the client: it cancels and waits for a token request in
-// progress, closes the idle connections of the transport the client made,
-// and makes later calls fail with ErrClosed. It is idempotent and always
-// returns nil.
+// Close ends the client: it ends every wait of its calls with ErrClosed,
+// cancels and waits for a token request in progress (and its hooks),
+// closes the idle connections of the transport the client made, and makes
+// later calls fail with ErrClosed. It is idempotent and always returns nil.
 func (c *Client) Close() error {
 	c.closeFlights()
 	if c.ownRT != nil {
@@ -764,37 +745,33 @@ func (c *Client) Close() error {
 // request is one logical call: its attempts, retries and replay share it.
 type request struct {
 	method  string
-	path    string
-	body    []byte     // marshalled once, replayed from bytes
-	auth    bool       // attach the access token, replay once on 401
-	idemKey string     // Idempotency-Key, the same for every attempt
-	carries *tokenPair // the pair whose refresh token the body carries (a refresh)
-	cfg     *config    // the call's settings; nil: the client's
+	path    string   // as sent, with Do's query
+	name    string   // path without the query, for errors, logs and hooks
+	body    []byte   // marshalled once, replayed from bytes
+	auth    bool     // attach the access token, replay once on 401
+	idemKey string   // Idempotency-Key, the same for every attempt
+	secrets []string // the secrets the request carried, scrubbed from its answers even once the client holds others
+	cfg     *config  // the call's settings; nil: the client's
+	flight  *flight  // the token request it belongs to; nil for an API call
 }
 
-// apiCall is a request to an API endpoint: a POST with the access token.
-func apiCall(path string) *request {
-	return &request{method: http.MethodPost, path: path, auth: true}
+func newRequest(method, path string, auth bool) *request {
+	name, _, _ := strings.Cut(path, "?")
+	return &request{method: method, path: path, name: name, auth: auth}
 }
 
 // errorf returns an error about rq, prefixed "apala: METHOD PATH: "; with
 // kind non-nil the prefix is kind's text, and the error matches kind.
 func (rq *request) errorf(kind error, format string, args ...any) error {
 	if kind == nil {
-		return fmt.Errorf("apala: %s %s: "+format, append([]any{rq.method, rq.path}, args...)...)
+		return fmt.Errorf("apala: %s %s: "+format, append([]any{rq.method, rq.name}, args...)...)
 	}
-	return fmt.Errorf("%w: %s %s: "+format, append([]any{kind, rq.method, rq.path}, args...)...)
+	return fmt.Errorf("%w: %s %s: "+format, append([]any{kind, rq.method, rq.name}, args...)...)
 }
 
 // missing is the error for an answer without a required field.
 func (rq *request) missing(field string) error {
 	return rq.errorf(nil, "response is missing %s", field)
-}
-
-// sendTime is when the attempt that succeeded was sent, on both clocks.
-type sendTime struct {
-	mono time.Duration
-	wall time.Time
 }
 
 var (
@@ -816,8 +793,9 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // untouched.
 //
 // Errors are *APIError for answers outside 2xx, and match ErrConnection for
-// network failures; a decoding failure names the path.
-func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts ...Option) error {
+// network failures; a decoding failure names the path. Errors, logs and
+// hooks name the path without its query.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts ...CallOption) error {
 	if method == "" {
 		method = http.MethodGet
 	}
@@ -828,7 +806,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts 
 	if !validPath(path) {
 		return &ValidationError{Field: "path", Reason: "want an absolute path under the base URL, such as /api/feedback, without dot segments"}
 	}
-	return c.call(ctx, &request{method: method, path: path, auth: true}, in, out, cfg)
+	return c.call(ctx, newRequest(method, path, true), in, out, cfg)
 }
 
 // call sends rq with in as its JSON body, marshalled once, and an
@@ -843,7 +821,7 @@ func (c *Client) call(ctx context.Context, rq *request, in, out any, cfg *config
 		}
 		rq.body = b
 	}
-	if rq.idemKey = cfg.idemKey; rq.idemKey == "" && rq.method == http.MethodPost && !strings.HasPrefix(rq.path, "/api/auth/") {
+	if rq.idemKey = cfg.idemKey; rq.idemKey == "" && rq.method == http.MethodPost && !strings.HasPrefix(rq.name, "/api/auth/") {
 		k, err := newID()
 		if err != nil {
 			return err
@@ -855,27 +833,25 @@ func (c *Client) call(ctx context.Context, rq *request, in, out any, cfg *config
 }
 
 // validPath accepts an absolute path, with an optional query, that cannot
-// name another host.
+// name another host nor climb out of the base URL's prefix: no dot segment,
+// escaped or not, also when a proxy decodes it up to three times, a
+// segment ending at a ";", "?" or "#" (decoded or not).
 func validPath(p string) bool {
-	if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || len(p) > 8<<10 {
+	if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || len(p) > 8<<10 || strings.ContainsAny(p, "#\\ ") {
 		return false
 	}
-	for i := 0; i < len(p); i++ {
-		if b := p[i]; b <= ' ' || b == 0x7f || b == '\\' || b == '#' {
-			return false
-		}
-	}
-	// No dot segment, escaped or not, nor one with path parameters
-	// ("..;x"): a path must not climb out of the base URL's prefix. Decoded
-	// up to three times, for servers and proxies that decode more than once;
-	// a decoding that is not UTF-8 or yields a control character or a
-	// backslash is refused.
 	path, _, _ := strings.Cut(p, "?")
 	for depth := 0; ; depth++ {
-		for rest := path; rest != ""; {
-			var seg string
-			seg, rest, _ = strings.Cut(rest, "/")
-			if name, _, _ := strings.Cut(seg, ";"); name == "." || name == ".." {
+		for i := 0; i < len(path); i++ {
+			if b := path[i]; b < ' ' || b == 0x7f || b == '\\' {
+				return false
+			}
+		}
+		for _, seg := range strings.Split(path, "/") {
+			if i := strings.IndexAny(seg, ";?#"); i >= 0 {
+				seg = seg[:i]
+			}
+			if seg == "." || seg == ".." {
 				return false
 			}
 		}
@@ -885,11 +861,6 @@ func validPath(p string) bool {
 		dec, err := url.PathUnescape(path)
 		if err != nil || !utf8.ValidString(dec) {
 			return false
-		}
-		for i := 0; i < len(dec); i++ {
-			if b := dec[i]; b < ' ' || b == 0x7f || b == '\\' {
-				return false
-			}
 		}
 		path = dec
 	}
@@ -907,11 +878,52 @@ func newID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
+// The retry budget: a retry of an API call spends retryCost from it, and
+// each successful API call gives back retryRefund, up to retryBudgetSize.
+// When what is left cannot pay for a retry, a retryable failure is
+// returned at once. So an outage costs a client at most
+// retryBudgetSize/retryCost retries (100) before retries stop, and after it
+// every retryCost successes pay for one retry again. These are the figures
+// of the AWS SDK's retry quota (500, 5, 1).
+const (
+	retryBudgetSize = 500
+	retryCost       = 5
+	retryRefund     = 1
+)
+
+// retryBudget is a client's retry budget, shared by all its goroutines
+// without a lock. The zero value is full.
+type retryBudget struct{ spent atomic.Int64 }
+
+// spend takes the cost of a retry, and reports whether there was enough.
+func (b *retryBudget) spend() bool {
+	for {
+		s := b.spent.Load()
+		if s+retryCost > retryBudgetSize {
+			return false
+		}
+		if b.spent.CompareAndSwap(s, s+retryCost) {
+			return true
+		}
+	}
+}
+
+// refill gives back the refund of a success; one atomic load when full.
+func (b *retryBudget) refill() {
+	for {
+		s := b.spent.Load()
+		if s == 0 || b.spent.CompareAndSwap(s, max(s-retryRefund, 0)) {
+			return
+		}
+	}
+}
+
 // send runs rq to completion: token, attempts, retries, the one 401 replay,
-// and decoding into out. It returns when the successful attempt was sent.
-func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, error) {
+// and decoding into out. It returns when the successful attempt was sent,
+// by the token clock.
+func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, error) {
 	if ctx == nil {
-		return sendTime{}, errNilContext
+		return time.Time{}, errNilContext
 	}
 	cfg := rq.cfg
 	if cfg == nil {
@@ -924,41 +936,42 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 	}
 	b := bearer{c: c}
 	retries := 0
-	// carried are the pairs whose secrets the call carried: the access
-	// tokens its attempts were sent with, the refresh token of a refresh.
-	// They are scrubbed from the server's answers even after the client
-	// replaced them. buf keeps them off the heap.
-	var buf [2]*tokenPair
-	carried := append(buf[:0], rq.carries)
 	for n := 1; ; n++ {
+		// A done context sends nothing, not even a token request.
+		if err := ctx.Err(); err != nil {
+			return time.Time{}, rq.errorf(nil, "%w", err)
+		}
 		var pair *tokenPair
 		if rq.auth {
 			p, err := b.token(ctx)
 			if err != nil {
-				return sendTime{}, err
+				return time.Time{}, err
 			}
 			pair = p
-			if carried[len(carried)-1] != p {
-				carried = append(carried, p)
+			if k := len(rq.secrets); k == 0 || rq.secrets[k-1] != p.access {
+				rq.secrets = append(rq.secrets, p.access)
 			}
 		} else if c.isClosed() {
-			return sendTime{}, ErrClosed
+			return time.Time{}, ErrClosed
 		}
-		sent := sendTime{mono: c.mono(), wall: c.now()}
-		resp, err := c.attempt(ctx, rq, cfg, pair, carried)
+		sent := c.now()
+		resp, err := c.attempt(ctx, rq, cfg, pair)
 		if err == nil && resp.ok() {
-			c.report(ctx, rq, cfg, n, resp, nil, 0, carried)
-			err = c.decode(rq, resp, out, carried)
+			if rq.flight == nil {
+				c.budget.refill()
+			}
+			c.report(ctx, rq, cfg, n, resp, nil, 0)
+			err = c.decode(rq, resp, out)
 			resp.release()
 			return sent, err
 		}
 		if err == nil {
-			err = c.apiError(rq, resp, carried)
+			err = c.apiError(rq, resp)
 		}
 		resp.release()
 		// What follows this attempt: nothing, the 401 replay, or a retry
 		// after wait.
-		again, wait := false, time.Duration(0)
+		again, wait, why := false, time.Duration(0), ""
 		switch {
 		case ctx.Err() != nil:
 		case rq.auth && b.refused(resp.status, true):
@@ -969,27 +982,36 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 			if errors.As(err, &ae) && ae.RetryAfter > 0 {
 				wait = ae.RetryAfter
 			}
-			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-				wait = 0 // it would outlast the caller: give up now
-			} else {
+			switch dl, ok := ctx.Deadline(); {
+			case ok && time.Until(dl) < wait:
+				wait, why = 0, "it would outlast the caller's deadline"
+			case rq.flight == nil && !c.budget.spend():
+				wait, why = 0, "the retry budget is spent"
+				err = fmt.Errorf("%w (not retried: the retry budget is spent)", err)
+			default:
 				again = true
 				retries++
 			}
 		}
-		c.report(ctx, rq, cfg, n, resp, err, wait, carried)
+		c.report(ctx, rq, cfg, n, resp, err, wait)
 		if ctx.Err() != nil {
-			return sendTime{}, rq.errorf(nil, "%w", ctx.Err())
+			return time.Time{}, rq.errorf(nil, "%w", ctx.Err())
+		}
+		if why != "" {
+			c.logAttrs(ctx, slog.LevelWarn, "apala: not retrying",
+				slog.String("method", rq.method), slog.String("path", rq.name),
+				slog.String("reason", retryReason(resp.status)), slog.String("why", why))
 		}
 		if !again {
-			return sendTime{}, err
+			return time.Time{}, err
 		}
 		if wait > 0 {
 			c.logAttrs(ctx, slog.LevelWarn, "apala: retrying",
-				slog.String("method", rq.method), slog.String("path", rq.path),
+				slog.String("method", rq.method), slog.String("path", rq.name),
 				slog.String("reason", retryReason(resp.status)), slog.Duration("delay", wait),
 				slog.Int("attempt", n+1))
-			if err := sleep(ctx, wait); err != nil {
-				return sendTime{}, rq.errorf(nil, "%w", err)
+			if err := c.sleep(ctx, wait); err != nil {
+				return time.Time{}, rq.errorf(nil, "%w", err)
 			}
 		}
 	}
@@ -997,14 +1019,15 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (sendTime, erro
 
 // report tells about attempt n, when anyone asked: the Debug log, the
 // Attempt hook and the call's ResponseInfo. wait is the pause before the
-// next attempt, 0 when none follows.
-func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r response, err error, wait time.Duration, carried []*tokenPair) {
+// next attempt, 0 when none follows. The hook of a token request's attempt
+// is called once the token request ended (see fly).
+func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r response, err error, wait time.Duration) {
 	hook := c.cfg.hooks.Attempt
 	debug := c.cfg.logger != nil && c.cfg.logger.Enabled(ctx, slog.LevelDebug)
 	if cfg.info == nil && hook == nil && !debug {
 		return
 	}
-	rid := c.requestID(r.header, carried)
+	rid := c.requestID(r.header, rq)
 	if info := cfg.info; info != nil {
 		info.Attempts = n
 		if r.status != 0 {
@@ -1012,7 +1035,7 @@ func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r 
 		}
 	}
 	if debug {
-		attrs := [...]slog.Attr{slog.String("method", rq.method), slog.String("path", rq.path),
+		attrs := [...]slog.Attr{slog.String("method", rq.method), slog.String("path", rq.name),
 			slog.Int("status", r.status), slog.Duration("duration", r.took),
 			slog.Int("attempt", n), slog.String("request_id", rid)}
 		if rid == "" {
@@ -1022,19 +1045,24 @@ func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r 
 		}
 	}
 	if hook != nil {
-		hook(ctx, AttemptInfo{Method: rq.method, Path: rq.path, Attempt: n, StatusCode: r.status,
-			RequestID: rid, Duration: r.took, Err: err, RetryIn: wait})
+		a := AttemptInfo{Method: rq.method, Path: rq.name, Attempt: n, StatusCode: r.status,
+			RequestID: rid, Duration: r.took, Err: err, RetryIn: wait}
+		if rq.flight != nil {
+			rq.flight.reports = append(rq.flight.reports, func() { hook(ctx, a) })
+		} else {
+			hook(ctx, a)
+		}
 	}
 }
 
 // requestID reads an answer's X-Request-Id: the server's text, so scrubbed
 // and bounded like any.
-func (c *Client) requestID(h http.Header, carried []*tokenPair) string {
+func (c *Client) requestID(h http.Header, rq *request) string {
 	v := h.Get("X-Request-Id")
 	if v == "" {
 		return ""
 	}
-	return c.serverText(v, 128, carried)
+	return c.serverText(v, 128, rq.secrets)
 }
 
 // bearer attaches the access token to the attempts of one request and holds
@@ -1091,7 +1119,7 @@ func (r *response) release() {
 // attempt sends one HTTP request and reads its answer: a success body up to
 // maxBody, an error body up to maxErrorBody, drained past that. The response
 // comes back with an error too, for the time it took.
-func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *tokenPair, carried []*tokenPair) (r response, err error) {
+func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *tokenPair) (r response, err error) {
 	if cfg.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cfg.timeout)
@@ -1103,7 +1131,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	}
 	req, err := http.NewRequestWithContext(ctx, rq.method, c.baseStr+rq.path, body)
 	if err != nil {
-		return r, rq.errorf(nil, "%w", err)
+		return r, rq.errorf(nil, "%w", c.scrubErr(err, rq.secrets))
 	}
 	h := req.Header
 	h["Accept"] = hdrJSON
@@ -1125,7 +1153,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	defer func() { r.took = time.Since(start) }()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return r, rq.errorf(ErrConnection, "%w", c.scrubErr(err, carried))
+		return r, rq.errorf(ErrConnection, "%w", c.scrubErr(err, rq.secrets))
 	}
 	defer resp.Body.Close()
 	r.status, r.header = resp.StatusCode, resp.Header
@@ -1144,8 +1172,8 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 		// As net/http does for the request, so that every connection
 		// failure unwraps to a *url.Error.
 		op := rq.method[:1] + strings.ToLower(rq.method[1:])
-		err = &url.Error{Op: op, URL: c.baseStr + rq.path, Err: err}
-		return r, rq.errorf(ErrConnection, "reading response: %w", c.scrubErr(err, carried))
+		err = &url.Error{Op: op, URL: c.baseStr + rq.name, Err: err}
+		return r, rq.errorf(ErrConnection, "reading response: %w", c.scrubErr(err, rq.secrets))
 	}
 	if int64(r.body.Len()) > limit {
 		if r.ok() {
@@ -1161,7 +1189,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 // decode reads a success body into out. An empty or malformed body is an
 // error when out wants one; the error names the content type, never the
 // body. A 204 leaves out untouched.
-func (c *Client) decode(rq *request, r response, out any, carried []*tokenPair) error {
+func (c *Client) decode(rq *request, r response, out any) error {
 	if out == nil || r.status == http.StatusNoContent {
 		return nil
 	}
@@ -1171,71 +1199,70 @@ func (c *Client) decode(rq *request, r response, out any, carried []*tokenPair) 
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		// Not wrapped: encoding/json quotes what the server sent.
-		return rq.errorf(nil, "malformed JSON response (%s): %s", c.mediaType(r.header, carried), c.serverText(err.Error(), 512, carried))
+		return rq.errorf(nil, "malformed JSON response (%s): %s", c.mediaType(r.header, rq), c.serverText(err.Error(), maxMessage, rq.secrets))
 	}
 	return nil
 }
 
 // apiError builds the *APIError for a non-2xx answer. The message comes only
-// from a JSON body, with every secret of the client and of carried scrubbed
-// out.
-func (c *Client) apiError(rq *request, r response, carried []*tokenPair) *APIError {
-	e := &APIError{StatusCode: r.status, Method: rq.method, Path: rq.path,
-		RetryAfter: parseRetryAfter(r.header.Get("Retry-After"), c.now()), RequestID: c.requestID(r.header, carried)}
+// from a JSON body, scrubbed of every secret of the client and of rq.
+func (c *Client) apiError(rq *request, r response) *APIError {
+	e := &APIError{StatusCode: r.status, Method: rq.method, Path: rq.name,
+		RetryAfter: parseRetryAfter(r.header.Get("Retry-After"), c.now()), RequestID: c.requestID(r.header, rq)}
 	if r.body == nil || r.body.Len() == 0 {
 		return e
 	}
 	if v := errorValue(r.body.Bytes()); v != nil {
-		e.Message = c.serverText(v, maxMessage, carried)
+		e.Message = c.serverText(v, maxMessage, rq.secrets)
 	}
 	if e.Message == "" {
-		e.contentType = c.mediaType(r.header, carried)
+		e.contentType = c.mediaType(r.header, rq)
 	}
 	return e
 }
 
-// scrubErr returns err, a connection failure, without the secrets that
-// server text quoted in it may carry (net/http quotes a malformed answer).
-// An error that holds none is returned as it is, its types intact; one that
-// does is rebuilt from its scrubbed text, a *url.Error kept as one.
-func (c *Client) scrubErr(err error, carried []*tokenPair) error {
+// scrubErr returns err without the secrets its text may quote (net/http
+// quotes a malformed answer; a key function may quote its key). An error
+// that quotes none is returned as it is; one that does is wrapped in a
+// *scrubbedError, which errors.Is and errors.As still see through, a
+// *url.Error kept as one.
+func (c *Client) scrubErr(err error, extra []string) error {
 	s := err.Error()
-	if c.scrub(s, carried) == s {
+	clean := c.scrub(s, extra)
+	if clean == s {
 		return err
 	}
-	clean := &scrubbedError{msg: c.scrub(s, carried), permanent: permanent(err)}
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		clean.msg = c.scrub(ue.Err.Error(), carried)
-		return &url.Error{Op: ue.Op, URL: ue.URL, Err: clean}
+		return &url.Error{Op: ue.Op, URL: ue.URL, Err: &scrubbedError{msg: c.scrub(ue.Err.Error(), extra), err: ue.Err}}
 	}
-	return clean
+	return &scrubbedError{msg: clean, err: err}
 }
 
 // scrubbedError stands for an error whose text quoted a secret: its text
-// scrubbed, and whether no retry can fix it, which the types it had told.
+// scrubbed, its identity kept for errors.Is and errors.As. It has no
+// Unwrap, which would hand out the text it hides.
 type scrubbedError struct {
-	msg       string
-	permanent bool
+	msg string
+	err error
 }
 
-func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Error() string        { return e.msg }
+func (e *scrubbedError) Is(target error) bool { return errors.Is(e.err, target) }
+func (e *scrubbedError) As(target any) bool   { return errors.As(e.err, target) }
 
 // mediaType names the media type of an answer for an error, scrubbed: the
 // header is the server's text too.
-func (c *Client) mediaType(hdr http.Header, carried []*tokenPair) string {
-	return c.serverText(contentType(c.scrub(hdr.Get("Content-Type"), carried)), 100, carried)
-}
-
-// contentType names the media type of a Content-Type header value.
-func contentType(ct string) string {
-	if mt, _, err := mime.ParseMediaType(ct); err == nil {
-		return mt
+func (c *Client) mediaType(hdr http.Header, rq *request) string {
+	ct := hdr.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	switch {
+	case ct == "":
+		mt = "no content type"
+	case err != nil:
+		mt = "invalid content type"
 	}
-	if ct == "" {
-		return "no content type"
-	}
-	return "invalid content type"
+	return c.serverText(mt, 100, rq.secrets)
 }
 
 // maxMessage bounds the server's text kept in an error, in bytes.
@@ -1254,16 +1281,13 @@ func errorValue(body []byte) any {
 	if json.Unmarshal(body, &v) != nil {
 		return nil
 	}
-	for _, x := range []any{v.Error, v.Message, v.Detail} {
+	if m, ok := v.Errors.(map[string]any); ok && present(m["detail"]) {
+		v.Errors = m["detail"]
+	}
+	for _, x := range []any{v.Error, v.Message, v.Detail, v.Errors} {
 		if present(x) {
 			return x
 		}
-	}
-	if m, ok := v.Errors.(map[string]any); ok && present(m["detail"]) {
-		return m["detail"]
-	}
-	if present(v.Errors) {
-		return v.Errors
 	}
 	return nil
 }
@@ -1278,12 +1302,9 @@ func present(v any) bool {
 // at most max bytes: secrets scrubbed first (a nested value is rendered as
 // JSON, where scrub finds a secret in its JSON-escaped form too), control
 // characters blanked, and the cut made last, on a character boundary.
-func (c *Client) serverText(v any, max int, carried []*tokenPair) string {
-	var s string
-	switch v := v.(type) {
-	case string:
-		s = v
-	default:
+func (c *Client) serverText(v any, max int, extra []string) string {
+	s, ok := v.(string)
+	if !ok {
 		var b bytes.Buffer
 		enc := json.NewEncoder(&b)
 		enc.SetEscapeHTML(false)
@@ -1292,18 +1313,17 @@ func (c *Client) serverText(v any, max int, carried []*tokenPair) string {
 		}
 		s = b.String()
 	}
-	s = strings.Map(func(r rune) rune {
+	// What lies past max+scrubRun never shows, nor decides what before it
+	// is a secret.
+	if len(s) > max+scrubRun {
+		s = s[:max+scrubRun]
+	}
+	s = strings.TrimSpace(strings.Map(func(r rune) rune {
 		if r < ' ' || r == 0x7f {
 			return ' '
 		}
 		return r
-	}, c.scrub(s, carried))
-	return truncate(strings.TrimSpace(s), max)
-}
-
-// truncate cuts s to at most max bytes and marks the cut, never splitting
-// a UTF-8 character.
-func truncate(s string, max int) string {
+	}, c.scrub(s, extra)))
 	if len(s) <= max {
 		return s
 	}
@@ -1314,57 +1334,50 @@ func truncate(s string, max int) string {
 	return s[:cut] + "..."
 }
 
+// scrubRun is the length of the runs of a secret that scrub redacts.
+const scrubRun = 8
+
 // scrub removes from s, text that came from the server, every secret the
-// client holds or a call carried: the API key, the current token pair and
-// the pairs in carried. Each secret is looked for raw, JSON-escaped (with
-// and without HTML escaping) and URL-escaped, and not only whole: any run
-// of 8 or more bytes of one is redacted, so that a server that cuts or
-// splits a secret cannot leak a part of it either.
-func (c *Client) scrub(s string, carried []*tokenPair) string {
+// client holds (the API key, the keys WithAPIKeyFunc returned, the current
+// token pair) and those in extra. Each secret is looked for raw,
+// JSON-escaped (with and without HTML escaping) and URL-escaped, and not
+// only whole: any run of scrubRun bytes of one is redacted, so that a
+// server that cuts or splits a secret cannot leak a part of it either.
+func (c *Client) scrub(s string, extra []string) string {
 	if s == "" {
 		return s
 	}
-	secrets := []string{c.apiKey}
+	secrets := append([]string{c.apiKey}, extra...)
 	if ks := c.keys.Load(); ks != nil {
 		secrets = append(secrets, *ks...)
 	}
 	if p := c.pair.Load(); p != nil {
 		secrets = append(secrets, p.access, p.refresh)
 	}
-	for _, p := range carried {
-		if p != nil {
-			secrets = append(secrets, p.access, p.refresh)
-		}
-	}
-	const run = 8
-	windows := map[string]bool{}
+	var forms []string
 	for _, secret := range secrets {
-		if len(secret) < 4 {
-			continue // too short to reveal anything; replacing it would garble the text
-		}
-		for _, form := range secretForms(secret) {
-			if len(form) < run {
-				s = strings.ReplaceAll(s, form, "[REDACTED]")
-				continue
-			}
-			for i := 0; i+run <= len(form); i++ {
-				windows[form[i:i+run]] = true
-			}
+		if len(secret) >= 4 { // a shorter one reveals nothing; replacing it would garble the text
+			forms = append(forms, secretForms(secret)...)
 		}
 	}
-	if len(windows) == 0 || len(s) < run {
-		return s
+	for _, f := range forms {
+		if len(f) < scrubRun {
+			s = strings.ReplaceAll(s, f, "[REDACTED]")
+		}
 	}
-	// Mark every byte covered by a window of a secret, then replace each
+	// Mark every byte covered by a run of a secret, then replace each
 	// marked stretch.
 	var marked []bool
-	for i := 0; i+run <= len(s); i++ {
-		if windows[s[i:i+run]] {
-			if marked == nil {
-				marked = make([]bool, len(s))
-			}
-			for j := i; j < i+run; j++ {
-				marked[j] = true
+	for i := 0; i+scrubRun <= len(s); i++ {
+		for _, f := range forms {
+			if strings.Contains(f, s[i:i+scrubRun]) {
+				if marked == nil {
+					marked = make([]bool, len(s))
+				}
+				for j := i; j < i+scrubRun; j++ {
+					marked[j] = true
+				}
+				break
 			}
 		}
 	}
@@ -1390,15 +1403,15 @@ func (c *Client) scrub(s string, carried []*tokenPair) string {
 // JSON-escaped with and without HTML escaping, and URL-escaped.
 func secretForms(secret string) []string {
 	forms := []string{secret, url.QueryEscape(secret), url.PathEscape(secret)}
-	if b, err := json.Marshal(secret); err == nil {
-		forms = append(forms, string(b[1:len(b)-1]))
-	}
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if enc.Encode(secret) == nil {
-		quoted := strings.TrimSuffix(b.String(), "\n")
-		forms = append(forms, quoted[1:len(quoted)-1])
+	for _, html := range []bool{true, false} {
+		b.Reset()
+		enc.SetEscapeHTML(html)
+		if enc.Encode(secret) == nil {
+			quoted := strings.TrimSuffix(b.String(), "\n")
+			forms = append(forms, quoted[1:len(quoted)-1])
+		}
 	}
 	return forms
 }
@@ -1410,27 +1423,13 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
+	var d time.Duration
 	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n <= 0 {
-			return 0
-		}
-		if n >= int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter
-		}
-		return time.Duration(n) * time.Second
+		d = time.Duration(min(max(n, 0), int64(maxRetryAfter/time.Second))) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
 	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0
-	}
-	d := t.Sub(now)
-	switch {
-	case d <= 0:
-		return 0
-	case d > maxRetryAfter:
-		return maxRetryAfter
-	}
-	return d
+	return min(max(d, 0), maxRetryAfter)
 }
 
 // retryable reports whether a failed attempt may be tried again.
@@ -1446,18 +1445,22 @@ func retryable(status int, err error) bool {
 }
 
 // permanent reports whether a connection error is one that no retry can
-// fix: the server's certificate failed verification.
+// fix: a certificate that failed verification, a TLS handshake that failed
+// (an alert, a version mismatch, a record that is not TLS), an https URL
+// answered in plain HTTP, an unsupported scheme.
 func permanent(err error) bool {
-	var (
-		verify    *tls.CertificateVerificationError
-		authority x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-		roots     x509.SystemRootsError
-	)
-	var scrubbed *scrubbedError
-	return errors.As(err, &verify) || errors.As(err, &authority) || errors.As(err, &hostname) ||
-		errors.As(err, &invalid) || errors.As(err, &roots) || (errors.As(err, &scrubbed) && scrubbed.permanent)
+	var verify *tls.CertificateVerificationError
+	var record tls.RecordHeaderError
+	if errors.As(err, &verify) || errors.As(err, &record) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range [...]string{"tls: ", "server gave HTTP response to HTTPS client", "unsupported protocol scheme"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func retryReason(status int) string {
@@ -1493,11 +1496,8 @@ func (cfg *config) backoff(n int) time.Duration {
 	return d
 }
 
-// sleep waits for d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
+// sleep waits for d, until ctx ends, or until Close.
+func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -1505,6 +1505,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-c.closing:
+		return ErrClosed
 	}
 }
 
@@ -1516,12 +1518,14 @@ func (c *Client) logAttrs(ctx context.Context, level slog.Level, msg string, att
 	}
 }
 
-// HTTPClient returns an *http.Client that attaches the access token to every
-// request for the base URL's origin, and to no other, for calls this package
-// does not wrap. When the server answers such a request with 401, the token
-// is dropped and a request whose body can be replayed (GetBody set) is sent
-// once more with a new one; otherwise the 401 is returned and the next
-// request gets a new token. After Close, every request fails with ErrClosed.
+// HTTPClient returns an *http.Client that attaches the access token, and
+// the client's WithHeader headers that a request does not set itself, to
+// every request for the base URL's origin, and to no other, for calls this
+// package does not wrap. When the server answers such a request with 401,
+// the token is dropped and a request whose body can be replayed (GetBody
+// set) is sent once more with a new one; otherwise the 401 is returned and
+// the next request gets a new token. After Close, every request fails with
+// ErrClosed.
 func (c *Client) HTTPClient() *http.Client {
 	return &http.Client{
 		Transport:     &bearerTransport{c: c},
@@ -1560,7 +1564,15 @@ func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			closeBody(body)
 			return nil, err
 		}
-		resp, err := t.base().RoundTrip(withBearer(req, p, body))
+		r := req.Clone(req.Context())
+		r.Body = body
+		r.Header["Authorization"] = p.bearer
+		for k, v := range t.c.cfg.header {
+			if _, set := req.Header[k]; !set {
+				r.Header[k] = v
+			}
+		}
+		resp, err := t.base().RoundTrip(r)
 		if err != nil {
 			return resp, err
 		}
@@ -1584,142 +1596,96 @@ func closeBody(b io.ReadCloser) {
 	}
 }
 
-func withBearer(req *http.Request, p *tokenPair, body io.ReadCloser) *http.Request {
-	r := req.Clone(req.Context())
-	r.Body = body
-	r.Header["Authorization"] = p.bearer
-	return r
-}
-
 // Channel is the channel a message travels on.
 type Channel string
 
-// Channels.
+// The channels: a text message, an email, any other.
 const (
-	// ChannelSMS is a text message.
-	ChannelSMS Channel = "SMS"
-	// ChannelEmail is an email.
+	ChannelSMS   Channel = "SMS"
 	ChannelEmail Channel = "EMAIL"
-	// ChannelOther is any other channel.
 	ChannelOther Channel = "OTHER"
 )
 
 // Score is the quality of a message as judged in feedback.
 type Score string
 
-// Scores.
+// The scores: the message worked, did not, or made no difference.
 const (
-	// ScoreGood marks a message that worked.
-	ScoreGood Score = "good"
-	// ScoreBad marks a message that did not.
-	ScoreBad Score = "bad"
-	// ScoreNeutral marks a message that made no difference.
+	ScoreGood    Score = "good"
+	ScoreBad     Score = "bad"
 	ScoreNeutral Score = "neutral"
 )
 
 // PositiveReward is an outcome a message led to, reported in feedback.
 type PositiveReward string
 
-// Positive rewards.
+// The positive rewards: the customer updated their account number, sent
+// bank statements as PDF, linked Chirp, signed the loan agreement.
 const (
-	// RewardUpdatingAccountNumber is the customer updating their account number.
-	RewardUpdatingAccountNumber PositiveReward = "updating_account_number"
-	// RewardSendingPDFBankStatements is the customer sending bank statements as PDF.
+	RewardUpdatingAccountNumber    PositiveReward = "updating_account_number"
 	RewardSendingPDFBankStatements PositiveReward = "sending_pdf_bank_statements"
-	// RewardLinkingChirp is the customer linking Chirp.
-	RewardLinkingChirp PositiveReward = "linking_chirp"
-	// RewardSigningLoanAgreement is the customer signing the loan agreement.
-	RewardSigningLoanAgreement PositiveReward = "signing_loan_agreement"
+	RewardLinkingChirp             PositiveReward = "linking_chirp"
+	RewardSigningLoanAgreement     PositiveReward = "signing_loan_agreement"
 )
 
 // CreditScoreBin is the customer's credit score range.
 type CreditScoreBin string
 
-// Credit score ranges.
+// The credit score ranges: from the first bound up to the second; Plus is
+// the bound or more.
 const (
-	// CreditScore500To550 is a credit score from 500 up to 550.
 	CreditScore500To550 CreditScoreBin = "SCORE_500_550"
-	// CreditScore550To600 is a credit score from 550 up to 600.
 	CreditScore550To600 CreditScoreBin = "SCORE_550_600"
-	// CreditScore600To650 is a credit score from 600 up to 650.
 	CreditScore600To650 CreditScoreBin = "SCORE_600_650"
-	// CreditScore650To700 is a credit score from 650 up to 700.
 	CreditScore650To700 CreditScoreBin = "SCORE_650_700"
-	// CreditScore700To750 is a credit score from 700 up to 750.
 	CreditScore700To750 CreditScoreBin = "SCORE_700_750"
-	// CreditScore750To800 is a credit score from 750 up to 800.
 	CreditScore750To800 CreditScoreBin = "SCORE_750_800"
-	// CreditScore800Plus is a credit score of 800 or more.
-	CreditScore800Plus CreditScoreBin = "SCORE_800_PLUS"
-	// CreditScoreUnknown is a credit score that is not known.
-	CreditScoreUnknown CreditScoreBin = "UNKNOWN"
+	CreditScore800Plus  CreditScoreBin = "SCORE_800_PLUS"
+	CreditScoreUnknown  CreditScoreBin = "UNKNOWN"
 )
 
 // LoanAmountBin is the range of the loan amount the customer asked for.
 type LoanAmountBin string
 
-// Loan amount ranges.
+// The loan amount ranges, as the credit score ranges.
 const (
-	// LoanAmount0To500 is a requested amount from 0 up to 500.
-	LoanAmount0To500 LoanAmountBin = "AMOUNT_0_500"
-	// LoanAmount500To1000 is a requested amount from 500 up to 1,000.
-	LoanAmount500To1000 LoanAmountBin = "AMOUNT_500_1000"
-	// LoanAmount1000To2000 is a requested amount from 1,000 up to 2,000.
-	LoanAmount1000To2000 LoanAmountBin = "AMOUNT_1000_2000"
-	// LoanAmount2000To5000 is a requested amount from 2,000 up to 5,000.
-	LoanAmount2000To5000 LoanAmountBin = "AMOUNT_2000_5000"
-	// LoanAmount5000To10000 is a requested amount from 5,000 up to 10,000.
+	LoanAmount0To500      LoanAmountBin = "AMOUNT_0_500"
+	LoanAmount500To1000   LoanAmountBin = "AMOUNT_500_1000"
+	LoanAmount1000To2000  LoanAmountBin = "AMOUNT_1000_2000"
+	LoanAmount2000To5000  LoanAmountBin = "AMOUNT_2000_5000"
 	LoanAmount5000To10000 LoanAmountBin = "AMOUNT_5000_10000"
-	// LoanAmount10000Plus is a requested amount of 10,000 or more.
-	LoanAmount10000Plus LoanAmountBin = "AMOUNT_10000_PLUS"
+	LoanAmount10000Plus   LoanAmountBin = "AMOUNT_10000_PLUS"
 )
 
 // AgeBin is the customer's age range.
 type AgeBin string
 
-// Age ranges.
+// The age ranges, as the credit score ranges.
 const (
-	// Age18To25 is an age from 18 up to 25.
 	Age18To25 AgeBin = "AGE_18_25"
-	// Age25To30 is an age from 25 up to 30.
 	Age25To30 AgeBin = "AGE_25_30"
-	// Age30To35 is an age from 30 up to 35.
 	Age30To35 AgeBin = "AGE_30_35"
-	// Age35To40 is an age from 35 up to 40.
 	Age35To40 AgeBin = "AGE_35_40"
-	// Age40To45 is an age from 40 up to 45.
 	Age40To45 AgeBin = "AGE_40_45"
-	// Age45To50 is an age from 45 up to 50.
 	Age45To50 AgeBin = "AGE_45_50"
-	// Age50To55 is an age from 50 up to 55.
 	Age50To55 AgeBin = "AGE_50_55"
-	// Age55To60 is an age from 55 up to 60.
 	Age55To60 AgeBin = "AGE_55_60"
-	// Age60Plus is an age of 60 or more.
 	Age60Plus AgeBin = "AGE_60_PLUS"
 )
 
 // MonthlyIncomeBin is the customer's monthly income range.
 type MonthlyIncomeBin string
 
-// Monthly income ranges.
+// The monthly income ranges, as the credit score ranges.
 const (
-	// MonthlyIncome0To2000 is a monthly income from 0 up to 2,000.
-	MonthlyIncome0To2000 MonthlyIncomeBin = "INCOME_0_2000"
-	// MonthlyIncome2000To3000 is a monthly income from 2,000 up to 3,000.
-	MonthlyIncome2000To3000 MonthlyIncomeBin = "INCOME_2000_3000"
-	// MonthlyIncome3000To4000 is a monthly income from 3,000 up to 4,000.
-	MonthlyIncome3000To4000 MonthlyIncomeBin = "INCOME_3000_4000"
-	// MonthlyIncome4000To5000 is a monthly income from 4,000 up to 5,000.
-	MonthlyIncome4000To5000 MonthlyIncomeBin = "INCOME_4000_5000"
-	// MonthlyIncome5000To6000 is a monthly income from 5,000 up to 6,000.
-	MonthlyIncome5000To6000 MonthlyIncomeBin = "INCOME_5000_6000"
-	// MonthlyIncome6000To8000 is a monthly income from 6,000 up to 8,000.
-	MonthlyIncome6000To8000 MonthlyIncomeBin = "INCOME_6000_8000"
-	// MonthlyIncome8000To10000 is a monthly income from 8,000 up to 10,000.
+	MonthlyIncome0To2000     MonthlyIncomeBin = "INCOME_0_2000"
+	MonthlyIncome2000To3000  MonthlyIncomeBin = "INCOME_2000_3000"
+	MonthlyIncome3000To4000  MonthlyIncomeBin = "INCOME_3000_4000"
+	MonthlyIncome4000To5000  MonthlyIncomeBin = "INCOME_4000_5000"
+	MonthlyIncome5000To6000  MonthlyIncomeBin = "INCOME_5000_6000"
+	MonthlyIncome6000To8000  MonthlyIncomeBin = "INCOME_6000_8000"
 	MonthlyIncome8000To10000 MonthlyIncomeBin = "INCOME_8000_10000"
-	// MonthlyIncome10000Plus is a monthly income of 10,000 or more.
-	MonthlyIncome10000Plus MonthlyIncomeBin = "INCOME_10000_PLUS"
+	MonthlyIncome10000Plus   MonthlyIncomeBin = "INCOME_10000_PLUS"
 )
 
 // ApplicationReason is why the customer applied for the loan. Only 1.x
@@ -1727,30 +1693,19 @@ const (
 // newer ones, and it is left out of the request.
 type ApplicationReason string
 
-// Application reasons.
+// The application reasons.
 const (
-	// ReasonDebtConsolidation is debt consolidation.
 	ReasonDebtConsolidation ApplicationReason = "DEBT_CONSOLIDATION"
-	// ReasonHomeImprovement is home improvement.
-	ReasonHomeImprovement ApplicationReason = "HOME_IMPROVEMENT"
-	// ReasonMedicalEmergency is medical emergency.
-	ReasonMedicalEmergency ApplicationReason = "MEDICAL_EMERGENCY"
-	// ReasonCarRepair is car repair.
-	ReasonCarRepair ApplicationReason = "CAR_REPAIR"
-	// ReasonMovingExpenses is moving expenses.
-	ReasonMovingExpenses ApplicationReason = "MOVING_EXPENSES"
-	// ReasonEducation is education.
-	ReasonEducation ApplicationReason = "EDUCATION"
-	// ReasonBusinessExpenses is business expenses.
-	ReasonBusinessExpenses ApplicationReason = "BUSINESS_EXPENSES"
-	// ReasonEmergencyExpenses is emergency expenses.
+	ReasonHomeImprovement   ApplicationReason = "HOME_IMPROVEMENT"
+	ReasonMedicalEmergency  ApplicationReason = "MEDICAL_EMERGENCY"
+	ReasonCarRepair         ApplicationReason = "CAR_REPAIR"
+	ReasonMovingExpenses    ApplicationReason = "MOVING_EXPENSES"
+	ReasonEducation         ApplicationReason = "EDUCATION"
+	ReasonBusinessExpenses  ApplicationReason = "BUSINESS_EXPENSES"
 	ReasonEmergencyExpenses ApplicationReason = "EMERGENCY_EXPENSES"
-	// ReasonVacation is vacation.
-	ReasonVacation ApplicationReason = "VACATION"
-	// ReasonWedding is wedding.
-	ReasonWedding ApplicationReason = "WEDDING"
-	// ReasonOther is any other reason.
-	ReasonOther ApplicationReason = "OTHER"
+	ReasonVacation          ApplicationReason = "VACATION"
+	ReasonWedding           ApplicationReason = "WEDDING"
+	ReasonOther             ApplicationReason = "OTHER"
 )
 
 // Message is one message of a conversation with a customer.
@@ -1765,8 +1720,8 @@ type Message struct {
 // CustomerMetadata describes the customer, to sharpen OptimizeMessage. Every
 // field is optional: nil or "" leaves it out of the request.
 type CustomerMetadata struct {
-	IsRepeatBorrower       *int // 0 or 1
-	StateID                *int // 1 or more
+	IsRepeatBorrower       *bool // sent as 0 or 1
+	StateID                *int  // 1 or more
 	CreditScoreBin         CreditScoreBin
 	RequestedLoanAmountBin LoanAmountBin
 	AgeBin                 AgeBin
@@ -1823,22 +1778,22 @@ type Feedback struct {
 
 // FeedbackResponse is the feedback entry the server stored.
 type FeedbackResponse struct {
-	ID                string
-	MessageID         string
-	CustomerResponded bool
-	Score             Score
-	ActualSentMessage string
-	PositiveRewards   []PositiveReward
-	SendTimestamp     time.Time // zero when null or absent
-	ReplyTimestamp    time.Time // zero when null or absent
-	InsertedAt        time.Time
+	ID                string           `json:"id"`
+	MessageID         string           `json:"message_id"`
+	CustomerResponded bool             `json:"customer_responded"`
+	Score             Score            `json:"score"`
+	ActualSentMessage string           `json:"actual_sent_message"`
+	PositiveRewards   []PositiveReward `json:"positive_rewards"`
+	SendTimestamp     time.Time        `json:"send_timestamp"`  // zero when null or absent
+	ReplyTimestamp    time.Time        `json:"reply_timestamp"` // zero when null or absent
+	InsertedAt        time.Time        `json:"inserted_at"`
 }
 
 // BulkFeedbackResponse is the answer of SubmitFeedbackBulk.
 type BulkFeedbackResponse struct {
-	Success  bool
-	Count    int
-	Feedback []FeedbackResponse
+	Success  bool               `json:"success"`
+	Count    int                `json:"count"`
+	Feedback []FeedbackResponse `json:"feedback"`
 }
 
 var (
@@ -1922,9 +1877,6 @@ func (m *Message) check(needChannel bool) *ValidationError {
 func (m *CustomerMetadata) check() *ValidationError {
 	if m == nil {
 		return nil
-	}
-	if m.IsRepeatBorrower != nil && *m.IsRepeatBorrower != 0 && *m.IsRepeatBorrower != 1 {
-		return &ValidationError{Field: "IsRepeatBorrower", Reason: "want 0 or 1"}
 	}
 	if m.StateID != nil && *m.StateID < 1 {
 		return &ValidationError{Field: "StateID", Reason: "want 1 or more"}
@@ -2035,17 +1987,15 @@ type bulkResponse struct {
 	Feedback []wireFeedbackResponse `json:"feedback"`
 }
 
-// wireTime formats a request timestamp as RFC 3339 with a numeric offset and
-// at most microseconds, as Python's isoformat writes it and every server
-// version reads it: 2025-01-15T10:30:00+00:00. It goes through the
-// standard library's fast RFC 3339 path, then spells UTC as +00:00.
+// wireTime formats a request timestamp as Python's isoformat does, which
+// every server version reads: truncated to the microsecond, six fraction
+// digits unless they are all zero, and the time's own offset, UTC as
+// +00:00 (2025-01-15T10:30:00.120000+00:00).
 func wireTime(t time.Time) string {
-	var buf [40]byte
-	b := t.Truncate(time.Microsecond).AppendFormat(buf[:0], time.RFC3339Nano)
-	if n := len(b) - 1; b[n] == 'Z' {
-		b = append(b[:n], "+00:00"...)
+	if t = t.Truncate(time.Microsecond); t.Nanosecond() != 0 {
+		return t.Format("2006-01-02T15:04:05.000000-07:00")
 	}
-	return string(b)
+	return t.Format("2006-01-02T15:04:05-07:00")
 }
 
 // parseTime reads a response timestamp leniently: RFC 3339 with Z or an
@@ -2153,7 +2103,7 @@ func (c *Client) messageBody(req MessageRequest, contentOnly bool) (wireConversa
 	}
 	switch {
 	case cv.company == "":
-		return cv, &ValidationError{Field: "CompanyGUID", Reason: "required: set it in the request, with WithCompanyGUID or in " + EnvCompanyGUID}
+		return cv, fmt.Errorf("%w: no company GUID: set it in the request, with WithCompanyGUID or in %s", ErrConfig, EnvCompanyGUID)
 	case !isUUID(cv.company):
 		return cv, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
 	case !isUUID(req.CustomerID):
@@ -2194,7 +2144,7 @@ func (c *Client) messageBody(req MessageRequest, contentOnly bool) (wireConversa
 // generated and missing send times set to now. req and opts are checked
 // first: a *ValidationError means nothing was sent. req.Metadata is not
 // sent.
-func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ...Option) (*ProcessingResponse, error) {
+func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ...CallOption) (*ProcessingResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
 		return nil, err
@@ -2203,7 +2153,7 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 	if err != nil {
 		return nil, err
 	}
-	rq := apiCall(pathProcess)
+	rq := newRequest(http.MethodPost, pathProcess, true)
 	in := processBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate}
 	var out ProcessingResponse
 	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
@@ -2225,7 +2175,7 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 // is sent; the metadata goes flat at the top level, each field left out when
 // unset. req and opts are checked first: a *ValidationError means nothing
 // was sent.
-func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts ...Option) (*OptimizationResponse, error) {
+func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts ...CallOption) (*OptimizationResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
 		return nil, err
@@ -2234,10 +2184,17 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts .
 	if err != nil {
 		return nil, err
 	}
-	rq := apiCall(pathOptimize)
+	rq := newRequest(http.MethodPost, pathOptimize, true)
 	in := optimizeBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate.Content}
 	if m := req.Metadata; m != nil {
-		in.IsRepeatBorrower, in.StateID = m.IsRepeatBorrower, m.StateID
+		if b := m.IsRepeatBorrower; b != nil {
+			n := 0
+			if *b {
+				n = 1
+			}
+			in.IsRepeatBorrower = &n
+		}
+		in.StateID = m.StateID
 		in.CreditScoreBin, in.RequestedLoanAmountBin = m.CreditScoreBin, m.RequestedLoanAmountBin
 		in.AgeBin, in.MonthlyIncomeBin, in.ApplicationReason = m.AgeBin, m.MonthlyIncomeBin, m.ApplicationReason
 	}
@@ -2260,7 +2217,7 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts .
 // SubmitFeedback reports how a message fared (POST /api/feedback). Several
 // entries may be sent for one MessageID over time. fb and opts are checked
 // first: a *ValidationError means nothing was sent.
-func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...Option) (*FeedbackResponse, error) {
+func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...CallOption) (*FeedbackResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
 		return nil, err
@@ -2268,7 +2225,7 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...Option
 	if e := fb.check(); e != nil {
 		return nil, e
 	}
-	rq := apiCall(pathFeedback)
+	rq := newRequest(http.MethodPost, pathFeedback, true)
 	in := fb.wire()
 	var out wireFeedbackResponse
 	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
@@ -2289,7 +2246,7 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...Option
 // The answer is never silently partial: when the server reports a failure or
 // stored fewer entries than were sent, SubmitFeedbackBulk returns its answer
 // together with an error matching ErrPartial.
-func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts ...Option) (*BulkFeedbackResponse, error) {
+func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts ...CallOption) (*BulkFeedbackResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
 		return nil, err
@@ -2304,7 +2261,7 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts 
 		}
 		in.Feedback[i] = items[i].wire()
 	}
-	rq := apiCall(pathFeedbackBulk)
+	rq := newRequest(http.MethodPost, pathFeedbackBulk, true)
 	var out bulkResponse
 	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
 		return nil, err

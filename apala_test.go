@@ -31,6 +31,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"strconv"
@@ -77,7 +78,7 @@ func conversation() MessageRequest {
 // wire: reply_or_not as strings, times with their offsets.
 const conversationWire = `[
 	{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},
-	{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.25-05:00", "reply_or_not": "false"}]`
+	{"content": "We are reviewing it.", "channel": "EMAIL", "message_id": "m-2", "send_timestamp": "2025-01-15T11:45:30.250000-05:00", "reply_or_not": "false"}]`
 
 // intp returns a pointer to n, for CustomerMetadata's optional numbers.
 func intp(n int) *int { return &n }
@@ -116,10 +117,10 @@ func countConnections(srv *httptest.Server) *atomic.Int32 {
 
 // setup starts a FakeServer on a loopback socket and returns it with a
 // client of it: newTestClient's, with the server's URL and opts.
-func setup(tb testing.TB, opts ...Option) (*testServer, *Client) {
+func setup(tb testing.TB, opts ...ClientOption) (*testServer, *Client) {
 	tb.Helper()
 	s := startServer(tb)
-	return s, newTestClient(tb, append([]Option{WithBaseURL(s.URL)}, opts...)...)
+	return s, newTestClient(tb, append([]ClientOption{WithBaseURL(s.URL)}, opts...)...)
 }
 
 // setKnobs runs set with s.mu held: the one way the tests change a
@@ -175,9 +176,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // ends. opts come last and win: WithBaseURL for a server on a socket,
 // WithHTTPClient for a transport of the test's own. Only a test of building
 // a client, or one that needs another key, calls NewClient itself.
-func newTestClient(tb testing.TB, opts ...Option) *Client {
+func newTestClient(tb testing.TB, opts ...ClientOption) *Client {
 	tb.Helper()
-	all := append([]Option{WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithCompanyGUID(FakeCompanyGUID)}, opts...)
+	all := append([]ClientOption{WithRetryBackoff(time.Millisecond, 5*time.Millisecond), WithCompanyGUID(FakeCompanyGUID)}, opts...)
 	c, err := NewClient(FakeAPIKey, all...)
 	if err != nil {
 		tb.Fatalf("NewClient() error = %v", err)
@@ -187,7 +188,7 @@ func newTestClient(tb testing.TB, opts ...Option) *Client {
 }
 
 // fakeTestClient returns an in-memory client of s, closed when the test ends.
-func fakeTestClient(tb testing.TB, s *FakeServer, opts ...Option) *Client {
+func fakeTestClient(tb testing.TB, s *FakeServer, opts ...ClientOption) *Client {
 	tb.Helper()
 	c, err := s.NewClient(opts...)
 	if err != nil {
@@ -202,7 +203,7 @@ func fakeTestClient(tb testing.TB, s *FakeServer, opts ...Option) *Client {
 // expiresIn, and returns the pair; nothing is sent. With a FakeServer's
 // grant the pair is one the server accepts.
 func holdToken(c *Client, access, refresh string, expiresIn int, age time.Duration) *tokenPair {
-	p := c.newPair(access, refresh, "Bearer", expiresIn, c.mono()-age, c.now().Add(-age))
+	p := c.newPair(access, refresh, "Bearer", expiresIn, c.now().Add(-age))
 	p.companyID, p.companyName = FakeCompanyGUID, fakeCompanyName
 	c.pair.Store(p)
 	return p
@@ -374,6 +375,23 @@ func httpClientPost(t *testing.T, hc *http.Client, baseURL string, body io.Reade
 
 // fakeTestPost sends one request straight to s.ServeHTTP. header entries
 // with an empty value are left out (Content-Type defaults to JSON).
+// wireExpiresIn exchanges FakeAPIKey with s directly and returns the
+// expires_in of the answer; ok is false when it has none.
+func wireExpiresIn(t *testing.T, s *FakeServer) (n int, ok bool) {
+	t.Helper()
+	w := fakeTestPost(s, "POST", pathToken, `{"api_key":"`+FakeAPIKey+`"}`, nil)
+	var out struct {
+		ExpiresIn *int `json:"expires_in"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil || w.Code != 200 {
+		t.Fatalf("token exchange: status %d, decoding: %v", w.Code, err)
+	}
+	if out.ExpiresIn == nil {
+		return 0, false
+	}
+	return *out.ExpiresIn, true
+}
+
 func fakeTestPost(s *FakeServer, method, path, body string, header map[string]string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(method, path, strings.NewReader(body))
 	r.Header.Set("Content-Type", "application/json")
@@ -414,7 +432,7 @@ func fakeTestError(t *testing.T, body []byte) string {
 // metadata included, whose answers they check.
 func fakeTestRequest() MessageRequest {
 	t0 := time.Date(2025, 1, 15, 10, 30, 0, 0, time.UTC)
-	repeat, state := 1, 5
+	repeat, state := true, 5
 	return MessageRequest{
 		CustomerID: customerID,
 		Messages: []Message{
@@ -760,32 +778,33 @@ func TestNewClient(t *testing.T) {
 	tests := []struct {
 		name    string
 		key     string
-		opts    []Option
+		opts    []ClientOption
 		wantErr string // substring; "" means success
 		is      error
 	}{
 		{name: "defaults", key: "k"},
 		{name: "empty key", key: "", wantErr: "missing API key", is: ErrMissingAPIKey},
-		{name: "https", key: "k", opts: []Option{WithBaseURL("https://api.example.com")}},
-		{name: "https with prefix", key: "k", opts: []Option{WithBaseURL("https://gw.example/apala/")}},
-		{name: "loopback v4", key: "k", opts: []Option{WithBaseURL("http://127.0.0.9:4000")}},
-		{name: "loopback v6", key: "k", opts: []Option{WithBaseURL("http://[::1]:4000")}},
-		{name: "localhost", key: "k", opts: []Option{WithBaseURL("http://LOCALHOST")}},
-		{name: "remote http", key: "k", opts: []Option{WithBaseURL("http://api.example.com")}, wantErr: "not loopback"},
-		{name: "remote http allowed", key: "k", opts: []Option{WithBaseURL("http://api.example.com"), WithInsecureHTTP()}},
-		{name: "relative", key: "k", opts: []Option{WithBaseURL("/api")}, wantErr: "absolute http"},
-		{name: "ftp", key: "k", opts: []Option{WithBaseURL("ftp://example.com")}, wantErr: "absolute http"},
-		{name: "no host", key: "k", opts: []Option{WithBaseURL("https://")}, wantErr: "no host"},
-		{name: "user info", key: "k", opts: []Option{WithBaseURL("https://bob:hunter2@example.com")}, wantErr: "user info"},
-		{name: "unparsable", key: "k", opts: []Option{WithBaseURL("https://bob:hunter2@exa mple.com/%zz")}, wantErr: "invalid base URL"},
-		{name: "query", key: "k", opts: []Option{WithBaseURL("https://example.com/?a=1")}, wantErr: "query"},
-		{name: "negative margin", key: "k", opts: []Option{WithRefreshMargin(-time.Second)}, wantErr: "WithRefreshMargin"},
-		{name: "negative retries", key: "k", opts: []Option{WithMaxRetries(-1)}, wantErr: "WithMaxRetries"},
-		{name: "zero backoff", key: "k", opts: []Option{WithRetryBackoff(0, time.Second)}, wantErr: "WithRetryBackoff"},
-		{name: "inverted backoff", key: "k", opts: []Option{WithRetryBackoff(time.Second, time.Millisecond)}, wantErr: "WithRetryBackoff"},
-		{name: "negative timeout", key: "k", opts: []Option{WithTimeout(-1)}, wantErr: "WithTimeout"},
-		{name: "bad company", key: "k", opts: []Option{WithCompanyGUID("acme")}, wantErr: "CompanyGUID"},
-		{name: "zero option", key: "k", opts: []Option{{}}},
+		{name: "empty key is a config error", key: "", wantErr: "missing API key", is: ErrConfig},
+		{name: "https", key: "k", opts: []ClientOption{WithBaseURL("https://api.example.com")}},
+		{name: "https with prefix", key: "k", opts: []ClientOption{WithBaseURL("https://gw.example/apala/")}},
+		{name: "loopback v4", key: "k", opts: []ClientOption{WithBaseURL("http://127.0.0.9:4000")}},
+		{name: "loopback v6", key: "k", opts: []ClientOption{WithBaseURL("http://[::1]:4000")}},
+		{name: "localhost", key: "k", opts: []ClientOption{WithBaseURL("http://LOCALHOST")}},
+		{name: "remote http", key: "k", opts: []ClientOption{WithBaseURL("http://api.example.com")}, wantErr: "not loopback", is: ErrConfig},
+		{name: "remote http allowed", key: "k", opts: []ClientOption{WithBaseURL("http://api.example.com"), WithInsecureHTTP()}},
+		{name: "relative", key: "k", opts: []ClientOption{WithBaseURL("/api")}, wantErr: "absolute http", is: ErrConfig},
+		{name: "ftp", key: "k", opts: []ClientOption{WithBaseURL("ftp://example.com")}, wantErr: "absolute http", is: ErrConfig},
+		{name: "no host", key: "k", opts: []ClientOption{WithBaseURL("https://")}, wantErr: "no host", is: ErrConfig},
+		{name: "user info", key: "k", opts: []ClientOption{WithBaseURL("https://bob:hunter2@example.com")}, wantErr: "user info", is: ErrConfig},
+		{name: "unparsable", key: "k", opts: []ClientOption{WithBaseURL("https://bob:hunter2@exa mple.com/%zz")}, wantErr: "base URL", is: ErrConfig},
+		{name: "query", key: "k", opts: []ClientOption{WithBaseURL("https://example.com/?a=1")}, wantErr: "query", is: ErrConfig},
+		{name: "negative margin", key: "k", opts: []ClientOption{WithRefreshMargin(-time.Second)}, wantErr: "WithRefreshMargin", is: ErrConfig},
+		{name: "negative retries", key: "k", opts: []ClientOption{WithMaxRetries(-1)}, wantErr: "WithMaxRetries", is: ErrConfig},
+		{name: "zero backoff", key: "k", opts: []ClientOption{WithRetryBackoff(0, time.Second)}, wantErr: "WithRetryBackoff", is: ErrConfig},
+		{name: "inverted backoff", key: "k", opts: []ClientOption{WithRetryBackoff(time.Second, time.Millisecond)}, wantErr: "WithRetryBackoff", is: ErrConfig},
+		{name: "negative timeout", key: "k", opts: []ClientOption{WithTimeout(-1)}, wantErr: "WithTimeout", is: ErrConfig},
+		{name: "bad company", key: "k", opts: []ClientOption{WithCompanyGUID("acme")}, wantErr: "WithCompanyGUID", is: ErrConfig},
+		{name: "zero option", key: "k", opts: []ClientOption{nil}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -964,57 +983,111 @@ func TestBaseURLPrefixKept(t *testing.T) {
 	}
 }
 
-// TestOptionScope: an option given where it does not apply, or with a bad
-// argument, is a *ValidationError naming it, and nothing is sent.
+// TestOptionScope: an option given where it does not apply does not
+// compile: each misplaced option below is a compile error of its own, in a
+// program that uses the package as a user would; the same program with
+// the options in their places compiles.
 func TestOptionScope(t *testing.T) {
-	ctx := context.Background()
-	s, c := setup(t)
-	c.pair.Store(nil)
-	clientOnly := map[string]Option{
-		"WithBaseURL": WithBaseURL("https://x.example"), "WithHTTPClient": WithHTTPClient(nil), "WithLogger": WithLogger(nil),
-		"WithRefreshMargin": WithRefreshMargin(time.Second), "WithCompanyGUID": WithCompanyGUID(FakeCompanyGUID),
-		"WithInsecureHTTP": WithInsecureHTTP(), "WithHooks": WithHooks(Hooks{}),
-		"WithAPIKeyFunc": WithAPIKeyFunc(func(context.Context) (string, error) { return "k", nil }),
+	if testing.Short() {
+		t.Skip("builds programs: not in -short")
 	}
-	bad := map[string]Option{
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	misplaced := []string{
+		`c.OptimizeMessage(ctx, apala.MessageRequest{}, apala.WithLogger(nil))`,
+		`c.Do(ctx, "GET", "/x", nil, nil, apala.WithBaseURL("https://x.example"))`,
+		`c.SubmitFeedback(ctx, apala.Feedback{}, apala.WithCompanyGUID(""))`,
+		`c.ProcessMessage(ctx, apala.MessageRequest{}, apala.WithHooks(apala.Hooks{}))`,
+		`apala.NewClient("k", apala.WithIdempotencyKey("k"))`,
+		`apala.NewClientFromEnv(apala.WithResponseInfo(nil))`,
+		`s.NewClient(apala.WithIdempotencyKey("k"))`,
+	}
+	placed := []string{
+		`c.OptimizeMessage(ctx, apala.MessageRequest{}, apala.WithMaxRetries(1), apala.WithIdempotencyKey("k"), apala.WithResponseInfo(nil))`,
+		`c.Do(ctx, "GET", "/x", nil, nil, apala.WithTimeout(0), apala.WithHeader("X-A", "b"), apala.WithRetryBackoff(1, 2))`,
+		`apala.NewClient("k", apala.WithLogger(nil), apala.WithMaxRetries(1), apala.WithHeader("X-A", "b"), nil)`,
+		`s.NewClient(apala.WithBaseURL("http://localhost"), apala.WithTimeout(1))`,
+	}
+	program := func(calls []string) string {
+		var b strings.Builder
+		b.WriteString("package main\n\nimport (\n\t\"context\"\n\n\tapala \"github.com/apala-api/apala-go\"\n)\n\nfunc main() {\n")
+		b.WriteString("\tctx := context.Background()\n\ts := apala.NewFakeServer()\n\tc, _ := s.NewClient()\n\t_, _, _ = ctx, s, c\n")
+		for _, call := range calls {
+			b.WriteString("\t_ = func() { " + call + " }\n")
+		}
+		b.WriteString("}\n")
+		return b.String()
+	}
+	build := func(name string, calls []string) (string, error) {
+		t.Helper()
+		tmp := t.TempDir()
+		mod := "module example.com/user\n\ngo 1.21\n\nrequire github.com/apala-api/apala-go v0.0.0\n\nreplace github.com/apala-api/apala-go => " + dir + "\n"
+		for file, text := range map[string]string{"go.mod": mod, "main.go": program(calls)} {
+			if err := os.WriteFile(filepath.Join(tmp, file), []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cmd := exec.Command("go", "build", "-gcflags=-e", "-o", os.DevNull, ".")
+		cmd.Dir = tmp
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := build("placed", placed); err != nil {
+		t.Fatalf("options in their places: build failed: %v\n%s", err, out)
+	}
+	out, err := build("misplaced", misplaced)
+	if err == nil {
+		t.Fatal("misplaced options: the program compiled")
+	}
+	for i := range misplaced {
+		// The calls start on line 14 of main.go.
+		if line := fmt.Sprintf("main.go:%d:", 14+i); !strings.Contains(out, line) {
+			t.Errorf("misplaced %s compiled; build output:\n%s", misplaced[i], out)
+		}
+	}
+}
+
+// TestConfigErrors: an invalid option value is an error matching ErrConfig,
+// not a *ValidationError, from NewClient or from the call given it, and
+// nothing is sent.
+func TestConfigErrors(t *testing.T) {
+	ctx := context.Background()
+	s := NewFakeServer()
+	c := fakeTestClient(t, s)
+	bad := map[string]CallOption{
 		"WithHeader":         WithHeader("Authorization", "Bearer x"),
 		"WithIdempotencyKey": WithIdempotencyKey(""),
-		"WithResponseInfo":   WithResponseInfo(nil),
 		"WithMaxRetries":     WithMaxRetries(-1),
 		"WithTimeout":        WithTimeout(-time.Second),
 		"WithRetryBackoff":   WithRetryBackoff(time.Second, time.Millisecond),
 	}
 	check := func(what, name string, err error) {
 		t.Helper()
-		var ve *ValidationError
-		if !errors.As(err, &ve) || ve.Field != name {
-			t.Errorf("%s with %s: error = %v; want a *ValidationError naming %s", what, name, err, name)
+		if !errors.Is(err, ErrConfig) || errors.As(err, new(*ValidationError)) || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s with %s: error = %v; want an ErrConfig naming %s, not a *ValidationError", what, name, err, name)
 		}
-	}
-	for name, o := range clientOnly {
-		check("SubmitFeedback", name, func() error {
-			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, o)
-			return err
-		}())
-		check("Do", name, c.Do(ctx, "POST", "/api/feedback", nil, nil, o))
 	}
 	for name, o := range bad {
 		check("OptimizeMessage", name, func() error { _, err := c.OptimizeMessage(ctx, conversation(), o); return err }())
+		check("Do", name, c.Do(ctx, "POST", "/api/feedback", nil, nil, o))
 	}
 	if n := s.totalRequests(); n != 0 {
 		t.Errorf("requests = %d; want 0", n)
-	}
-	for name, o := range map[string]Option{
-		"WithIdempotencyKey": WithIdempotencyKey("k"), "WithResponseInfo": WithResponseInfo(&ResponseInfo{}),
-		"WithHeader": WithHeader("Idempotency-Key", "x"),
-	} {
-		_, err := NewClient("k", o)
-		check("NewClient", name, err)
 	}
 	for _, h := range [][2]string{{"Content-Type", "x"}, {"content-length", "1"}, {"Host", "x"}, {"Connection", "close"},
 		{"Transfer-Encoding", "chunked"}, {"Upgrade", "h2c"}, {"X-Ok", "a\r\nX-Evil: 1"}, {"X-Ok", "nul\x00"}, {"Bad Name", "x"}, {"", "x"}} {
 		_, err := NewClient("k", WithHeader(h[0], h[1]))
 		check("NewClient", "WithHeader", err)
+	}
+	// Nil arguments mean the defaults.
+	if _, err := NewClient("k", WithHTTPClient(nil), WithLogger(nil), WithTokenStore(nil), WithAPIKeyFunc(nil)); err != nil {
+		t.Errorf("NewClient(nil arguments) error = %v", err)
+	}
+	if err := c.Do(ctx, "POST", "/api/feedback", nil, nil, WithResponseInfo(nil), nil); err == nil || errors.Is(err, ErrConfig) {
+		t.Errorf("Do(WithResponseInfo(nil)) error = %v; want the server's answer", err)
 	}
 }
 
@@ -1783,8 +1856,8 @@ func TestRedirectsNotFollowed(t *testing.T) {
 	userClient := &http.Client{} // follows redirects by default
 	for _, tc := range []struct {
 		name string
-		opts []Option
-	}{{"own client", nil}, {"caller's client", []Option{WithHTTPClient(userClient)}}} {
+		opts []ClientOption
+	}{{"own client", nil}, {"caller's client", []ClientOption{WithHTTPClient(userClient)}}} {
 		for _, code := range []int{307, 308} {
 			t.Run(fmt.Sprint(tc.name, code), func(t *testing.T) {
 				s, c := setup(t, tc.opts...)
@@ -1977,7 +2050,7 @@ func TestAPIErrorMessage(t *testing.T) {
 	}
 	_, c := setup(t)
 	for _, tt := range tests {
-		e := c.apiError(&request{method: "POST", path: "/p"}, response{status: 400, header: http.Header{}, body: bytes.NewBufferString(tt.body)}, nil)
+		e := c.apiError(newRequest("POST", "/p", false), response{status: 400, header: http.Header{}, body: bytes.NewBufferString(tt.body)})
 		if e.Message != tt.want {
 			t.Errorf("message of %.30q = %q; want %q", tt.body, e.Message, tt.want)
 		}
@@ -2023,6 +2096,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	refresh := c.pair.Load().refresh
 	rr, err := c.RefreshAccessToken(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -2030,7 +2104,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	// A scenario with retries, a 401 replay and a refused refresh.
 	s.Fail("/api/feedback", 503, "busy")
 	s.RevokeTokens()
-	s.Fail(pathRefresh, 401, "bad refresh "+ar.RefreshToken)
+	s.Fail(pathRefresh, 401, "bad refresh "+refresh)
 	fb := map[string]any{"message_id": "m1", "customer_responded": true, "score": "good"}
 	if err := c.Do(ctx, "POST", "/api/feedback", fb, nil); err != nil {
 		t.Fatal(err)
@@ -2043,7 +2117,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	c.logAttrs(ctx, slog.LevelInfo, "values", slog.Any("client", c), slog.Any("token", c.Token()),
 		slog.Any("auth", ar), slog.Any("refresh", rr), slog.Any("err", errEcho))
 
-	values := []any{c, c.Token(), *ar, ar, *rr, rr, errEcho}
+	values := []any{c, c.Token(), ar, &ar, rr, &rr, errEcho}
 	for _, v := range values {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%T %v"} {
 			noSecret(t, fmt.Sprintf("%s of %T", verb, v), fmt.Sprintf(verb, v))
@@ -2424,7 +2498,8 @@ func TestWireTime(t *testing.T) {
 		want string
 	}{
 		{t0, "2025-01-15T10:30:00+00:00"},
-		{t1, "2025-01-15T11:45:30.25-05:00"},
+		{t1, "2025-01-15T11:45:30.250000-05:00"},
+		{time.Date(2025, 1, 15, 10, 30, 0, 120000000, time.UTC), "2025-01-15T10:30:00.120000+00:00"},
 		{time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.UTC), "2025-01-15T10:30:00.123456+00:00"},
 		{time.Date(2025, 1, 15, 10, 30, 0, 999, ist), "2025-01-15T10:30:00+05:30"},
 		{time.Date(1999, 12, 31, 23, 59, 59, 1000, time.UTC), "1999-12-31T23:59:59.000001+00:00"},
@@ -2434,7 +2509,7 @@ func TestWireTime(t *testing.T) {
 			t.Errorf("wireTime(%v) = %q; want %q", tt.in, got, tt.want)
 		}
 	}
-	// The same as the layout it stands for, on any time and zone.
+	// Python's isoformat, on any time and zone.
 	rnd := mrand.New(mrand.NewSource(7))
 	for i := 0; i < 10000; i++ {
 		zone := time.FixedZone("", (rnd.Intn(28*60)-14*60)*60)
@@ -2442,7 +2517,13 @@ func TestWireTime(t *testing.T) {
 		if i%3 == 0 {
 			tm = tm.UTC()
 		}
-		if got, want := wireTime(tm), tm.Format("2006-01-02T15:04:05.999999-07:00"); got != want {
+		// Python's isoformat: six fraction digits unless all are zero.
+		want := tm.Format("2006-01-02T15:04:05")
+		if us := tm.Nanosecond() / 1000; us != 0 {
+			want += fmt.Sprintf(".%06d", us)
+		}
+		want += tm.Format("-07:00")
+		if got := wireTime(tm); got != want {
 			t.Fatalf("wireTime(%v) = %q; want %q", tm, got, want)
 		}
 	}
@@ -2504,7 +2585,7 @@ func TestOptimizeMessage(t *testing.T) {
 	req := conversation()
 	req.Candidate.Channel = "" // optional here: only the content is sent
 	req.Metadata = &CustomerMetadata{
-		IsRepeatBorrower: intp(0), StateID: intp(5),
+		IsRepeatBorrower: new(bool), StateID: intp(5),
 		CreditScoreBin: CreditScore650To700, RequestedLoanAmountBin: LoanAmount1000To2000,
 		AgeBin: Age25To30, MonthlyIncomeBin: MonthlyIncome3000To4000, ApplicationReason: ReasonCarRepair,
 	}
@@ -2563,7 +2644,7 @@ func TestSubmitFeedback(t *testing.T) {
 		"actual_sent_message": "Please upload your statement.",
 		"positive_rewards": ["sending_pdf_bank_statements", "linking_chirp"],
 		"send_timestamp": "2025-01-15T10:30:00+00:00",
-		"reply_timestamp": "2025-01-15T11:45:30.25-05:00"}`)
+		"reply_timestamp": "2025-01-15T11:45:30.250000-05:00"}`)
 	want := &FeedbackResponse{ID: "fb-0001", MessageID: "msg-0001", CustomerResponded: true, Score: ScoreGood,
 		ActualSentMessage: "Please upload your statement.",
 		PositiveRewards:   []PositiveReward{RewardSendingPDFBankStatements, RewardLinkingChirp},
@@ -2621,7 +2702,7 @@ func TestFeedbackResponseDecoding(t *testing.T) {
 	}{
 		{"python isoformat, no offset", `"2025-01-15T10:30:00.123456"`, "", time.Date(2025, 1, 15, 10, 30, 0, 123456000, time.UTC), ""},
 		{"Z", `"2025-01-15T10:30:00Z"`, "", t0, ""},
-		{"offset", `"2025-01-15T11:45:30.25-05:00"`, "", t1, ""},
+		{"offset", `"2025-01-15T11:45:30.250000-05:00"`, "", t1, ""},
 		{"no fraction, no offset", `"2025-01-15T10:30:00"`, "", t0, ""},
 		{"space separator", `"2025-01-15 10:30:00"`, "", t0, ""},
 		{"unknown fields ignored", `"2025-01-15T10:30:00Z"`, `,"new_field":{"x":[1]}`, t0, ""},
@@ -2833,7 +2914,6 @@ func TestValidation(t *testing.T) {
 		{"empty candidate", optimize(with(func(r *MessageRequest) { r.Candidate.Content = "" })), "Candidate.Content"},
 		{"bad channel", process(with(func(r *MessageRequest) { r.Messages[0].Channel = "sms" })), "Messages[0].Channel"},
 		{"missing channel", process(with(func(r *MessageRequest) { r.Candidate.Channel = "" })), "Candidate.Channel"},
-		{"repeat borrower 2", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{IsRepeatBorrower: intp(2)} })), "Metadata.IsRepeatBorrower"},
 		{"state id 0", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{StateID: intp(0)} })), "Metadata.StateID"},
 		{"credit score bin", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{CreditScoreBin: "SCORE_900"} })), "Metadata.CreditScoreBin"},
 		{"loan amount bin", optimize(with(func(r *MessageRequest) { r.Metadata = &CustomerMetadata{RequestedLoanAmountBin: "LOTS"} })), "Metadata.RequestedLoanAmountBin"},
@@ -2868,8 +2948,8 @@ func TestValidation(t *testing.T) {
 			}
 		})
 	}
-	// A company GUID given to the client is checked as strictly: a
-	// *ValidationError from NewClient and NewClientFromEnv, nothing sent.
+	// A company GUID given to the client is checked as strictly: an
+	// ErrConfig from NewClient and NewClientFromEnv, nothing sent.
 	for _, guid := range []string{FakeCompanyGUID + "0", FakeCompanyGUID + "-", FakeCompanyGUID + "0000", FakeCompanyGUID[:35], "acme"} {
 		t.Run("WithCompanyGUID "+guid, func(t *testing.T) {
 			s := startServer(t)
@@ -2881,9 +2961,8 @@ func TestValidation(t *testing.T) {
 				"NewClientFromEnv": func() (*Client, error) { return NewClientFromEnv() },
 			} {
 				c, err := newClient()
-				var ve *ValidationError
-				if !errors.As(err, &ve) || ve.Field != "CompanyGUID" {
-					t.Errorf("%s() error = %v; want a *ValidationError for CompanyGUID", what, err)
+				if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "WithCompanyGUID") || errors.As(err, new(*ValidationError)) {
+					t.Errorf("%s() error = %v; want an ErrConfig for WithCompanyGUID", what, err)
 				}
 				if c != nil { // accepted: a call would send the GUID
 					_, _ = c.ProcessMessage(ctx, MessageRequest{Candidate: Message{Content: "Hi", Channel: ChannelSMS}, CustomerID: customerID})
@@ -2903,9 +2982,8 @@ func TestValidation(t *testing.T) {
 		}
 		defer c.Close()
 		_, err = c.ProcessMessage(ctx, valid())
-		var ve *ValidationError
-		if !errors.As(err, &ve) || ve.Field != "CompanyGUID" || !strings.Contains(err.Error(), EnvCompanyGUID) {
-			t.Errorf("error = %v; want a *ValidationError for CompanyGUID pointing at %s", err, EnvCompanyGUID)
+		if !errors.Is(err, ErrConfig) || errors.As(err, new(*ValidationError)) || !strings.Contains(err.Error(), EnvCompanyGUID) {
+			t.Errorf("error = %v; want an ErrConfig pointing at %s", err, EnvCompanyGUID)
 		}
 		if s.totalRequests() != 0 {
 			t.Errorf("a request reached the server")
@@ -3233,7 +3311,7 @@ func FuzzAuthResponse(f *testing.F) {
 			}
 			return
 		}
-		if !json.Valid(body) || resp == nil || resp.AccessToken != c.Token().AccessToken {
+		if !json.Valid(body) || resp.AccessToken == "" || resp.AccessToken != c.Token().AccessToken {
 			t.Fatalf("success on an invalid body, or an answer that is not the stored token")
 		}
 		checkHeld(t, c)
@@ -3266,7 +3344,7 @@ func FuzzRefreshResponse(f *testing.F) {
 			noSecret(t, "error", err.Error())
 			return
 		}
-		if !json.Valid(body) || resp == nil || resp.AccessToken != c.Token().AccessToken {
+		if !json.Valid(body) || resp.AccessToken == "" || resp.AccessToken != c.Token().AccessToken {
 			t.Fatalf("success on an invalid body, or an answer that is not the stored token")
 		}
 		if r := c.pair.Load().refresh; !visibleASCII(r) {
@@ -3892,7 +3970,7 @@ func TestResponseInfoEmptiedWhenRefused(t *testing.T) {
 			return err
 		},
 		"bad option": func() error {
-			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithLogger(nil), WithResponseInfo(&info))
+			_, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}, WithTimeout(-1), WithResponseInfo(&info))
 			return err
 		},
 	} {

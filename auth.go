@@ -1,9 +1,9 @@
 // This file holds the token lifecycle: the exported token methods and the
-// types they return, how those types print without their secrets, the token
-// pair, and tokenState, the state that runs at most one token request (a
-// flight) at a time, with its lock. It reads top-down: a caller asks
-// usablePair for a token; a fresh pair comes back at once, a stale one
-// starts refreshSoon, and none waits for a flight in waitToken; fly runs the
+// Token they return, how values holding a secret print, the token pair, and
+// tokenState, the state that runs at most one token request (a flight) at a
+// time, with its lock; then the token stores. It reads top-down: a caller
+// asks usablePair for a token; a fresh pair comes back at once, a stale one
+// starts refreshSoon, and none waits for a flight in await; fly runs the
 // flight (obtain, exchange, refresh) and publishes its result. The HTTP
 // round trip the flights send through is in apala.go.
 
@@ -35,7 +35,7 @@ import (
 // expires_in cannot overflow the arithmetic on deadlines.
 const maxLifetime = 10 * 365 * 24 * time.Hour
 
-// Cooldown after a failed automatic token flight: 1s doubling to 30s.
+// Cooldown after a failed token flight: 1s doubling to 30s.
 const (
 	minCooldown = time.Second
 	maxCooldown = 30 * time.Second
@@ -53,11 +53,90 @@ type Token struct {
 	ExpiresAt   time.Time // when the access token expires; zero: unknown (or no token held)
 	CompanyID   string
 	CompanyName string
+
+	at time.Time // when the client took the snapshot, by its clock
 }
 
-// Valid reports whether a token is held and ExpiresAt is zero or still ahead.
+// Valid reports whether a token is held and ExpiresAt is zero or was still
+// ahead when the snapshot was taken, by the clock of the client that took
+// it (a FakeServer's clock for its clients); for a Token built by hand, now.
 func (t Token) Valid() bool {
-	return t.AccessToken != "" && (t.ExpiresAt.IsZero() || timeNow().Before(t.ExpiresAt))
+	at := t.at
+	if at.IsZero() {
+		at = timeNow()
+	}
+	return t.AccessToken != "" && (t.ExpiresAt.IsZero() || at.Before(t.ExpiresAt))
+}
+
+func (t Token) printable() []slog.Attr {
+	return []slog.Attr{
+		slog.String("access_token", redact(t.AccessToken)),
+		slog.String("token_type", t.TokenType),
+		slog.Time("expires_at", t.ExpiresAt),
+		slog.String("company_id", t.CompanyID),
+		slog.String("company_name", t.CompanyName),
+	}
+}
+
+// Format implements fmt.Formatter: every verb (%v, %#v, %x, %d, ...)
+// prints the token's fields with its value redacted.
+func (t Token) Format(f fmt.State, verb rune) { format(f, verb, "apala.Token", t.printable()) }
+
+// MarshalJSON encodes the token's fields with its value redacted, so that a
+// Token logged with log/slog, also inside a slice or a map, stays safe.
+func (t Token) MarshalJSON() ([]byte, error) { return marshalAttrs(t.printable()) }
+
+// Printing a value that holds a secret: its type lists its fields once,
+// secrets redacted, in a printable method; Format prints that list for
+// every verb of fmt, and MarshalJSON encodes it for encoding/json and
+// log/slog (whose handlers print any value with one or the other, inside
+// slices and maps too). StoredToken, whose JSON is real, has LogValue
+// instead.
+
+// redact stands for a secret in printed output: whether one is held, never what.
+func redact(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "[REDACTED]"
+}
+
+// format prints attrs as name{key:value ...} for any verb; %q quotes it.
+func format(f fmt.State, verb rune, name string, attrs []slog.Attr) {
+	var b strings.Builder
+	b.WriteString(name)
+	b.WriteByte('{')
+	for i, a := range attrs {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(a.Key)
+		b.WriteByte(':')
+		b.WriteString(a.Value.String())
+	}
+	b.WriteByte('}')
+	s := b.String()
+	if verb == 'q' {
+		s = strconv.Quote(s)
+	}
+	_, _ = io.WriteString(f, s)
+}
+
+// marshalAttrs encodes attrs as a JSON object, in order.
+func marshalAttrs(attrs []slog.Attr) ([]byte, error) {
+	b := []byte{'{'}
+	for i, a := range attrs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		k, _ := json.Marshal(a.Key) // a string always marshals
+		v, err := json.Marshal(a.Value.Any())
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(append(b, k...), ':'), v...)
+	}
+	return append(b, '}'), nil
 }
 
 // AccessToken returns a valid access token, authenticating or refreshing as
@@ -81,204 +160,30 @@ func (c *Client) AccessToken(ctx context.Context) (string, error) {
 // Token returns a snapshot of the access token held, without any I/O. It is
 // the zero Token when none is held, after a rejection by the server, and
 // after Close.
-func (c *Client) Token() Token { return c.pair.Load().token() }
+func (c *Client) Token() Token { return c.pair.Load().token(c.now()) }
 
 // Authenticate exchanges the API key for a new token pair (POST
-// /api/auth/token) and returns the server's answer. It always reaches the
-// server — joining an exchange already in progress — and ignores the
-// failure cooldown; the server's error is returned as is.
+// /api/auth/token) and returns the new access token. It always reaches the
+// server — joining an exchange already in progress, never taking a token
+// from a TokenStore — and ignores the failure cooldown; the server's error
+// is returned as is, with the zero Token.
 //
 // Calling it is optional: the first API call authenticates by itself.
-func (c *Client) Authenticate(ctx context.Context) (*AuthResponse, error) {
-	f, err := c.requestToken(ctx, flightAuth)
-	if err != nil {
-		return nil, err
-	}
-	if f.err != nil {
-		return nil, f.err
-	}
-	resp := *f.auth
-	return &resp, nil
+func (c *Client) Authenticate(ctx context.Context) (Token, error) {
+	p, err := c.await(ctx, flightAuth)
+	return p.token(c.now()), err
 }
 
 // RefreshAccessToken trades the refresh token held for a new access token
-// (POST /api/auth/refresh) and returns the server's answer. It fails with
+// (POST /api/auth/refresh) and returns it. It fails with
 // ErrNotAuthenticated, sending nothing, when no refresh token is held.
 //
 // Unlike the automatic path, it does not fall back to the API key when the
-// server refuses the refresh token: that error is returned as is.
-func (c *Client) RefreshAccessToken(ctx context.Context) (*RefreshResponse, error) {
-	f, err := c.requestToken(ctx, flightRefresh)
-	if err != nil {
-		return nil, err
-	}
-	if f.err != nil {
-		return nil, f.err
-	}
-	resp := *f.refresh
-	return &resp, nil
-}
-
-// printable lists t's fields for printing, the access token redacted.
-func (t Token) printable() []slog.Attr {
-	return []slog.Attr{
-		slog.String("access_token", redact(t.AccessToken)),
-		slog.String("token_type", t.TokenType),
-		slog.Time("expires_at", t.ExpiresAt),
-		slog.String("company_id", t.CompanyID),
-		slog.String("company_name", t.CompanyName),
-	}
-}
-
-// String describes the token without its value.
-func (t Token) String() string { return describe("apala.Token", t.printable()) }
-
-// GoString is String, for code that asks for it by name; fmt's %#v goes
-// through Format.
-func (t Token) GoString() string { return t.String() }
-
-// Format implements fmt.Formatter: every verb (%v, %#v, %x, %d, ...)
-// prints String, so none can print the token's value.
-func (t Token) Format(f fmt.State, verb rune) { formatRedacted(f, verb, t.String()) }
-
-// LogValue implements slog.LogValuer, leaving the token's value out.
-func (t Token) LogValue() slog.Value { return slog.GroupValue(t.printable()...) }
-
-// MarshalJSON encodes the token's description, its value redacted, so that
-// a Token inside a slice or map logged with slog's JSON handler stays safe.
-func (t Token) MarshalJSON() ([]byte, error) { return marshalAttrs(t.printable()) }
-
-// AuthResponse is the server's answer to an API-key exchange
-// (POST /api/auth/token). Formatting, logging or JSON-encoding it never
-// shows the tokens; read the fields to use them.
-type AuthResponse struct {
-	AccessToken  string `json:"access_token"`
-	RefreshToken string `json:"refresh_token"`
-	TokenType    string `json:"token_type"`
-	ExpiresIn    int    `json:"expires_in"`
-	CompanyID    string `json:"company_id"`
-	CompanyName  string `json:"company_name"`
-}
-
-// printable lists r's fields for printing, the tokens redacted.
-func (r AuthResponse) printable() []slog.Attr {
-	return []slog.Attr{
-		slog.String("access_token", redact(r.AccessToken)),
-		slog.String("refresh_token", redact(r.RefreshToken)),
-		slog.String("token_type", r.TokenType),
-		slog.Int("expires_in", r.ExpiresIn),
-		slog.String("company_id", r.CompanyID),
-		slog.String("company_name", r.CompanyName),
-	}
-}
-
-// String describes the response without its tokens.
-func (r AuthResponse) String() string { return describe("apala.AuthResponse", r.printable()) }
-
-// GoString is String, for code that asks for it by name; fmt's %#v goes
-// through Format.
-func (r AuthResponse) GoString() string { return r.String() }
-
-// Format implements fmt.Formatter: every verb prints String.
-func (r AuthResponse) Format(f fmt.State, verb rune) { formatRedacted(f, verb, r.String()) }
-
-// LogValue implements slog.LogValuer, leaving the tokens out.
-func (r AuthResponse) LogValue() slog.Value { return slog.GroupValue(r.printable()...) }
-
-// MarshalJSON encodes the response with its tokens redacted.
-func (r AuthResponse) MarshalJSON() ([]byte, error) { return marshalAttrs(r.printable()) }
-
-// RefreshResponse is the server's answer to a refresh (POST
-// /api/auth/refresh). Formatting, logging or JSON-encoding it never shows
-// the token; read the fields to use it.
-type RefreshResponse struct {
-	AccessToken string `json:"access_token"`
-	TokenType   string `json:"token_type"`
-	ExpiresIn   int    `json:"expires_in"`
-}
-
-// printable lists r's fields for printing, the token redacted.
-func (r RefreshResponse) printable() []slog.Attr {
-	return []slog.Attr{
-		slog.String("access_token", redact(r.AccessToken)),
-		slog.String("token_type", r.TokenType),
-		slog.Int("expires_in", r.ExpiresIn),
-	}
-}
-
-// String describes the response without its token.
-func (r RefreshResponse) String() string { return describe("apala.RefreshResponse", r.printable()) }
-
-// GoString is String, for code that asks for it by name; fmt's %#v goes
-// through Format.
-func (r RefreshResponse) GoString() string { return r.String() }
-
-// Format implements fmt.Formatter: every verb prints String.
-func (r RefreshResponse) Format(f fmt.State, verb rune) { formatRedacted(f, verb, r.String()) }
-
-// LogValue implements slog.LogValuer, leaving the token out.
-func (r RefreshResponse) LogValue() slog.Value { return slog.GroupValue(r.printable()...) }
-
-// MarshalJSON encodes the response with its token redacted.
-func (r RefreshResponse) MarshalJSON() ([]byte, error) { return marshalAttrs(r.printable()) }
-
-// Printing a value that holds a secret: its type lists its fields once,
-// secrets redacted, in a printable method, and String, Format, LogValue and
-// MarshalJSON all print that list. So no route through fmt, log/slog or
-// encoding/json shows a secret, a value nested in a slice or a map included
-// (slog's handlers print those with fmt or encoding/json).
-
-// redact stands for a secret in printed output: whether one is held, never what.
-func redact(s string) string {
-	if s == "" {
-		return ""
-	}
-	return "[REDACTED]"
-}
-
-// describe prints attrs as name{key:value ...}.
-func describe(name string, attrs []slog.Attr) string {
-	var b strings.Builder
-	b.WriteString(name)
-	b.WriteByte('{')
-	for i, a := range attrs {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(a.Key)
-		b.WriteByte(':')
-		b.WriteString(a.Value.String())
-	}
-	b.WriteByte('}')
-	return b.String()
-}
-
-// marshalAttrs encodes attrs as a JSON object, in order.
-func marshalAttrs(attrs []slog.Attr) ([]byte, error) {
-	b := []byte{'{'}
-	for i, a := range attrs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		k, err := json.Marshal(a.Key)
-		if err != nil {
-			return nil, err
-		}
-		v, err := json.Marshal(a.Value.Any())
-		if err != nil {
-			return nil, err
-		}
-		b = append(append(append(b, k...), ':'), v...)
-	}
-	return append(b, '}'), nil
-}
-
-// formatRedacted prints the redacted description s for any verb; %q quotes it.
-func formatRedacted(f fmt.State, verb rune, s string) {
-	if verb == 'q' {
-		s = strconv.Quote(s)
-	}
-	_, _ = io.WriteString(f, s)
+// server refuses the refresh token: that error is returned as is, and the
+// refused refresh token is dropped.
+func (c *Client) RefreshAccessToken(ctx context.Context) (Token, error) {
+	p, err := c.await(ctx, flightRefresh)
+	return p.token(c.now()), err
 }
 
 // tokenPair is one immutable generation of credentials. The client holds the
@@ -293,14 +198,14 @@ type tokenPair struct {
 	companyID   string
 	companyName string
 	keyID       string // the fingerprint of the base URL and key it came from, for a TokenStore
-	refused     string // in a rejected pair: the access token the server refused
 
 	// Deadlines as offsets on the client's monotonic clock (Client.mono).
 	// Fresh before staleAt, stale before invalidAt, invalid after.
 	// Unknown expiry: both are math.MaxInt64.
 	staleAt   time.Duration
 	invalidAt time.Duration
-	expiresAt time.Time // wall-clock expiry for Token; zero when unknown
+	issuedAt  time.Time // when the request that got it was sent, by the token clock
+	expiresAt time.Time // zero when unknown
 }
 
 // closedPair is stored by Close: it is never usable, so every path that
@@ -310,107 +215,65 @@ var closedPair = &tokenPair{staleAt: math.MinInt64, invalidAt: math.MinInt64}
 // rejected returns a copy of p whose access token is no longer usable but
 // whose refresh token and company are kept, for the refresh that follows.
 func (p *tokenPair) rejected() *tokenPair {
-	return &tokenPair{
-		refresh:     p.refresh,
-		companyID:   p.companyID,
-		companyName: p.companyName,
-		keyID:       p.keyID,
-		refused:     p.access,
-		expiresAt:   p.expiresAt,
-		staleAt:     math.MinInt64,
-		invalidAt:   math.MinInt64,
-	}
+	np := *p
+	np.access, np.bearer = "", nil
+	np.staleAt, np.invalidAt = math.MinInt64, math.MinInt64
+	return &np
 }
 
-// token is p's exported snapshot; the zero Token for nil or a pair
-// without an access token.
-func (p *tokenPair) token() Token {
+// token is p's exported snapshot, taken at, by the token clock; the zero
+// Token for nil or a pair without an access token.
+func (p *tokenPair) token(at time.Time) Token {
 	if p == nil || p.access == "" {
 		return Token{}
 	}
 	return Token{
 		AccessToken: p.access,
 		TokenType:   p.tokenType,
-		ExpiresAt:   p.expiresAt,
+		ExpiresAt:   p.expiresAt.Round(0),
 		CompanyID:   p.companyID,
 		CompanyName: p.companyName,
+		at:          at,
 	}
 }
 
-// dropRefresh removes the refresh token refresh, which the server refused,
-// from the pair held, whichever generation of it holds it now (a 401 may
-// have replaced the pair by its rejected copy meanwhile).
-func (c *Client) dropRefresh(refresh string) {
-	for {
-		p := c.pair.Load()
-		if p == nil || p.refresh != refresh || c.pair.CompareAndSwap(p, p.withoutRefresh()) {
-			return
-		}
-	}
-}
-
-// withoutRefresh returns a copy of p without its refresh token, after the
-// server refused it.
-func (p *tokenPair) withoutRefresh() *tokenPair {
-	np := *p
-	np.refresh = ""
-	return &np
-}
-
-// newPair builds a token pair from a server answer. sentMono and sentWall are
-// the client's clocks when the request that produced it was sent: the lifetime
-// is counted from then, not from when the answer arrived.
-func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sentMono time.Duration, sentWall time.Time) *tokenPair {
-	p := &tokenPair{
-		access:    access,
-		refresh:   refresh,
-		tokenType: tokenType,
-		bearer:    []string{"Bearer " + access},
-		staleAt:   math.MaxInt64,
-		invalidAt: math.MaxInt64,
-	}
+// newPair builds a token pair from a server answer to a request sent at
+// sent, by the token clock: its lifetime is counted from then, not from
+// when the answer arrived. expiresIn <= 0 means unknown: the JWT's exp
+// claim is read, and failing that the token is used until the server
+// rejects it.
+func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sent time.Time) *tokenPair {
+	p := &tokenPair{access: access, refresh: refresh, tokenType: tokenType, bearer: []string{"Bearer " + access}}
 	if p.tokenType == "" {
 		p.tokenType = "Bearer"
 	}
-	var life time.Duration
-	switch {
-	case expiresIn > 0:
-		if int64(expiresIn) > int64(maxLifetime/time.Second) {
-			life = maxLifetime
-		} else {
-			life = time.Duration(expiresIn) * time.Second
-		}
-	default:
-		if exp, ok := jwtExpiry(access); ok {
-			life = exp.Sub(sentWall)
-			if life > maxLifetime {
-				life = maxLifetime
-			}
-		}
+	var expires time.Time
+	if expiresIn > 0 {
+		expires = sent.Add(time.Duration(min(int64(expiresIn), int64(maxLifetime/time.Second))) * time.Second)
+	} else if exp, ok := jwtExpiry(access); ok && exp.After(sent) {
+		expires = sent.Add(min(exp.Sub(sent), maxLifetime))
 	}
-	c.setDeadlines(p, life, sentMono, sentWall)
+	c.setExpiry(p, sent, expires)
 	return p
 }
 
-// setDeadlines sets p's deadlines for a token that lives life from sentMono
-// (sentWall on the wall clock). A life of 0 or less means unknown: the
-// token is used until the server rejects it.
-func (c *Client) setDeadlines(p *tokenPair, life, sentMono time.Duration, sentWall time.Time) {
-	if life <= 0 {
+// setExpiry sets p's expiry and the deadlines that follow: stale the
+// refresh margin before it, capped at half its lifetime (uncapped when
+// issued is zero), and invalid a leeway of a quarter of that margin, at most
+// 10s, before it. A zero expires means unknown: never stale nor invalid.
+func (c *Client) setExpiry(p *tokenPair, issued, expires time.Time) {
+	p.issuedAt, p.expiresAt = issued, expires
+	p.staleAt, p.invalidAt = math.MaxInt64, math.MaxInt64
+	if expires.IsZero() {
 		return
 	}
 	margin := c.cfg.margin
-	if margin > life/2 {
-		margin = life / 2
+	if !issued.IsZero() {
+		margin = min(margin, expires.Sub(issued)/2)
 	}
-	leeway := margin / 4
-	if leeway > 10*time.Second {
-		leeway = 10 * time.Second
-	}
-	expires := sentMono + life
-	p.staleAt = expires - margin
-	p.invalidAt = expires - leeway
-	p.expiresAt = sentWall.Add(life)
+	leeway := min(margin/4, 10*time.Second)
+	end := expires.Sub(c.baseTime)
+	p.staleAt, p.invalidAt = end-margin, end-leeway
 }
 
 // seconds reads expires_in leniently: an integer, a float such as 3600.0 (a
@@ -426,13 +289,7 @@ func seconds(raw json.RawMessage) int {
 	if (err != nil && !errors.Is(err, strconv.ErrRange)) || math.IsNaN(f) {
 		return 0
 	}
-	switch {
-	case f >= math.MaxInt32:
-		return math.MaxInt32
-	case f <= math.MinInt32:
-		return math.MinInt32
-	}
-	return int(f)
+	return int(min(max(f, math.MinInt32), math.MaxInt32))
 }
 
 // jwtExpiry reads the exp claim of a JWT without verifying it: the client only
@@ -474,6 +331,9 @@ func validToken(s string) bool {
 	return true
 }
 
+// maxRefused bounds the access tokens a client remembers the server refused.
+const maxRefused = 16
+
 // tokenState is the token lifecycle's state: the pair in use, the flight
 // in progress and the failure cooldown. Client embeds it; the methods in this
 // file are the only ones that touch it.
@@ -483,24 +343,27 @@ type tokenState struct {
 	// flight is the token request in progress, nil when none; written
 	// under mu, read without it.
 	flight atomic.Pointer[flight]
-	// cooldownUntil is the monotonic time before which no automatic flight
-	// starts after a failure; written under mu, read without it.
+	// cooldownUntil is the time (Client.elapsed) before which no automatic
+	// flight starts after a failure; written under mu, read without it.
 	cooldownUntil atomic.Int64
-	// closed is set by Close; written under mu, read without it.
-	closed atomic.Bool
+	// closed is set by Close, under mu; closing is closed then, ending
+	// every wait.
+	closed  atomic.Bool
+	closing chan struct{}
 	// keys are the keys WithAPIKeyFunc's function returned, scrubbed from
 	// server text; replaced whole under mu, read without it. lastKey is the
 	// latest of them.
 	keys    atomic.Pointer[[]string]
 	lastKey atomic.Pointer[string]
 
-	// mu guards cooldown and lastErr, and serialises the start and the end
-	// of flights with Close.
+	// mu guards cooldown, lastErr and refused, and serialises the start and
+	// the end of flights with Close.
 	mu       sync.Mutex
 	cooldown time.Duration // the current failure cooldown; 0 after a success
 	lastErr  error         // the error of the last failed flight
+	refused  []string      // the last access tokens the server refused, never adopted from a store again
 
-	wg sync.WaitGroup // the flights' goroutines
+	wg sync.WaitGroup // the flights' goroutines, their hooks included
 }
 
 // Kinds of token flight.
@@ -519,10 +382,10 @@ type flight struct {
 	done   chan struct{}
 	cancel context.CancelFunc // ends the flight's requests; called by Close
 
-	pair    *tokenPair
-	auth    *AuthResponse
-	refresh *RefreshResponse
-	err     error
+	pair *tokenPair
+	err  error
+
+	reports []func() // the hooks' reports about it, in order; called by fly once it ended
 }
 
 // mono is the client's monotonic clock: time since construction.
@@ -534,12 +397,11 @@ func (c *Client) elapsed() time.Duration { return c.waited(c.baseTime) }
 // useClock makes c judge token lifetimes by now instead of the real clock:
 // a FakeServer gives its clients its own clock. Call it before c is shared.
 func (c *Client) useClock(now func() time.Time) {
-	base := now()
 	real := c.baseTime
 	c.now = now
 	c.since = func(t time.Time) time.Duration { return now().Sub(t) }
 	c.waited = func(time.Time) time.Duration { return timeSince(real) }
-	c.baseTime = base
+	c.baseTime = now()
 }
 
 // usablePair returns a usable token pair. The fast path is lock-free and does not
@@ -555,68 +417,83 @@ func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 			return p, nil
 		}
 	}
-	return c.waitToken(ctx)
+	return c.await(ctx, flightAuto)
 }
 
 // refreshSoon starts a background refresh unless one is running or a failure
 // cooldown is in force. Checked without a lock, so that callers inside the
 // stale window never contend: at most one of them takes the lock to start it.
 func (c *Client) refreshSoon(ctx context.Context) {
-	if c.flight.Load() != nil || c.elapsed() < time.Duration(c.cooldownUntil.Load()) {
+	if c.flight.Load() != nil || c.coolingDown() {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed.Load() || c.flight.Load() != nil || c.elapsed() < time.Duration(c.cooldownUntil.Load()) {
-		return
+	if !c.closed.Load() && c.flight.Load() == nil && !c.coolingDown() {
+		c.launch(ctx, flightAuto)
 	}
-	c.launch(ctx, flightAuto)
 }
+
+func (c *Client) coolingDown() bool { return c.elapsed() < time.Duration(c.cooldownUntil.Load()) }
 
 // usable reports whether p can be sent now (fresh or stale).
 func (c *Client) usable(p *tokenPair) bool {
 	return p != nil && c.mono() < p.invalidAt
 }
 
-// waitToken is the slow path: no usable token is held. It joins the flight in
-// progress or starts one, and waits for it or for ctx.
-func (c *Client) waitToken(ctx context.Context) (*tokenPair, error) {
+// await is the slow path and the explicit calls. For flightAuto it returns
+// a usable pair, held or from the flight it joins or starts; an explicit
+// kind joins only a flight of its own kind, waits out another, and ignores
+// the failure cooldown. Every waiter shares its flight's error, but for one
+// case: a caller needing a token that waited on an explicit refresh the
+// server refused goes on to exchange the API key, as the automatic path
+// would (the refused refresh token was dropped).
+func (c *Client) await(ctx context.Context, kind flightKind) (*tokenPair, error) {
+	if ctx == nil {
+		return nil, errNilContext
+	}
 	for {
 		c.mu.Lock()
-		if c.closed.Load() {
-			c.mu.Unlock()
-			return nil, ErrClosed
-		}
-		if p := c.pair.Load(); c.usable(p) {
+		p, f := c.pair.Load(), c.flight.Load()
+		var err error
+		switch {
+		case c.closed.Load():
+			err = ErrClosed
+		case kind == flightAuto && c.usable(p):
 			c.mu.Unlock()
 			return p, nil
-		}
-		f := c.flight.Load()
-		if f == nil {
-			if now, until := c.elapsed(), time.Duration(c.cooldownUntil.Load()); now < until {
-				err := &cachedError{err: c.lastErr, until: c.now().Add(until - now)}
-				c.mu.Unlock()
-				return nil, err
-			}
-			f = c.launch(ctx, flightAuto)
+		case ctx.Err() != nil:
+			err = fmt.Errorf("apala: waiting for an access token: %w", ctx.Err())
+		case f != nil:
+		case kind == flightAuto && c.coolingDown():
+			until := c.now().Add(time.Duration(c.cooldownUntil.Load()) - c.elapsed())
+			err = &cachedError{err: c.lastErr, until: until}
+		case kind == flightRefresh && (p == nil || p.refresh == ""):
+			err = ErrNotAuthenticated
+		default:
+			f = c.launch(ctx, kind)
 		}
 		c.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
 
 		select {
 		case <-f.done:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("apala: waiting for an access token: %w", ctx.Err())
+		case <-c.closing:
+			return nil, ErrClosed
 		}
-		if f.err == nil {
+		switch {
+		case kind != flightAuto && f.kind != kind:
+			continue
+		case f.err == nil:
 			return f.pair, nil
+		case kind == flightAuto && f.kind == flightRefresh && refused(f.err):
+			continue
 		}
-		// Every waiter shares the flight's error, with one exception: an
-		// explicit refresh the server refused says nothing about the
-		// automatic path, which may still fall back to the API key (fly
-		// dropped the refused refresh token, so it goes straight there).
-		if f.kind != flightRefresh || !refused(f.err) {
-			return nil, f.err
-		}
+		return nil, f.err
 	}
 }
 
@@ -641,42 +518,6 @@ func (e *cachedError) Error() string {
 
 func (e *cachedError) Unwrap() error { return e.err }
 
-// requestToken runs a flight of the given kind for Authenticate or
-// RefreshAccessToken: it joins one of the same kind already in progress,
-// waits out one of another kind, and ignores the failure cooldown.
-func (c *Client) requestToken(ctx context.Context, kind flightKind) (*flight, error) {
-	if ctx == nil {
-		return nil, errNilContext
-	}
-	for {
-		c.mu.Lock()
-		if c.closed.Load() {
-			c.mu.Unlock()
-			return nil, ErrClosed
-		}
-		f := c.flight.Load()
-		if f == nil {
-			if kind == flightRefresh {
-				if p := c.pair.Load(); p == nil || p.refresh == "" {
-					c.mu.Unlock()
-					return nil, ErrNotAuthenticated
-				}
-			}
-			f = c.launch(ctx, kind)
-		}
-		c.mu.Unlock()
-
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("apala: waiting for an access token: %w", ctx.Err())
-		}
-		if f.kind == kind {
-			return f, nil
-		}
-	}
-}
-
 // launch starts a flight for the caller whose context is ctx. c.mu must be
 // held, and no flight be in progress. The flight's context keeps ctx's
 // values (a trace, a logger) for the hooks and the log, but not its
@@ -691,9 +532,10 @@ func (c *Client) launch(ctx context.Context, kind flightKind) *flight {
 	return f
 }
 
-// fly runs flight f, then publishes its result. Every failed flight starts
-// the failure cooldown, explicit ones included, except an explicit refresh
-// the server refused: that only drops the refused refresh token, so that the
+// fly runs flight f, publishes its result, and then makes the hooks'
+// reports about it: nobody waits for a hook. Every failed flight starts the
+// failure cooldown, explicit ones included, except an explicit refresh the
+// server refused: that only drops the refused refresh token, so that the
 // automatic path may still fall back to the API key.
 func (c *Client) fly(ctx context.Context, f *flight) {
 	defer c.wg.Done()
@@ -715,11 +557,11 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 		if f.pair == nil {
 			switch f.kind {
 			case flightAuth:
-				f.auth, f.pair, f.err = c.exchange(ctx)
+				f.pair, f.err = c.exchange(ctx, f)
 			case flightRefresh:
-				f.refresh, f.pair, f.err = c.refresh(ctx, old)
+				f.pair, f.err = c.refresh(ctx, f, old)
 			default:
-				f.pair, f.err = c.obtain(ctx)
+				f.pair, f.err = c.obtain(ctx, f, old)
 			}
 			if f.err == nil {
 				c.save(ctx, f.pair)
@@ -732,7 +574,7 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 	c.mu.Lock()
 	switch {
 	case c.closed.Load():
-		f.pair, f.auth, f.refresh, f.err = nil, nil, nil, ErrClosed
+		f.pair, f.err = nil, ErrClosed
 	case f.err == nil:
 		c.pair.Store(f.pair)
 		c.cooldown = 0
@@ -741,60 +583,118 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 	case f.kind == flightRefresh && refused(f.err):
 		c.dropRefresh(old.refresh)
 	default:
-		if c.cooldown == 0 {
-			c.cooldown = minCooldown
-		} else if c.cooldown *= 2; c.cooldown > maxCooldown {
-			c.cooldown = maxCooldown
-		}
+		c.cooldown = min(max(2*c.cooldown, minCooldown), maxCooldown)
 		cooldown = c.cooldown
 		c.cooldownUntil.Store(int64(c.elapsed() + c.cooldown))
 		c.lastErr = f.err
 	}
 	c.flight.Store(nil)
 	c.mu.Unlock()
+	close(f.done)
 	if f.err != nil && f.kind == flightAuto && !errors.Is(f.err, ErrClosed) {
 		c.logAttrs(ctx, slog.LevelWarn, "apala: token request failed",
 			slog.String("error", f.err.Error()), slog.Duration("cooldown", cooldown))
 	}
-	close(f.done)
+	for _, report := range f.reports {
+		report()
+	}
+}
+
+// dropRefresh removes the refresh token refresh, which the server refused,
+// from the pair held, whichever generation of it holds it now (a 401 may
+// have replaced the pair by its rejected copy meanwhile).
+func (c *Client) dropRefresh(refresh string) {
+	for {
+		p := c.pair.Load()
+		if p == nil || p.refresh != refresh {
+			return
+		}
+		np := *p
+		np.refresh = ""
+		if c.pair.CompareAndSwap(p, &np) {
+			return
+		}
+	}
 }
 
 // obtain is the automatic path: refresh when a refresh token is held, and
 // exchange the API key when there is none or the server refuses it.
-func (c *Client) obtain(ctx context.Context) (*tokenPair, error) {
-	if p := c.pair.Load(); p != nil && p.refresh != "" {
-		_, np, err := c.refresh(ctx, p)
-		if err == nil {
-			return np, nil
-		}
-		if !refused(err) {
-			return nil, err
+func (c *Client) obtain(ctx context.Context, f *flight, old *tokenPair) (*tokenPair, error) {
+	if old != nil && old.refresh != "" {
+		np, err := c.refresh(ctx, f, old)
+		if err == nil || !refused(err) {
+			return np, err
 		}
 		var ae *APIError
 		errors.As(err, &ae)
 		c.logAttrs(ctx, slog.LevelWarn, "apala: refresh refused; exchanging the API key",
 			slog.Int("status", ae.StatusCode))
 	}
-	_, np, err := c.exchange(ctx)
-	return np, err
+	return c.exchange(ctx, f)
+}
+
+// tokenAnswer is the answer of both token endpoints.
+type tokenAnswer struct {
+	AccessToken  string          `json:"access_token"`
+	RefreshToken string          `json:"refresh_token"`
+	TokenType    string          `json:"token_type"`
+	ExpiresIn    json.RawMessage `json:"expires_in"` // read leniently by seconds
+	CompanyID    string          `json:"company_id"`
+	CompanyName  string          `json:"company_name"`
+}
+
+// tokenRequest sends a token request of f with body, carrying secrets, and
+// builds the pair of its answer; refresh is the refresh token to keep when
+// the answer carries none. The answer's text (token type, company) is
+// scrubbed of every secret, the new tokens' included.
+func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body []byte, secrets []string, refresh string) (p *tokenPair, err error) {
+	start := time.Now()
+	defer func() {
+		if hook := c.cfg.hooks.Token; hook != nil {
+			t := TokenInfo{Refresh: path == pathRefresh, Duration: time.Since(start), Err: err}
+			if err == nil {
+				t.Token = p.token(c.now())
+			}
+			f.reports = append(f.reports, func() { hook(ctx, t) })
+		}
+	}()
+	rq := newRequest(http.MethodPost, path, false)
+	rq.body, rq.secrets, rq.flight = body, secrets, f
+	var a tokenAnswer
+	sent, err := c.send(ctx, rq, &a)
+	if err != nil {
+		return nil, err
+	}
+	if !validToken(a.AccessToken) {
+		return nil, rq.errorf(nil, "response has no valid access_token")
+	}
+	if a.RefreshToken != "" {
+		if !validToken(a.RefreshToken) {
+			return nil, rq.errorf(nil, "response has a malformed refresh_token")
+		}
+		refresh = a.RefreshToken
+	}
+	fresh := append(secrets, a.AccessToken, refresh)
+	p = c.newPair(a.AccessToken, refresh, c.scrub(a.TokenType, fresh), seconds(a.ExpiresIn), sent)
+	p.companyID, p.companyName = c.scrub(a.CompanyID, fresh), c.scrub(a.CompanyName, fresh)
+	return p, nil
 }
 
 // exchange trades the API key for a token pair (POST /api/auth/token). With
 // WithAPIKeyFunc the key is asked for now, and once more after a 401: a key
 // rotated meanwhile gets one more try.
-func (c *Client) exchange(ctx context.Context) (ar *AuthResponse, p *tokenPair, err error) {
-	defer c.reportToken(ctx, false, time.Now(), &p, &err)
+func (c *Client) exchange(ctx context.Context, f *flight) (*tokenPair, error) {
 	key, err := c.key(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ar, p, err = c.exchangeKey(ctx, key)
+	p, err := c.exchangeKey(ctx, f, key)
 	if c.cfg.keyFunc != nil && errors.Is(err, ErrUnauthorized) {
 		if next, kerr := c.key(ctx); kerr == nil && next != key {
-			ar, p, err = c.exchangeKey(ctx, next)
+			p, err = c.exchangeKey(ctx, f, next)
 		}
 	}
-	return ar, p, err
+	return p, err
 }
 
 // key returns the API key for an exchange: the one NewClient was given, or
@@ -818,17 +718,15 @@ func (c *Client) key(ctx context.Context) (string, error) {
 
 // remember adds k to the keys scrubbed from server text.
 func (c *Client) remember(k string) {
-	if ks := c.keys.Load(); ks != nil {
-		for _, old := range *ks {
-			if old == k {
-				return
-			}
-		}
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var ks []string
 	if old := c.keys.Load(); old != nil {
+		for _, o := range *old {
+			if o == k {
+				return
+			}
+		}
 		ks = append(ks, *old...)
 	}
 	ks = append(ks, k)
@@ -836,121 +734,84 @@ func (c *Client) remember(k string) {
 }
 
 // exchangeKey trades key for a token pair.
-func (c *Client) exchangeKey(ctx context.Context, key string) (*AuthResponse, *tokenPair, error) {
+func (c *Client) exchangeKey(ctx context.Context, f *flight, key string) (*tokenPair, error) {
 	body := c.authBody
-	if key != c.apiKey || body == nil {
-		var err error
-		if body, err = json.Marshal(struct {
+	if key != c.apiKey {
+		body, _ = json.Marshal(struct {
 			APIKey string `json:"api_key"`
-		}{key}); err != nil {
-			return nil, nil, fmt.Errorf("apala: encoding the API key: %w", err)
-		}
+		}{key}) // a struct of one string always marshals
 	}
-	var w struct {
-		AuthResponse
-		ExpiresIn json.RawMessage `json:"expires_in"` // read leniently by seconds
-	}
-	rq := &request{method: http.MethodPost, path: pathToken, body: body}
-	sent, err := c.send(ctx, rq, &w)
+	p, err := c.tokenRequest(ctx, f, pathToken, body, []string{key}, "")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ar := w.AuthResponse
-	ar.ExpiresIn = seconds(w.ExpiresIn)
-	if !validToken(ar.AccessToken) {
-		return nil, nil, rq.errorf(nil, "response has no valid access_token")
-	}
-	if ar.RefreshToken != "" && !validToken(ar.RefreshToken) {
-		return nil, nil, rq.errorf(nil, "response has a malformed refresh_token")
-	}
-	p := c.newPair(ar.AccessToken, ar.RefreshToken, ar.TokenType, ar.ExpiresIn, sent.mono, sent.wall)
 	p.keyID = c.keyID(key)
-	// The token type and the company are the server's text, printed with
-	// the Token and the answer, and logged: scrubbed like any, of the new
-	// tokens too.
-	fresh := []*tokenPair{p}
-	ar.TokenType, ar.CompanyID, ar.CompanyName = c.scrub(ar.TokenType, fresh), c.scrub(ar.CompanyID, fresh), c.scrub(ar.CompanyName, fresh)
-	p.tokenType, p.companyID, p.companyName = c.scrub(p.tokenType, fresh), ar.CompanyID, ar.CompanyName
 	c.logAttrs(ctx, slog.LevelInfo, "apala: authenticated",
-		slog.String("company_id", p.companyID),
-		slog.String("company_name", p.companyName),
-		slog.Duration("expires_in", time.Duration(ar.ExpiresIn)*time.Second))
-	return &ar, p, nil
+		slog.String("company_id", p.companyID), slog.String("company_name", p.companyName),
+		slog.Duration("expires_in", lifetime(p)))
+	return p, nil
 }
 
 // refresh trades the refresh token of old for a new access token
 // (POST /api/auth/refresh). The refresh token is kept unless the server
 // rotates it.
-func (c *Client) refresh(ctx context.Context, old *tokenPair) (_ *RefreshResponse, p *tokenPair, err error) {
+func (c *Client) refresh(ctx context.Context, f *flight, old *tokenPair) (*tokenPair, error) {
 	if old == nil || old.refresh == "" {
-		return nil, nil, ErrNotAuthenticated
+		return nil, ErrNotAuthenticated
 	}
-	defer c.reportToken(ctx, true, time.Now(), &p, &err)
-	body, err := json.Marshal(struct {
+	body, _ := json.Marshal(struct {
 		RefreshToken string `json:"refresh_token"`
-	}{old.refresh})
+	}{old.refresh}) // a struct of one string always marshals
+	p, err := c.tokenRequest(ctx, f, pathRefresh, body, []string{old.access, old.refresh}, old.refresh)
 	if err != nil {
-		return nil, nil, fmt.Errorf("apala: encoding refresh request: %w", err)
+		return nil, err
 	}
-	var rr struct {
-		RefreshResponse
-		ExpiresIn    json.RawMessage `json:"expires_in"` // read leniently by seconds
-		RefreshToken string          `json:"refresh_token"`
-	}
-	rq := &request{method: http.MethodPost, path: pathRefresh, body: body, carries: old}
-	sent, err := c.send(ctx, rq, &rr)
-	if err != nil {
-		return nil, nil, err
-	}
-	rr.RefreshResponse.ExpiresIn = seconds(rr.ExpiresIn)
-	if !validToken(rr.AccessToken) {
-		return nil, nil, rq.errorf(nil, "response has no valid access_token")
-	}
-	refresh := old.refresh
-	if rr.RefreshToken != "" {
-		if !validToken(rr.RefreshToken) {
-			return nil, nil, rq.errorf(nil, "response has a malformed refresh_token")
-		}
-		refresh = rr.RefreshToken
-	}
-	p = c.newPair(rr.AccessToken, refresh, rr.TokenType, rr.RefreshResponse.ExpiresIn, sent.mono, sent.wall)
 	p.companyID, p.companyName, p.keyID = old.companyID, old.companyName, old.keyID
-	fresh := []*tokenPair{old, p} // the token type is the server's text: scrubbed
-	p.tokenType = c.scrub(p.tokenType, fresh)
-	rr.RefreshResponse.TokenType = c.scrub(rr.RefreshResponse.TokenType, fresh)
-	c.logAttrs(ctx, slog.LevelInfo, "apala: token refreshed",
-		slog.Duration("expires_in", time.Duration(rr.RefreshResponse.ExpiresIn)*time.Second))
-	resp := rr.RefreshResponse
-	return &resp, p, nil
+	c.logAttrs(ctx, slog.LevelInfo, "apala: token refreshed", slog.Duration("expires_in", lifetime(p)))
+	return p, nil
 }
 
-// reportToken calls the Token hook, if any, about the token request that
-// started at start and ended with *p and *err.
-func (c *Client) reportToken(ctx context.Context, refresh bool, start time.Time, p **tokenPair, err *error) {
-	hook := c.cfg.hooks.Token
-	if hook == nil {
-		return
+// lifetime is how long p lives from when it was issued; 0 when unknown.
+func lifetime(p *tokenPair) time.Duration {
+	if p.expiresAt.IsZero() {
+		return 0
 	}
-	t := TokenInfo{Refresh: refresh, Duration: time.Since(start), Err: *err}
-	if *err == nil {
-		t.Token = (*p).token()
-	}
-	hook(ctx, t)
+	return p.expiresAt.Sub(p.issuedAt)
 }
 
 // reject invalidates p after the server refused it, unless a newer pair has
 // replaced it meanwhile (compare-and-swap: a token refreshed by another
-// caller is kept).
+// caller is kept), and remembers that the server refused it.
 func (c *Client) reject(p *tokenPair) {
 	c.pair.CompareAndSwap(p, p.rejected())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.refused) == maxRefused {
+		c.refused = c.refused[1:]
+	}
+	c.refused = append(c.refused, p.access)
+}
+
+// wasRefused reports whether the server refused the access token tok.
+func (c *Client) wasRefused(tok string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range c.refused {
+		if r == tok {
+			return true
+		}
+	}
+	return false
 }
 
 // closeFlights is Close's half in the token lifecycle: no flight starts
-// after it, the one in progress is cancelled and waited for, and the pair is
-// replaced by one that is never usable.
+// after it, every wait ends, the flight in progress is cancelled and waited
+// for with its hooks, and the pair is replaced by one that is never usable.
 func (c *Client) closeFlights() {
 	c.mu.Lock()
-	c.closed.Store(true)
+	if !c.closed.Swap(true) {
+		close(c.closing)
+	}
 	c.pair.Store(closedPair)
 	if f := c.flight.Load(); f != nil {
 		f.cancel()
@@ -963,10 +824,10 @@ func (c *Client) closeFlights() {
 func (c *Client) isClosed() bool { return c.closed.Load() }
 
 // Sharing tokens through a TokenStore. The client loads the store before
-// every token request, holding the store's lock when it has one, adopts a
-// stored token that another client got, and saves every token it gets. The
-// store is a cache: its failures are logged at Warn and cost at most a token
-// request, never a call.
+// every automatic token request, holding the store's lock when it has one,
+// adopts a stored token that another client got, and saves every token it
+// gets. The store is a cache: its failures are logged at Warn and cost at
+// most a token request, never a call.
 
 // TokenStore keeps a token where other clients, in this process or in
 // others, find it, so that short-lived processes and many processes on one
@@ -988,7 +849,8 @@ type TokenStore interface {
 // across processes: the client takes the lock before it loads the store and
 // releases it once the result of its token request is saved, so that N
 // processes racing for a token make one request and the others adopt it.
-// Lock waits until the lock is held or ctx ends; unlock releases it.
+// Lock waits until the lock is held or ctx ends; unlock releases it. ctx
+// bounds the wait only, not the time the lock is held.
 type TokenLocker interface {
 	Lock(ctx context.Context) (unlock func(), err error)
 }
@@ -1001,6 +863,7 @@ type StoredToken struct {
 	AccessToken  string    `json:"access_token"`
 	RefreshToken string    `json:"refresh_token"`
 	TokenType    string    `json:"token_type"`
+	IssuedAt     time.Time `json:"issued_at"`  // when the token request was sent; zero: unknown
 	ExpiresAt    time.Time `json:"expires_at"` // zero: unknown, and never adopted
 	CompanyID    string    `json:"company_id"`
 	CompanyName  string    `json:"company_name"`
@@ -1011,12 +874,12 @@ type StoredToken struct {
 	KeyID string `json:"key_id"`
 }
 
-// printable lists t's fields for printing, the tokens redacted.
 func (t StoredToken) printable() []slog.Attr {
 	return []slog.Attr{
 		slog.String("access_token", redact(t.AccessToken)),
 		slog.String("refresh_token", redact(t.RefreshToken)),
 		slog.String("token_type", t.TokenType),
+		slog.Time("issued_at", t.IssuedAt),
 		slog.Time("expires_at", t.ExpiresAt),
 		slog.String("company_id", t.CompanyID),
 		slog.String("company_name", t.CompanyName),
@@ -1024,15 +887,11 @@ func (t StoredToken) printable() []slog.Attr {
 	}
 }
 
-// String describes the stored token without its tokens.
-func (t StoredToken) String() string { return describe("apala.StoredToken", t.printable()) }
-
-// GoString is String, for code that asks for it by name; fmt's %#v goes
-// through Format.
-func (t StoredToken) GoString() string { return t.String() }
-
-// Format implements fmt.Formatter: every verb prints String.
-func (t StoredToken) Format(f fmt.State, verb rune) { formatRedacted(f, verb, t.String()) }
+// Format implements fmt.Formatter: every verb prints the fields with the
+// tokens redacted.
+func (t StoredToken) Format(f fmt.State, verb rune) {
+	format(f, verb, "apala.StoredToken", t.printable())
+}
 
 // LogValue implements slog.LogValuer, leaving the tokens out.
 func (t StoredToken) LogValue() slog.Value { return slog.GroupValue(t.printable()...) }
@@ -1066,6 +925,34 @@ func (c *Client) currentKeyID(ctx context.Context) (string, error) {
 // lock is taken over rather than given up on. Tests shorten it.
 var storeTimeout = 15 * time.Second
 
+// bounded runs op, a use of the store, for at most storeTimeout, even when
+// op ignores its context: then it is abandoned, its goroutine left to end
+// when op returns (the one goroutine of a client that may outlive Close),
+// and undo is given what op returns late (nil: nothing to undo).
+func bounded[T any](ctx context.Context, op func(context.Context) (T, error), undo func(T)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := op(ctx)
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		if undo != nil {
+			go func() { undo((<-done).v) }()
+		}
+		var zero T
+		return zero, fmt.Errorf("the store did not return: %w", ctx.Err())
+	}
+}
+
 // lockStore takes the store's lock when it is a TokenLocker, and returns
 // what releases it and whether the lock is held. A lock that cannot be
 // taken is logged, and the token request goes on without it.
@@ -1074,27 +961,27 @@ func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 	if !ok {
 		return func() {}, false
 	}
-	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	release, err := l.Lock(lctx)
+	release, err := bounded(ctx, l.Lock, func(release func()) {
+		if release != nil {
+			release()
+		}
+	})
 	if err != nil || release == nil {
-		cancel()
 		c.storeFailed(ctx, "lock", err, nil)
 		return func() {}, false
 	}
-	return func() { release(); cancel() }, true
+	return release, true
 }
 
 // adopt loads the store and returns a pair made of the token stored there
-// when it came from this client's base URL and key, is newer than old (or,
-// when the server refused old's token, is another one), and would be fresh (more than the refresh margin,
-// capped at half the time left, before it expires); nil otherwise.
+// when it came from this client's base URL and key, was never refused to
+// this client, is newer than old, and would be fresh: its time left is more
+// than the margin the client would apply to it. nil otherwise.
 func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	if c.cfg.store == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	st, err := c.cfg.store.Load(ctx)
+	st, err := bounded(ctx, c.cfg.store.Load, nil)
 	if err != nil {
 		c.storeFailed(ctx, "load", err, nil)
 		return nil
@@ -1102,36 +989,27 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	if st == nil || st.ExpiresAt.IsZero() || !validToken(st.AccessToken) || (st.RefreshToken != "" && !validToken(st.RefreshToken)) {
 		return nil
 	}
-	if id, err := c.currentKeyID(ctx); err != nil || st.KeyID != id {
+	if id, err := c.currentKeyID(ctx); err != nil || st.KeyID != id || c.wasRefused(st.AccessToken) {
 		return nil
 	}
-	switch {
-	case old == nil:
-	case old.refused != "":
-		// The server refused old's token: any other one is worth a try.
-		if st.AccessToken == old.refused {
-			return nil
-		}
-	case st.AccessToken == old.access || !st.ExpiresAt.After(old.expiresAt):
+	if old != nil && old.access != "" && (st.AccessToken == old.access || !st.ExpiresAt.After(old.expiresAt)) {
 		return nil
 	}
+	secrets := []string{st.AccessToken, st.RefreshToken}
 	p := &tokenPair{
-		access: st.AccessToken, refresh: st.RefreshToken, tokenType: st.TokenType,
+		access: st.AccessToken, refresh: st.RefreshToken, tokenType: c.scrub(st.TokenType, secrets),
 		bearer:    []string{"Bearer " + st.AccessToken},
-		companyID: st.CompanyID, companyName: st.CompanyName, keyID: st.KeyID,
-		staleAt: math.MaxInt64, invalidAt: math.MaxInt64,
+		companyID: c.scrub(st.CompanyID, secrets), companyName: c.scrub(st.CompanyName, secrets), keyID: st.KeyID,
 	}
 	if p.tokenType == "" {
 		p.tokenType = "Bearer"
 	}
-	p.tokenType = c.scrub(p.tokenType, []*tokenPair{p})
-	now, mono := c.now(), c.mono()
-	c.setDeadlines(p, st.ExpiresAt.Sub(now), mono, now)
-	if mono >= p.staleAt {
+	c.setExpiry(p, st.IssuedAt, st.ExpiresAt)
+	if c.mono() >= p.staleAt {
 		return nil
 	}
 	c.logAttrs(ctx, slog.LevelInfo, "apala: token taken from the store",
-		slog.String("company_id", p.companyID), slog.Duration("expires_in", st.ExpiresAt.Sub(now)))
+		slog.String("company_id", p.companyID), slog.Duration("expires_in", st.ExpiresAt.Sub(c.now())))
 	return p
 }
 
@@ -1140,12 +1018,14 @@ func (c *Client) save(ctx context.Context, p *tokenPair) {
 	if c.cfg.store == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	err := c.cfg.store.Save(ctx, &StoredToken{
-		AccessToken: p.access, RefreshToken: p.refresh, TokenType: p.tokenType, ExpiresAt: p.expiresAt,
+	st := &StoredToken{
+		AccessToken: p.access, RefreshToken: p.refresh, TokenType: p.tokenType,
+		IssuedAt: p.issuedAt.Round(0), ExpiresAt: p.expiresAt.Round(0),
 		CompanyID: p.companyID, CompanyName: p.companyName, KeyID: p.keyID,
-	})
+	}
+	_, err := bounded(ctx, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, c.cfg.store.Save(ctx, st)
+	}, nil)
 	if err != nil {
 		c.storeFailed(ctx, "save", err, p)
 	}
@@ -1157,7 +1037,11 @@ func (c *Client) save(ctx context.Context, p *tokenPair) {
 func (c *Client) storeFailed(ctx context.Context, op string, err error, p *tokenPair) {
 	msg := "<nil>"
 	if err != nil {
-		msg = c.scrub(err.Error(), []*tokenPair{p})
+		var secrets []string
+		if p != nil {
+			secrets = []string{p.access, p.refresh}
+		}
+		msg = c.scrub(err.Error(), secrets)
 	}
 	c.logAttrs(ctx, slog.LevelWarn, "apala: token store failed; going on without it",
 		slog.String("op", op), slog.String("error", msg))
@@ -1178,7 +1062,8 @@ func NewFileTokenStore(path string) TokenStore { return &fileStore{path: path} }
 // over; tests shorten it.
 var fileLockStale = 10 * time.Second
 
-// fileStore is the TokenStore of NewFileTokenStore.
+// fileStore is the TokenStore of NewFileTokenStore. It checks its context
+// between its steps.
 type fileStore struct{ path string }
 
 var _ TokenLocker = (*fileStore)(nil)
@@ -1203,6 +1088,9 @@ func (s *fileStore) Load(ctx context.Context) (*StoredToken, error) {
 	}
 	var b []byte
 	if err == nil {
+		err = ctx.Err()
+	}
+	if err == nil {
 		var f *os.File
 		if f, err = os.Open(s.path); err == nil {
 			b, err = io.ReadAll(io.LimitReader(f, 64<<10+1))
@@ -1225,6 +1113,9 @@ func (s *fileStore) Save(ctx context.Context, t *StoredToken) error {
 	if err != nil {
 		return fmt.Errorf("apala: token store: %w", err)
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("apala: token store: %w", err)
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(s.path), filepath.Base(s.path)+".tmp-*") // mode 0600
 	if err != nil {
 		return fmt.Errorf("apala: token store: %w", err)
@@ -1237,6 +1128,9 @@ func (s *fileStore) Save(ctx context.Context, t *StoredToken) error {
 		err = cerr
 	}
 	if err == nil {
+		err = ctx.Err()
+	}
+	if err == nil {
 		err = os.Rename(tmp.Name(), s.path)
 	}
 	if err != nil {
@@ -1247,11 +1141,12 @@ func (s *fileStore) Save(ctx context.Context, t *StoredToken) error {
 }
 
 // Lock implements TokenLocker with a lock file. A lock file older than
-// fileLockStale (or dated further than that in the future) is taken over:
-// its holder crashed or hangs; one that cannot be removed is an error, and
-// the client goes on without the lock. Two processes
-// taking one over at once may both hold the lock; the cost is one more
-// token request, never a failed call.
+// fileLockStale (or dated further than that in the future), one that is not
+// a regular file (a dangling symlink), or one that cannot be read is stale:
+// its holder crashed or hangs, and it is taken over; one that cannot be
+// removed is an error at once, and the client goes on without the lock.
+// Two processes taking one over at once may both hold the lock; the cost is
+// one more token request, never a failed call.
 func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 	if ctx == nil {
 		return nil, errNilContext
@@ -1284,21 +1179,33 @@ func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 		if !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("apala: token store lock: %w", err)
 		}
-		// Stale: older than the bound, or dated in the future by more
-		// than it (a clock set back).
-		if fi, err := os.Stat(name); err == nil {
-			if age := time.Since(fi.ModTime()); age > fileLockStale || age < -fileLockStale {
-				if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return nil, fmt.Errorf("apala: token store lock: taking over a stale lock: %w", err)
+		fi, err := os.Lstat(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // released meanwhile
+		}
+		if err == nil && fi.Mode().IsRegular() {
+			if age := time.Since(fi.ModTime()); age <= fileLockStale && age >= -fileLockStale {
+				if err := sleep(ctx, wait); err != nil {
+					return nil, fmt.Errorf("apala: token store lock: %w", err)
 				}
+				wait = min(2*wait, 50*time.Millisecond)
 				continue
 			}
 		}
-		if err := sleep(ctx, wait); err != nil {
-			return nil, fmt.Errorf("apala: token store lock: %w", err)
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("apala: token store lock: taking over a stale lock: %w", err)
 		}
-		if wait < 50*time.Millisecond {
-			wait *= 2
-		}
+	}
+}
+
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

@@ -48,10 +48,10 @@ func TestAuthenticate(t *testing.T) {
 	if h := s.lastHeader(pathToken); h.Get("Authorization") != "" || h.Get("Content-Type") != "application/json" {
 		t.Errorf("token request: Authorization set = %v, Content-Type = %q; want none, application/json", h.Get("Authorization") != "", h.Get("Content-Type"))
 	}
-	if ar.CompanyName != fakeCompanyName || ar.CompanyID != FakeCompanyGUID || ar.ExpiresIn != 3600 || ar.TokenType != "Bearer" {
-		t.Errorf("Authenticate() = %v; want company %q, 3600s, Bearer", ar, fakeCompanyName)
+	if ar.CompanyName != fakeCompanyName || ar.CompanyID != FakeCompanyGUID || !ar.Valid() || ar.TokenType != "Bearer" {
+		t.Errorf("Authenticate() = %v; want company %q, valid, Bearer", ar, fakeCompanyName)
 	}
-	if ar.AccessToken == "" || ar.RefreshToken == "" {
+	if ar.AccessToken == "" || c.pair.Load().refresh == "" {
 		t.Errorf("Authenticate() returned empty tokens")
 	}
 	tok := c.Token()
@@ -65,8 +65,8 @@ func TestAuthenticate(t *testing.T) {
 		t.Errorf("Token() = %v; want valid, company %q", tok, fakeCompanyName)
 	}
 	clk.Advance(time.Hour)
-	if tok.Valid() {
-		t.Errorf("Token().Valid() = true after ExpiresAt")
+	if c.Token().Valid() || !tok.Valid() {
+		t.Errorf("after ExpiresAt: Token().Valid() = %v, the earlier snapshot's = %v; want false, true (as when taken)", c.Token().Valid(), tok.Valid())
 	}
 	if (Token{}).Valid() {
 		t.Errorf("Token{}.Valid() = true; want false")
@@ -101,7 +101,7 @@ func TestAuthenticateErrors(t *testing.T) {
 			s, c := setup(t, WithMaxRetries(0))
 			s.script(pathToken, tt.status, tt.body, nil)
 			ar, err := c.Authenticate(ctx)
-			if err == nil || ar != nil {
+			if err == nil || ar != (Token{}) {
 				t.Fatalf("Authenticate() = %v, %v; want an error", ar, err)
 			}
 			if tt.is != nil && !errors.Is(err, tt.is) {
@@ -138,15 +138,15 @@ func TestExpiresInIntegralFloat(t *testing.T) {
 		return true
 	})
 	ar, err := c.Authenticate(ctx)
-	if err != nil || ar.ExpiresIn != 3600 {
-		t.Fatalf("Authenticate() = %v, %v; want ExpiresIn 3600", ar, err)
+	if err != nil || !ar.ExpiresAt.Equal(clk.Now().Add(time.Hour)) {
+		t.Fatalf("Authenticate() = %v, %v; want it to expire in 3600s", ar, err)
 	}
 	if got, want := c.Token().ExpiresAt, clk.Now().Add(time.Hour); !got.Equal(want) {
 		t.Errorf("ExpiresAt = %v; want %v", got, want)
 	}
 	rr, err := c.RefreshAccessToken(ctx)
-	if err != nil || rr.ExpiresIn != 1800 {
-		t.Fatalf("RefreshAccessToken() = %v, %v; want ExpiresIn 1800", rr, err)
+	if err != nil || !rr.ExpiresAt.Equal(clk.Now().Add(30*time.Minute)) {
+		t.Fatalf("RefreshAccessToken() = %v, %v; want it to expire in 1800s", rr, err)
 	}
 }
 
@@ -187,14 +187,15 @@ func TestRefreshAccessToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	refresh := c.pair.Load().refresh
 	rr, err := c.RefreshAccessToken(ctx)
 	if err != nil {
 		t.Fatalf("RefreshAccessToken() error = %v", err)
 	}
-	if rr.AccessToken == "" || rr.AccessToken == ar.AccessToken || rr.ExpiresIn != 3600 {
-		t.Errorf("RefreshAccessToken() gave no new token, or ExpiresIn = %d; want 3600", rr.ExpiresIn)
+	if rr.AccessToken == "" || rr.AccessToken == ar.AccessToken || !rr.Valid() || rr.CompanyID != FakeCompanyGUID {
+		t.Errorf("RefreshAccessToken() = %v; want a new valid token of the company", rr)
 	}
-	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+ar.RefreshToken+`"}`; got != want {
+	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+refresh+`"}`; got != want {
 		t.Errorf("refresh request body differs from {\"refresh_token\": <token>} (body withheld)")
 	}
 	if s.lastHeader(pathRefresh).Get("Authorization") != "" {
@@ -207,7 +208,7 @@ func TestRefreshAccessToken(t *testing.T) {
 	if _, err := c.RefreshAccessToken(ctx); err != nil {
 		t.Fatalf("second RefreshAccessToken() error = %v", err)
 	}
-	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+ar.RefreshToken+`"}`; got != want {
+	if got, want := string(s.lastBody(pathRefresh)), `{"refresh_token":"`+refresh+`"}`; got != want {
 		t.Errorf("second refresh did not reuse the original refresh token")
 	}
 
@@ -217,7 +218,7 @@ func TestRefreshAccessToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	rotated := c.pair.Load().refresh
-	if rotated == ar.RefreshToken {
+	if rotated == refresh {
 		t.Fatalf("rotated refresh token not adopted")
 	}
 	if _, err := c.RefreshAccessToken(ctx); err != nil {
@@ -399,12 +400,10 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 // slices and maps, through slog's JSON and text handlers and json.Marshal.
 func TestNestedValuesRedacted(t *testing.T) {
 	tok := Token{AccessToken: "tok-SECRET-1", TokenType: "Bearer", ExpiresAt: time.Date(2025, 1, 15, 11, 0, 0, 0, time.UTC), CompanyName: "Acme"}
-	ar := AuthResponse{AccessToken: "tok-SECRET-2", RefreshToken: "ref-SECRET-3", ExpiresIn: 3600, CompanyName: "Acme"}
-	rr := RefreshResponse{AccessToken: "tok-SECRET-4", ExpiresIn: 3600}
+	info := TokenInfo{Token: tok}
 	values := map[string]any{
 		"[]Token": []Token{tok}, "[]*Token": []*Token{&tok}, "map[string]Token": map[string]Token{"t": tok},
-		"[]AuthResponse": []AuthResponse{ar}, "[]*AuthResponse": []*AuthResponse{&ar}, "map[string]AuthResponse": map[string]AuthResponse{"a": ar},
-		"[]RefreshResponse": []RefreshResponse{rr}, "[]*RefreshResponse": []*RefreshResponse{&rr}, "map[string]*RefreshResponse": map[string]*RefreshResponse{"r": &rr},
+		"[]TokenInfo": []TokenInfo{info}, "map[string]TokenInfo": map[string]TokenInfo{"i": info},
 	}
 	for name, v := range values {
 		t.Run(name, func(t *testing.T) {
@@ -466,8 +465,8 @@ func TestNewPairDeadlines(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &Client{cfg: config{margin: tt.margin}}
-			p := c.newPair(tt.access, "r", "", tt.expiresIn, tt.sent, base)
+			c := &Client{cfg: config{margin: tt.margin}, baseTime: base.Add(-tt.sent)}
+			p := c.newPair(tt.access, "r", "", tt.expiresIn, base)
 			if p.staleAt != tt.wantStale || p.invalidAt != tt.wantInvalid {
 				t.Errorf("staleAt, invalidAt = %v, %v; want %v, %v", p.staleAt, p.invalidAt, tt.wantStale, tt.wantInvalid)
 			}
@@ -1350,7 +1349,7 @@ func TestStoreChild(t *testing.T) {
 		fmt.Println("child: locked")
 		time.Sleep(time.Hour) // until killed
 	}
-	opts := []Option{WithBaseURL(url), WithRetryBackoff(time.Millisecond, 10*time.Millisecond), WithRefreshMargin(500 * time.Millisecond)}
+	opts := []ClientOption{WithBaseURL(url), WithRetryBackoff(time.Millisecond, 10*time.Millisecond), WithRefreshMargin(500 * time.Millisecond)}
 	if mode == "store" {
 		opts = append(opts, WithTokenStore(store))
 	}
@@ -1539,8 +1538,8 @@ func TestRefusedRefreshDroppedFromEveryGeneration(t *testing.T) {
 	p := holdToken(c, "a.b.c", "refused-refresh", 3600, 0)
 	c.reject(p)
 	c.dropRefresh("refused-refresh")
-	if got := c.pair.Load(); got.refresh != "" || got.refused != "a.b.c" {
-		t.Errorf("after dropRefresh: refresh %q, refused %q; want no refresh token, the refusal kept", got.refresh, got.refused)
+	if got := c.pair.Load(); got.refresh != "" || got.access != "" || !c.wasRefused("a.b.c") {
+		t.Errorf("after dropRefresh: refresh %q, refused %v; want no refresh token, the refusal kept", got.refresh, c.wasRefused("a.b.c"))
 	}
 	holdToken(c, "d.e.f", "other-refresh", 3600, 0)
 	c.dropRefresh("refused-refresh")

@@ -71,7 +71,7 @@ func tour(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "1. authenticated: company %s (%s), token valid for %v\n", auth.CompanyName, auth.CompanyID, time.Duration(auth.ExpiresIn)*time.Second)
+	fmt.Fprintf(w, "1. authenticated: company %s (%s), token valid for %v\n", auth.CompanyName, auth.CompanyID, time.Until(auth.ExpiresAt).Round(time.Minute))
 
 	req := apala.MessageRequest{
 		CustomerID: customer,
@@ -99,7 +99,7 @@ func tour(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "4. refreshed by hand: a new access token, valid for %v\n", time.Duration(ref.ExpiresIn)*time.Second)
+	fmt.Fprintf(w, "4. refreshed by hand: a new access token, valid for %v\n", time.Until(ref.ExpiresAt).Round(time.Minute))
 
 	srv.RevokeTokens()
 	if _, err := c.SubmitFeedback(ctx, apala.Feedback{MessageID: opt.MessageID, Score: apala.ScoreGood}); err != nil {
@@ -195,15 +195,15 @@ func ExampleClient_Authenticate() {
 	}
 	fmt.Println("company:", auth.CompanyName)
 	fmt.Println("company id:", auth.CompanyID)
-	fmt.Println("token lifetime:", time.Duration(auth.ExpiresIn)*time.Second)
+	fmt.Println("token lifetime:", time.Until(auth.ExpiresAt).Round(time.Minute))
 	fmt.Println("token type:", auth.TokenType)
-	fmt.Println("printed:", auth) // never shows the tokens
+	fmt.Println("printed with its value:", strings.Contains(fmt.Sprint(auth), auth.AccessToken)) // never
 	// Output:
 	// company: Acme Lending
 	// company id: 550e8400-e29b-41d4-a716-446655440000
 	// token lifetime: 1h0m0s
 	// token type: Bearer
-	// printed: apala.AuthResponse{access_token:[REDACTED] refresh_token:[REDACTED] token_type:Bearer expires_in:3600 company_id:550e8400-e29b-41d4-a716-446655440000 company_name:Acme Lending}
+	// printed with its value: false
 }
 
 // Configuration from the environment: APALA_API_KEY, APALA_BASE_URL and
@@ -266,7 +266,7 @@ func ExampleClient_RefreshAccessToken() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("new lifetime:", time.Duration(ref.ExpiresIn)*time.Second)
+	fmt.Println("new lifetime:", time.Until(ref.ExpiresAt).Round(time.Minute))
 	fmt.Println("token replaced:", c.Token().AccessToken != before)
 	// Output:
 	// before authenticating: true
@@ -487,6 +487,11 @@ func ExampleWithHooks() {
 	if _, err := c.RefreshAccessToken(ctx); err != nil {
 		log.Fatal(err)
 	}
+	// A token request is reported once it ended, without holding up its
+	// callers; Close waits for those reports.
+	c.Close()
+	mu.Lock()
+	defer mu.Unlock()
 	var keys []string
 	for k := range counts {
 		keys = append(keys, k)
@@ -571,7 +576,7 @@ func ExampleWithTokenStore() {
 	// Output:
 	// token requests: 1
 	// same token: true
-	// stored: apala.StoredToken{access_token:[REDACTED] refresh_token:[REDACTED] token_type:Bearer expires_at:... company_id:550e8400-e29b-41d4-a716-446655440000 company_name:Acme Lending key_id:...}
+	// stored: apala.StoredToken{access_token:[REDACTED] refresh_token:[REDACTED] token_type:Bearer issued_at:... expires_at:... company_id:550e8400-e29b-41d4-a716-446655440000 company_name:Acme Lending key_id:...}
 }
 
 // memoryStore is an apala.TokenStore in memory. A store shared by hosts has
@@ -594,8 +599,8 @@ func (s *memoryStore) Save(ctx context.Context, t *apala.StoredToken) error {
 	defer s.mu.Unlock()
 	s.token = t
 	shown := *t
-	shown.ExpiresAt, shown.KeyID = time.Time{}, ""
-	s.saved = strings.NewReplacer("expires_at:0001-01-01 00:00:00 +0000 UTC", "expires_at:...", "key_id:}", "key_id:...}").Replace(shown.String())
+	shown.IssuedAt, shown.ExpiresAt, shown.KeyID = time.Time{}, time.Time{}, ""
+	s.saved = strings.NewReplacer("0001-01-01 00:00:00 +0000 UTC", "...", "key_id:}", "key_id:...}").Replace(fmt.Sprint(shown))
 	return nil
 }
 
@@ -788,7 +793,7 @@ func ExampleClient_OptimizeMessage() {
 	}
 	defer c.Close()
 
-	repeat := 1
+	repeat := true
 	opt, err := c.OptimizeMessage(context.Background(), apala.MessageRequest{
 		CustomerID: customer,
 		Messages:   []apala.Message{{Content: "Can I borrow more this month?", Channel: apala.ChannelSMS, ReplyOrNot: true}},

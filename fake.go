@@ -196,8 +196,8 @@ func (s *FakeServer) clock() time.Time {
 // as its base URL (the host is ignored in memory) and retries after 1ms to
 // 10ms instead of 500ms to 8s, so that tests stay fast. opts come after
 // these and win; WithHTTPClient replaces the in-memory transport.
-func (s *FakeServer) NewClient(opts ...Option) (*Client, error) {
-	all := make([]Option, 0, 4+len(opts))
+func (s *FakeServer) NewClient(opts ...ClientOption) (*Client, error) {
+	all := make([]ClientOption, 0, 4+len(opts))
 	all = append(all,
 		WithBaseURL(DefaultBaseURL),
 		WithHTTPClient(&http.Client{Transport: &fakeTransport{s: s}}),

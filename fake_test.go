@@ -326,13 +326,14 @@ func TestFakeServerAuth(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Authenticate() error = %v", err)
 	}
-	if ar.CompanyID != FakeCompanyGUID || ar.CompanyName != "Acme Lending" || ar.ExpiresIn != 3600 || ar.TokenType != "Bearer" {
+	refresh := c.pair.Load().refresh
+	if ar.CompanyID != FakeCompanyGUID || ar.CompanyName != "Acme Lending" || lifetime(c.pair.Load()) != time.Hour || ar.TokenType != "Bearer" {
 		t.Errorf("Authenticate() = %v; want company %s, Acme Lending, 3600s, Bearer", ar, FakeCompanyGUID)
 	}
 	if got, want := string(s.lastBody("/api/auth/token")), `{"api_key":"`+FakeAPIKey+`"}`; got != want {
 		t.Errorf("token request body differs from {\"api_key\": FakeAPIKey} (body withheld)")
 	}
-	for _, tok := range []struct{ name, value, typ string }{{"access", ar.AccessToken, "access"}, {"refresh", ar.RefreshToken, "refresh"}} {
+	for _, tok := range []struct{ name, value, typ string }{{"access", ar.AccessToken, "access"}, {"refresh", refresh, "refresh"}} {
 		parts := strings.Split(tok.value, ".")
 		if len(parts) != 3 {
 			t.Fatalf("%s token has %d dot-separated parts; want 3 (a JWT)", tok.name, len(parts))
@@ -371,13 +372,13 @@ func TestFakeServerAuth(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RefreshAccessToken() error = %v", err)
 	}
-	if rr.AccessToken == ar.AccessToken || rr.ExpiresIn != 3600 || rr.TokenType != "Bearer" {
-		t.Errorf("RefreshAccessToken() gave the same token, or ExpiresIn %d, TokenType %q; want a new one, 3600, Bearer", rr.ExpiresIn, rr.TokenType)
+	if rr.AccessToken == ar.AccessToken || lifetime(c.pair.Load()) != time.Hour || rr.TokenType != "Bearer" {
+		t.Errorf("RefreshAccessToken() gave the same token, or lifetime %v, TokenType %q; want a new one, 1h, Bearer", lifetime(c.pair.Load()), rr.TokenType)
 	}
 	if h := s.lastHeader("/api/auth/refresh"); h.Get("Authorization") != "" || h.Get("Content-Type") != "application/json" {
 		t.Errorf("refresh request: Authorization set %v, Content-Type %q; want none, application/json", h.Get("Authorization") != "", h.Get("Content-Type"))
 	}
-	refreshBody := `{"refresh_token":"` + ar.RefreshToken + `"}`
+	refreshBody := `{"refresh_token":"` + refresh + `"}`
 	if string(s.lastBody("/api/auth/refresh")) != refreshBody {
 		t.Errorf("refresh request body is not {\"refresh_token\": <the one issued>} (body withheld)")
 	}
@@ -392,8 +393,8 @@ func TestFakeServerAuth(t *testing.T) {
 
 	// Knobs: the raw expires_in, none at all, rotation.
 	s.setKnobs(func() { s.expiresIn = -5 })
-	if ar, err := c.Authenticate(ctx); err != nil || ar.ExpiresIn != -5 {
-		t.Errorf("Authenticate() with expiresIn -5: ExpiresIn = %v (err %v); want -5", ar.ExpiresIn, err)
+	if n, _ := wireExpiresIn(t, s); n != -5 {
+		t.Errorf("expires_in with expiresIn -5 = %d; want -5", n)
 	}
 	s.setKnobs(func() { s.noExpiry, s.rotate = true, true })
 	for _, path := range []string{"/api/auth/token", "/api/auth/refresh"} {
@@ -440,8 +441,8 @@ func TestFakeServerSetTokenLifetime(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Authenticate() error = %v", err)
 			}
-			if ar.ExpiresIn != tt.wantExpiresIn {
-				t.Errorf("ExpiresIn = %d; want %d", ar.ExpiresIn, tt.wantExpiresIn)
+			if n, _ := wireExpiresIn(t, s); n != tt.wantExpiresIn {
+				t.Errorf("expires_in = %d; want %d", n, tt.wantExpiresIn)
 			}
 			// The token is accepted until its lifetime ends, by the
 			// server's clock, and refused from then on.
@@ -983,9 +984,8 @@ func TestFakeServerZeroValue(t *testing.T) {
 		t.Errorf("zero FakeServer: Requests %d, %d feedback entries; want 0, 0", s.Requests("/api/feedback"), len(s.Feedback()))
 	}
 	c := fakeTestClient(t, &s)
-	ar, err := c.Authenticate(context.Background())
-	if err != nil || ar.ExpiresIn != 3600 {
-		t.Fatalf("Authenticate() = ExpiresIn %v, error %v; want 3600, nil", ar.ExpiresIn, err)
+	if _, err := c.Authenticate(context.Background()); err != nil || lifetime(c.pair.Load()) != time.Hour {
+		t.Fatalf("Authenticate() = lifetime %v, error %v; want 1h, nil", lifetime(c.pair.Load()), err)
 	}
 	if res, err := c.OptimizeMessage(context.Background(), fakeTestRequest()); err != nil || res.MessageID != "msg-0001" {
 		t.Errorf("OptimizeMessage() = %v, %v; want msg-0001", res, err)
