@@ -246,7 +246,8 @@ func useFakeClock(t *testing.T) *fakeClock {
 	return clk
 }
 
-// waitIdle waits until no token flight is in progress. It polls; the bound
+// waitIdle waits until no token flight is in progress and the goroutine of
+// the last one has ended. It polls; the bound
 // is a safety net against a hung test, not a timing assertion.
 func waitIdle(t *testing.T, c *Client) {
 	t.Helper()
@@ -256,6 +257,15 @@ func waitIdle(t *testing.T, c *Client) {
 			t.Fatal("token flight still in progress after 30s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+	// The flight's goroutine goes on after it cleared c.flight: it logs
+	// and reports to the hooks. Idle is when it has ended.
+	done := make(chan struct{})
+	go func() { c.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("token flight's goroutine still running after 30s")
 	}
 }
 
@@ -1436,7 +1446,8 @@ func TestDoPathStaysUnderBase(t *testing.T) {
 	ctx := context.Background()
 	s, c := setup(t)
 	for _, p := range []string{"/api/../admin", "/api/./x", "/..", "/api/%2e%2e/admin", "/api/%2E%2e", "/api/.%2e/x", "/api/%2e", "/api/%2e%2e%2fadmin", "/api/x/..?q=1", "/api/%zz",
-		"/api/%252e%252e/x", "/api/..;/x", "/api/..%3b/x", "/api/%2e%2e%3b/x", "/api/%c0%ae%c0%ae/x", "/api/..%5cx", "/api/x%00"} {
+		"/api/%252e%252e/x", "/api/..;/x", "/api/..%3b/x", "/api/%2e%2e%3b/x", "/api/%c0%ae%c0%ae/x", "/api/..%5cx", "/api/x%00",
+		"/..%3f", "/%2e%2e%3fx", "/..%23", "/api/..%253f/x", "/api/%2e%2e%23/x"} {
 		err := c.Do(ctx, "GET", p, nil, nil)
 		var ve *ValidationError
 		if !errors.As(err, &ve) || ve.Field != "path" {
@@ -3997,5 +4008,255 @@ func BenchmarkAuthenticate(b *testing.B) {
 		if _, err := c.Authenticate(ctx); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// ---- the retry budget ----
+
+// statusTransport answers every attempt with the status next gives it
+// (under its lock), and counts the attempts.
+type statusTransport struct {
+	mu       sync.Mutex
+	next     func() int
+	attempts int
+}
+
+func (t *statusTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		_, _ = io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+	}
+	t.mu.Lock()
+	t.attempts++
+	status := t.next()
+	t.mu.Unlock()
+	body := `{"error":"down"}`
+	if status == 200 && strings.HasPrefix(r.URL.Path, "/api/auth/") {
+		body = `{"access_token":"n.e.w","expires_in":3600}`
+	}
+	return &http.Response{StatusCode: status, Header: http.Header{"Content-Type": {"application/json"}},
+		Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
+}
+
+func (t *statusTransport) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.attempts
+}
+
+// budgetClient returns a client over t with the default retries, a short
+// backoff, and a token held, so that only the calls' attempts are counted.
+func budgetClient(tb testing.TB, t *statusTransport, opts ...ClientOption) *Client {
+	c := newTestClient(tb, append([]ClientOption{WithHTTPClient(&http.Client{Transport: t}),
+		WithRetryBackoff(time.Nanosecond, time.Nanosecond)}, opts...)...)
+	holdToken(c, "a.b.c", "r", 3600, 0)
+	return c
+}
+
+// callMany makes n calls from g goroutines and returns how many succeeded.
+func callMany(c *Client, n, g int) int {
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	per := n / g
+	for i := 0; i < g; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < per; j++ {
+				if c.Do(context.Background(), "POST", "/api/feedback", nil, nil) == nil {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return int(ok.Load())
+}
+
+// TestRetryBudget counts attempts: an outage costs at most 100 retries
+// (1,000 calls, every attempt 503: at most 1,100 attempts, where retries
+// without a budget made 3,000); a random 10% of failed attempts is retried
+// enough for 99.5% of calls to succeed; after an outage a failure is
+// retried again within 100 successful calls. The same with 64 goroutines.
+func TestRetryBudget(t *testing.T) {
+	for _, g := range []int{1, 64} {
+		t.Run(fmt.Sprintf("outage/%d goroutines", g), func(t *testing.T) {
+			tr := &statusTransport{next: func() int { return 503 }}
+			c := budgetClient(t, tr)
+			if ok := callMany(c, 1024, g); ok != 0 {
+				t.Fatalf("%d calls succeeded; want 0", ok)
+			}
+			if n := tr.count(); n > 1124 {
+				t.Errorf("outage: %d attempts for 1,024 calls; want at most 1,124 (100 retries)", n)
+			}
+		})
+		t.Run(fmt.Sprintf("noise/%d goroutines", g), func(t *testing.T) {
+			rnd := mrand.New(mrand.NewSource(17))
+			tr := &statusTransport{next: func() int {
+				if rnd.Intn(10) == 0 {
+					return 503
+				}
+				return 200
+			}}
+			c := budgetClient(t, tr)
+			if ok := callMany(c, 9984, g); ok < 9984*995/1000 {
+				t.Errorf("noise: %d of 9,984 calls succeeded; want at least 99.5%%", ok)
+			}
+		})
+		t.Run(fmt.Sprintf("recovery/%d goroutines", g), func(t *testing.T) {
+			var down atomic.Bool
+			down.Store(true)
+			tr := &statusTransport{next: func() int {
+				if down.Load() {
+					return 503
+				}
+				return 200
+			}}
+			c := budgetClient(t, tr)
+			callMany(c, 1024, g) // spends the budget
+			down.Store(false)
+			for i := 1; ; i++ {
+				callMany(c, g, g) // g successes
+				down.Store(true)
+				before := tr.count()
+				err := c.Do(context.Background(), "POST", "/api/feedback", nil, nil)
+				down.Store(false)
+				if !errors.Is(err, ErrServer) {
+					t.Fatalf("error = %v; want ErrServer", err)
+				}
+				if tr.count()-before > 1 {
+					break // retried
+				}
+				if i*g > 100 {
+					t.Fatalf("no retry after %d successful calls; want one within 100", i*g)
+				}
+			}
+		})
+	}
+}
+
+// TestRetryBudgetSpent: a failure returned because the budget is spent
+// still matches what it matched, says so, reports RetryIn 0 to the hook and
+// logs at Warn why no retry followed; the 401 replay is not limited, and
+// WithMaxRetries(0) still turns retries off without spending anything.
+func TestRetryBudgetSpent(t *testing.T) {
+	tr := &statusTransport{next: func() int { return 503 }}
+	var logs logBuffer
+	var mu sync.Mutex
+	var last AttemptInfo
+	c := budgetClient(t, tr, WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))),
+		WithHooks(Hooks{Attempt: func(_ context.Context, a AttemptInfo) { mu.Lock(); last = a; mu.Unlock() }}))
+	callMany(c, 100, 1) // spends the budget: 50 calls of 3 attempts
+	before := tr.count()
+	err := c.Do(context.Background(), "POST", "/api/feedback?k=v", nil, nil)
+	var ae *APIError
+	if !errors.Is(err, ErrServer) || !errors.As(err, &ae) || !strings.Contains(err.Error(), "retry budget is spent") {
+		t.Errorf("error = %v; want an ErrServer *APIError saying the retry budget is spent", err)
+	}
+	if n := tr.count() - before; n != 1 {
+		t.Errorf("attempts with the budget spent = %d; want 1", n)
+	}
+	mu.Lock()
+	if last.RetryIn != 0 || last.StatusCode != 503 || last.Path != "/api/feedback" {
+		t.Errorf("Attempt report = %+v; want 503 on /api/feedback, RetryIn 0", last)
+	}
+	mu.Unlock()
+	found := false
+	for _, r := range logs.records(t) {
+		found = found || (r["msg"] == "apala: not retrying" && r["why"] == "the retry budget is spent")
+	}
+	if !found {
+		t.Errorf("no Warn record says the retry budget is spent:\n%s", logs.String())
+	}
+	// The 401 replay is not a retry: it happens with the budget spent.
+	n401 := 0
+	tr.mu.Lock()
+	tr.next = func() int {
+		if n401++; n401 == 1 {
+			return 401
+		}
+		return 200
+	}
+	tr.mu.Unlock()
+	before = tr.count()
+	if err := c.Do(context.Background(), "POST", "/api/feedback", nil, nil); err != nil || tr.count()-before != 3 {
+		t.Errorf("401 with the budget spent: error %v, attempts %d; want nil, 3 (the call, a token, the replay)", err, tr.count()-before)
+	}
+	// Retries off: one attempt, nothing spent.
+	c2 := budgetClient(t, tr, WithMaxRetries(0))
+	tr.mu.Lock()
+	tr.next = func() int { return 503 }
+	tr.mu.Unlock()
+	callMany(c2, 10, 1)
+	if got := c2.budget.spent.Load(); got != 0 {
+		t.Errorf("budget spent with WithMaxRetries(0) = %d; want 0", got)
+	}
+}
+
+// TestHTTPClientSendsClientHeaders: a client's WithHeader goes on
+// HTTPClient's requests to the base origin, unless the request sets that
+// header itself, and never to another origin.
+func TestHTTPClientSendsClientHeaders(t *testing.T) {
+	got := make(chan http.Header, 3)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == pathToken {
+			writeJSON(w, 200, map[string]any{"access_token": "a.b.c", "expires_in": 3600})
+			return
+		}
+		got <- r.Header.Clone()
+	}))
+	defer srv.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Clone() }))
+	defer other.Close()
+	c := newTestClient(t, WithBaseURL(srv.URL), WithHeader("X-Gateway-Key", "gw"))
+	hc := c.HTTPClient()
+	for _, tt := range []struct {
+		url, own, want string
+	}{{srv.URL + "/x", "", "gw"}, {srv.URL + "/x", "mine", "mine"}, {other.URL + "/x", "", ""}} {
+		req, _ := http.NewRequest("GET", tt.url, nil)
+		if tt.own != "" {
+			req.Header.Set("X-Gateway-Key", tt.own)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if h := <-got; h.Get("X-Gateway-Key") != tt.want {
+			t.Errorf("%s with %q: X-Gateway-Key = %q; want %q", tt.url, tt.own, h.Get("X-Gateway-Key"), tt.want)
+		}
+	}
+}
+
+// TestPathWithoutQuery: the query of Do's path reaches the server, and
+// never an error, a log record or a hook: metrics labels stay few, and a
+// secret put in a query stays out of logs.
+func TestPathWithoutQuery(t *testing.T) {
+	var logs logBuffer
+	var paths []string
+	var mu sync.Mutex
+	s, c := setup(t, WithMaxRetries(0), WithLogger(newJSONLogger(&logs)),
+		WithHooks(Hooks{Attempt: func(_ context.Context, a AttemptInfo) { mu.Lock(); paths = append(paths, a.Path); mu.Unlock() }}))
+	s.Fail(pathFeedback, 503, "down")
+	err := c.Do(context.Background(), "POST", pathFeedback+"?token=q-SECRET-1", map[string]any{}, nil)
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Path != pathFeedback {
+		t.Fatalf("error = %v; want an *APIError with Path %s", err, pathFeedback)
+	}
+	waitIdle(t, c)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, p := range paths {
+		if strings.Contains(p, "?") {
+			t.Errorf("hook path %q carries the query", p)
+		}
+	}
+	for what, text := range map[string]string{"error": err.Error(), "log": logs.String()} {
+		if strings.Contains(text, "q-SECRET") {
+			t.Errorf("%s carries the query: %s", what, text)
+		}
+	}
+	if got := s.lastHeader(pathFeedback); got == nil {
+		t.Errorf("the request did not reach the server")
 	}
 }

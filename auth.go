@@ -1159,6 +1159,9 @@ func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 	me := strconv.Itoa(os.Getpid()) + " " + id
 	wait := 2 * time.Millisecond
 	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("apala: token store lock: %w", err)
+		}
 		f, err := os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 		if err == nil {
 			_, err = f.WriteString(me)

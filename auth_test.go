@@ -10,12 +10,14 @@ package apala
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -1629,5 +1631,365 @@ func TestStoreHangsBounded(t *testing.T) {
 	defer cancel()
 	if _, err := c.AccessToken(guard); err != nil || s.Requests(pathToken) != 1 {
 		t.Errorf("AccessToken() with a hanging store: %v after %d exchanges; want success after 1", err, s.Requests(pathToken))
+	}
+}
+
+// ---- the edges of the second round ----
+
+// deafStore ignores its context: Load and Lock block until release is
+// closed, as a store on a hung network mount would.
+type deafStore struct{ release chan struct{} }
+
+func (d deafStore) Load(context.Context) (*StoredToken, error) { <-d.release; return nil, nil }
+func (d deafStore) Save(context.Context, *StoredToken) error   { return nil }
+func (d deafStore) Lock(context.Context) (func(), error) {
+	<-d.release
+	return func() {}, nil
+}
+
+// TestStoreIgnoringContextBounded: a store that ignores its context costs
+// a call at most the bound: the flight goes on without it, and Close does
+// not wait for it.
+func TestStoreIgnoringContextBounded(t *testing.T) {
+	saved := storeTimeout
+	storeTimeout = 20 * time.Millisecond
+	defer func() { storeTimeout = saved }()
+	store := deafStore{release: make(chan struct{})}
+	defer close(store.release)
+	var logs logBuffer
+	s, c := setup(t, WithTokenStore(store), WithLogger(newJSONLogger(&logs)))
+	guard, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a safety net, not a measure
+	defer cancel()
+	if _, err := c.AccessToken(guard); err != nil || s.Requests(pathToken) != 1 {
+		t.Fatalf("AccessToken() with a deaf store: %v after %d exchanges; want success after 1", err, s.Requests(pathToken))
+	}
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-guard.Done():
+		t.Fatal("Close waits for a store that ignores its context")
+	}
+	if !strings.Contains(logs.String(), "token store failed") {
+		t.Errorf("no Warn record about the store")
+	}
+}
+
+// TestStoredTokenFreshness: a stored token is adopted only when its time
+// left exceeds the margin the client would apply to it (capped at half its
+// lifetime, from IssuedAt; uncapped without); an expired one, one inside
+// the margin, one without ExpiresAt or one not newer than the client's own
+// is not, and the client asks the server instead.
+func TestStoredTokenFreshness(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	now := clk.Now()
+	tests := []struct {
+		name           string
+		issued, expiry time.Time
+		adopt          bool
+	}{
+		{"expired an hour ago", now.Add(-2 * time.Hour), now.Add(-time.Hour), false},
+		{"20ms left, no IssuedAt", time.Time{}, now.Add(20 * time.Millisecond), false},
+		{"30s left of 1h: inside the margin", now.Add(-time.Hour + 30*time.Second), now.Add(30 * time.Second), false},
+		{"59s left of 1h", now.Add(-time.Hour + 59*time.Second), now.Add(59 * time.Second), false},
+		{"61s left of 1h", now.Add(-time.Hour + 61*time.Second), now.Add(61 * time.Second), true},
+		{"40s left of 60s: margin capped at 30s", now.Add(-20 * time.Second), now.Add(40 * time.Second), true},
+		{"no ExpiresAt", now, time.Time{}, false},
+		{"fresh", now, now.Add(time.Hour), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &memStore{}
+			s, c := setup(t, WithTokenStore(store))
+			store.tok = &StoredToken{AccessToken: "stored.access.token", RefreshToken: "stored-refresh", TokenType: "Bearer",
+				IssuedAt: tt.issued, ExpiresAt: tt.expiry, KeyID: c.keyID(FakeAPIKey)}
+			tok, err := c.AccessToken(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if adopted := tok == "stored.access.token"; adopted != tt.adopt || (s.Requests(pathToken) == 0) != tt.adopt {
+				t.Errorf("adopted = %v after %d exchanges; want %v", adopted, s.Requests(pathToken), tt.adopt)
+			}
+			if !c.Token().Valid() {
+				t.Errorf("Token().Valid() = false after AccessToken")
+			}
+		})
+	}
+	// Not newer than the client's own: not adopted.
+	store := &memStore{}
+	s, c := setup(t, WithTokenStore(store))
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	own := c.Token()
+	store.tok = &StoredToken{AccessToken: "older.access.token", IssuedAt: now.Add(-time.Minute), ExpiresAt: own.ExpiresAt.Add(-time.Minute), KeyID: c.keyID(FakeAPIKey)}
+	clk.Advance(time.Hour - 30*time.Second) // stale: a refresh runs
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, c)
+	if c.Token().AccessToken == "older.access.token" || s.Requests(pathRefresh) != 1 {
+		t.Errorf("an older stored token was adopted, or no refresh (%d)", s.Requests(pathRefresh))
+	}
+}
+
+// TestRefusedStoredTokenNotAdoptedAgain: a stored token the server refused
+// is never adopted again by that client, even when the store cannot be
+// overwritten: four token lifetimes, one call sent with the refused token.
+func TestRefusedStoredTokenNotAdoptedAgain(t *testing.T) {
+	ctx := context.Background()
+	s := startServer(t)
+	donor := newTestClient(t, WithBaseURL(s.URL))
+	if _, err := donor.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stored := donor.pair.Load()
+	store := &memStore{tok: &StoredToken{AccessToken: stored.access, RefreshToken: stored.refresh, TokenType: "Bearer",
+		IssuedAt: stored.issuedAt.Round(0), ExpiresAt: stored.expiresAt.Round(0), KeyID: stored.keyID}}
+	var sentWithStored atomic.Int32
+	hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.Header.Get("Authorization") == "Bearer "+stored.access {
+			sentWithStored.Add(1)
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})}
+	c := newTestClient(t, WithBaseURL(s.URL), WithHTTPClient(hc), WithTokenStore(readOnly{store}))
+	for i := 0; i < 4; i++ {
+		s.RevokeTokens() // a lifetime ends: every token refused
+		if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if n := sentWithStored.Load(); n != 1 {
+		t.Errorf("calls sent with the refused stored token = %d; want 1", n)
+	}
+}
+
+// readOnly is a store that loads but cannot save, as on a full or
+// read-only disk.
+type readOnly struct{ TokenStore }
+
+func (readOnly) Save(context.Context, *StoredToken) error { return errors.New("read-only file system") }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestFileLockStaleKinds: a lock file that is a dangling symlink, or not a
+// regular file, is stale and taken over at once; one that cannot be removed
+// is an error at once, never a wait for the bound.
+func TestFileLockStaleKinds(t *testing.T) {
+	guard, cancel := context.WithTimeout(context.Background(), 10*time.Second) // the bound is 10s: a wait fails
+	defer cancel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "token.json")
+	if err := os.Symlink(filepath.Join(dir, "nowhere"), path+".lock"); err != nil {
+		t.Skip("no symlinks here:", err)
+	}
+	unlock, err := NewFileTokenStore(path).(TokenLocker).Lock(guard)
+	if err != nil {
+		t.Fatalf("Lock() over a dangling symlink: %v; want the lock taken over", err)
+	}
+	unlock()
+	if err := os.MkdirAll(filepath.Join(path+".lock", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewFileTokenStore(path).(TokenLocker).Lock(guard); err == nil || guard.Err() != nil {
+		t.Errorf("Lock() over a lock that cannot be removed: error %v, guard %v; want an error at once", err, guard.Err())
+	}
+}
+
+// TestTokenHooksHoldNobody: the reports about a token request come after
+// its result reached its callers and after the store's lock was released,
+// in order; a Token hook may call AccessToken and Authenticate without a
+// deadlock, and a hook that blocks holds up no caller.
+func TestTokenHooksHoldNobody(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "token.json")
+	var mu sync.Mutex
+	var order []string
+	release := make(chan struct{})
+	entered := make(chan struct{}, 4)
+	var c *Client
+	hooks := Hooks{
+		Attempt: func(_ context.Context, a AttemptInfo) {
+			mu.Lock()
+			order = append(order, "attempt "+a.Path)
+			mu.Unlock()
+		},
+		Token: func(ctx context.Context, ti TokenInfo) {
+			mu.Lock()
+			order = append(order, "token")
+			mu.Unlock()
+			if _, err := os.Lstat(path + ".lock"); err == nil {
+				t.Errorf("the Token hook runs with the store's lock held")
+			}
+			bound, cancel := context.WithTimeout(ctx, 10*time.Second) // a deadlock fails, not hangs
+			defer cancel()
+			if _, err := c.AccessToken(bound); err != nil {
+				t.Errorf("AccessToken() in the Token hook: %v", err)
+			}
+			entered <- struct{}{}
+			<-release
+		},
+	}
+	_, c = setup(t, WithHooks(hooks), WithTokenStore(NewFileTokenStore(path)))
+	defer close(release)
+	guard, cancel := context.WithTimeout(ctx, 30*time.Second) // a hook that holds the caller fails, not hangs
+	defer cancel()
+	if _, err := c.AccessToken(guard); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the Token hook never ran")
+	}
+	// The hook blocks; callers do not wait for it.
+	if _, err := c.SubmitFeedback(guard, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := strings.Join(order, ", ")
+	mu.Unlock()
+	if want := "attempt /api/auth/token, token, attempt /api/feedback"; got != want {
+		t.Errorf("reports = %s; want %s", got, want)
+	}
+}
+
+// TestDoneContextSendsNothing: a call whose context is already done
+// returns its error with no request, token requests included; AccessToken
+// with a usable token held still returns it.
+func TestDoneContextSendsNothing(t *testing.T) {
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	var trips atomic.Int32 // what the transport was asked to send, whatever the context
+	hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		trips.Add(1)
+		return http.DefaultTransport.RoundTrip(r)
+	})}
+	s, c := setup(t, WithHTTPClient(hc))
+	calls := map[string]func() error{
+		"AccessToken":        func() error { _, err := c.AccessToken(done); return err },
+		"Authenticate":       func() error { _, err := c.Authenticate(done); return err },
+		"RefreshAccessToken": func() error { _, err := c.RefreshAccessToken(done); return err },
+		"Do":                 func() error { return c.Do(done, "POST", "/api/feedback", nil, nil) },
+		"SubmitFeedback":     func() error { _, err := c.SubmitFeedback(done, Feedback{MessageID: "m", Score: ScoreGood}); return err },
+		"OptimizeMessage":    func() error { _, err := c.OptimizeMessage(done, conversation()); return err },
+	}
+	for name, call := range calls {
+		if err := call(); !errors.Is(err, context.Canceled) && !(name == "RefreshAccessToken" && errors.Is(err, ErrNotAuthenticated)) {
+			t.Errorf("%s(done context) error = %v; want context.Canceled", name, err)
+		}
+	}
+	waitIdle(t, c) // a token request started in the background would show now
+	if n := s.totalRequests(); n != 0 || trips.Load() != 0 {
+		t.Errorf("%d requests (%d round trips) sent with a done context; want 0", n, trips.Load())
+	}
+	if _, err := c.AccessToken(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := c.AccessToken(done); err != nil || tok == "" {
+		t.Errorf("AccessToken(done) with a token held = %v; want it", err)
+	}
+	trips.Store(0)
+	if err := c.Do(done, "POST", "/api/feedback", nil, nil); !errors.Is(err, context.Canceled) || trips.Load() != 0 {
+		t.Errorf("Do(done) with a token held: %v after %d round trips; want context.Canceled, none", err, trips.Load())
+	}
+	if _, err := c.RefreshAccessToken(done); !errors.Is(err, context.Canceled) || s.Requests(pathRefresh) != 0 {
+		t.Errorf("RefreshAccessToken(done) = %v after %d refreshes; want context.Canceled, none", err, s.Requests(pathRefresh))
+	}
+}
+
+// TestKeyFuncErrorKeepsIdentity: an error of WithAPIKeyFunc's function
+// that quotes a key is scrubbed and still matches what it wrapped.
+func TestKeyFuncErrorKeepsIdentity(t *testing.T) {
+	errVault := errors.New("vault sealed")
+	var calls atomic.Int32
+	fn := func(context.Context) (string, error) {
+		if calls.Add(1) == 1 {
+			return FakeAPIKey, nil
+		}
+		return "", fmt.Errorf("%w while rotating %s", errVault, FakeAPIKey)
+	}
+	_, c := setup(t, WithAPIKeyFunc(fn))
+	if _, err := c.Authenticate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Authenticate(context.Background())
+	if !errors.Is(err, errVault) {
+		t.Errorf("errors.Is(%v, errVault) = false", err)
+	}
+	noSecret(t, "key function error", err.Error())
+}
+
+// TestPermanentFailuresNotRetried: an https URL answered in plain HTTP and a
+// TLS version mismatch take one attempt, whatever WithMaxRetries says.
+func TestPermanentFailuresNotRetried(t *testing.T) {
+	plain := httptest.NewUnstartedServer(http.NotFoundHandler())
+	plainConns := countConnections(plain)
+	plain.Start()
+	defer plain.Close()
+	modern := httptest.NewUnstartedServer(http.NotFoundHandler())
+	modernConns := countConnections(modern)
+	modern.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+	modern.StartTLS()
+	defer modern.Close()
+	old := modern.Client().Transport.(*http.Transport).Clone()
+	old.TLSClientConfig.MaxVersion = tls.VersionTLS12
+
+	for _, tt := range []struct {
+		name  string
+		url   string
+		hc    *http.Client
+		conns *atomic.Int32
+	}{
+		{"https answered in plain HTTP", strings.Replace(plain.URL, "http://", "https://", 1), nil, plainConns},
+		{"TLS version mismatch", modern.URL, &http.Client{Transport: old}, modernConns},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestClient(t, WithBaseURL(tt.url), WithHTTPClient(tt.hc), WithMaxRetries(3))
+			_, err := c.AccessToken(context.Background())
+			if !errors.Is(err, ErrConnection) {
+				t.Fatalf("error = %v; want ErrConnection", err)
+			}
+			if n := tt.conns.Load(); n != 1 {
+				t.Errorf("connections = %d; want 1 (no retry)", n)
+			}
+		})
+	}
+}
+
+// TestCloseEndsEveryWait: Close ends a call sleeping before a retry
+// (Retry-After: 30) and a call waiting on a flight, with ErrClosed.
+func TestCloseEndsEveryWait(t *testing.T) {
+	s, c := setup(t)
+	attempted := make(chan struct{}, 1)
+	c.cfg.hooks.Attempt = func(context.Context, AttemptInfo) {
+		select {
+		case attempted <- struct{}{}:
+		default:
+		}
+	}
+	if _, err := c.AccessToken(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-attempted
+	s.script(pathFeedback, 503, `{"error":"down"}`, map[string]string{"Retry-After": "30"})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.SubmitFeedback(context.Background(), Feedback{MessageID: "m", Score: ScoreGood})
+		errc <- err
+	}()
+	<-attempted // the 503 came: the call sleeps 30s before its retry
+	c.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("call error = %v; want ErrClosed", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not end the Retry-After sleep")
 	}
 }
