@@ -269,6 +269,19 @@ func waitIdle(t *testing.T, c *Client) {
 	}
 }
 
+// recv receives from ch, failing the test instead of hanging when nothing
+// comes within 30s: a bound against a hung test, not a timing assertion.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: nothing after 30s", what)
+		panic("unreachable")
+	}
+}
+
 // settle waits for the goroutine count to come back to at most n, and fails
 // with the stacks if it does not within 30s: a bound against a hung test,
 // not a timing assertion.
@@ -710,7 +723,7 @@ func startChildren(t *testing.T, n int, mode, url, path, run string) ([]*exec.Cm
 func expect(t *testing.T, lines chan string, n int, want string) {
 	t.Helper()
 	for i := 0; i < n; i++ {
-		if got := <-lines; got != want {
+		if got := recv(t, lines, "lines"); got != want {
 			t.Fatalf("a child said %q; want %q", got, want)
 		}
 	}
@@ -1239,25 +1252,33 @@ func TestHooks(t *testing.T) {
 func TestHookContextCancellation(t *testing.T) {
 	ctx := context.Background()
 	seen := make(chan any, 1)
-	s, c := setup(t, WithHooks(Hooks{Token: func(ctx context.Context, ti TokenInfo) { seen <- ctx.Value(ctxKey{}) }}))
+	s, c := setup(t, WithHooks(Hooks{Token: func(ctx context.Context, ti TokenInfo) {
+		select {
+		case seen <- ctx.Value(ctxKey{}):
+		default: // a second flight: the count below fails the test
+		}
+	}}))
 	release := s.hold(t, pathToken)
 	first, cancel := context.WithCancel(context.WithValue(ctx, ctxKey{}, "starter"))
 	firstErr := make(chan error, 1)
 	go func() { _, err := c.AccessToken(first); firstErr <- err }()
-	for s.Requests(pathToken) == 0 {
+	for i := 0; s.Requests(pathToken) == 0; i++ {
+		if i == 30000 {
+			t.Fatal("no token request after 30s")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	otherErr := make(chan error, 1)
 	go func() { _, err := c.AccessToken(ctx); otherErr <- err }()
 	cancel()
-	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+	if err := recv(t, firstErr, "the starter"); !errors.Is(err, context.Canceled) {
 		t.Errorf("the starter's error = %v; want context.Canceled", err)
 	}
 	release()
-	if err := <-otherErr; err != nil {
+	if err := recv(t, otherErr, "the other waiter"); err != nil {
 		t.Errorf("the other waiter's error = %v; want nil", err)
 	}
-	if v := <-seen; v != "starter" {
+	if v := recv(t, seen, "the Token hook"); v != "starter" {
 		t.Errorf("Token hook saw value %v; want the starter's", v)
 	}
 	if n := s.Requests(pathToken); n != 1 {
@@ -1393,7 +1414,7 @@ func TestClose(t *testing.T) {
 	if _, err := c.AccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}
-	<-started
+	recv(t, started, "the held refresh")
 	if err := c.Close(); err != nil {
 		t.Fatalf("Close() = %v", err)
 	}
@@ -4222,7 +4243,7 @@ func TestHTTPClientSendsClientHeaders(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if h := <-got; h.Get("X-Gateway-Key") != tt.want {
+		if h := recv(t, got, "got"); h.Get("X-Gateway-Key") != tt.want {
 			t.Errorf("%s with %q: X-Gateway-Key = %q; want %q", tt.url, tt.own, h.Get("X-Gateway-Key"), tt.want)
 		}
 	}

@@ -306,7 +306,7 @@ func TestAPIKeyFunc(t *testing.T) {
 	key = rotated
 	mu.Unlock()
 	rotate()
-	if err := <-done; err != nil || calls != 2 || s.Requests(pathToken) != 3 {
+	if err := recv(t, done, "done"); err != nil || calls != 2 || s.Requests(pathToken) != 3 {
 		t.Fatalf("Authenticate() after a rotation: %v after %d calls of fn and %d exchanges; want success after 2 and 3", err, calls, s.Requests(pathToken))
 	}
 	// An error from fn fails the token request, sending nothing.
@@ -798,11 +798,11 @@ func TestFlightDetachedFromCaller(t *testing.T) {
 		second <- err
 	}()
 	cancel()
-	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+	if err := recv(t, firstErr, "firstErr"); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled caller: error = %v; want context.Canceled", err)
 	}
 	release()
-	if err := <-second; err != nil {
+	if err := recv(t, second, "second"); err != nil {
 		t.Errorf("other caller: error = %v; want the shared token", err)
 	}
 	if s.Requests(pathToken) != 1 {
@@ -826,10 +826,10 @@ func TestWaiterSharesExplicitFlightError(t *testing.T) {
 	tokErr := make(chan error, 1)
 	go func() { _, err := c.AccessToken(ctx); tokErr <- err }()
 	release()
-	if err := <-authErr; !errors.Is(err, ErrUnauthorized) {
+	if err := recv(t, authErr, "authErr"); !errors.Is(err, ErrUnauthorized) {
 		t.Errorf("Authenticate() error = %v; want ErrUnauthorized", err)
 	}
-	if err := <-tokErr; !errors.Is(err, ErrUnauthorized) {
+	if err := recv(t, tokErr, "tokErr"); !errors.Is(err, ErrUnauthorized) {
 		t.Errorf("AccessToken() error = %v; want the flight's ErrUnauthorized", err)
 	}
 	if got := s.Requests(pathToken); got != 1 {
@@ -1107,7 +1107,7 @@ func TestCloseCancelsFlight(t *testing.T) {
 				close(release)
 			}
 			if !tc.stale {
-				if err := <-callerErr; !errors.Is(err, ErrClosed) {
+				if err := recv(t, callerErr, "callerErr"); !errors.Is(err, ErrClosed) {
 					t.Errorf("waiting caller: AccessToken() error = %v; want ErrClosed", err)
 				}
 			}
@@ -1307,7 +1307,7 @@ func TestFileTokenStore(t *testing.T) {
 	cancel()
 	note("first unlocks")
 	unlock()
-	<-done
+	recv(t, done, "done")
 	if fmt.Sprint(order) != "[first unlocks second locked]" {
 		t.Errorf("order = %v; want the second to lock after the first unlocked", order)
 	}
@@ -1975,14 +1975,14 @@ func TestCloseEndsEveryWait(t *testing.T) {
 	if _, err := c.AccessToken(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	<-attempted
+	recv(t, attempted, "attempted")
 	s.script(pathFeedback, 503, `{"error":"down"}`, map[string]string{"Retry-After": "30"})
 	errc := make(chan error, 1)
 	go func() {
 		_, err := c.SubmitFeedback(context.Background(), Feedback{MessageID: "m", Score: ScoreGood})
 		errc <- err
 	}()
-	<-attempted // the 503 came: the call sleeps 30s before its retry
+	recv(t, attempted, "attempted") // the 503 came: the call sleeps 30s before its retry
 	c.Close()
 	select {
 	case err := <-errc:
