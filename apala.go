@@ -745,19 +745,20 @@ func (c *Client) Close() error {
 // request is one logical call: its attempts, retries and replay share it.
 type request struct {
 	method  string
-	path    string   // as sent, with Do's query
-	name    string   // path without the query, for errors, logs and hooks
-	body    []byte   // marshalled once, replayed from bytes
-	auth    bool     // attach the access token, replay once on 401
-	idemKey string   // Idempotency-Key, the same for every attempt
-	secrets []string // the secrets the request carried, scrubbed from its answers even once the client holds others
-	cfg     *config  // the call's settings; nil: the client's
-	flight  *flight  // the token request it belongs to; nil for an API call
+	path    string    // as sent, with Do's query
+	name    string    // path without the query, for errors, logs and hooks
+	body    []byte    // marshalled once, replayed from bytes
+	auth    bool      // attach the access token, replay once on 401
+	idemKey string    // Idempotency-Key, the same for every attempt
+	secrets []string  // the secrets its body carries (a key, a refresh token)
+	sent    [2]string // the access tokens its attempts were sent with
+	cfg     *config   // the call's settings; nil: the client's
+	flight  *flight   // the token request it belongs to; nil for an API call
 }
 
-func newRequest(method, path string, auth bool) *request {
+func newRequest(method, path string, auth bool) request {
 	name, _, _ := strings.Cut(path, "?")
-	return &request{method: method, path: path, name: name, auth: auth}
+	return request{method: method, path: path, name: name, auth: auth}
 }
 
 // errorf returns an error about rq, prefixed "apala: METHOD PATH: "; with
@@ -767,6 +768,12 @@ func (rq *request) errorf(kind error, format string, args ...any) error {
 		return fmt.Errorf("apala: %s %s: "+format, append([]any{rq.method, rq.name}, args...)...)
 	}
 	return fmt.Errorf("%w: %s %s: "+format, append([]any{kind, rq.method, rq.name}, args...)...)
+}
+
+// carried lists the secrets rq carried, scrubbed from its answers even
+// once the client holds others.
+func (rq *request) carried() []string {
+	return append(rq.secrets[:len(rq.secrets):len(rq.secrets)], rq.sent[0], rq.sent[1])
 }
 
 // missing is the error for an answer without a required field.
@@ -806,7 +813,8 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts 
 	if !validPath(path) {
 		return &ValidationError{Field: "path", Reason: "want an absolute path under the base URL, such as /api/feedback, without dot segments"}
 	}
-	return c.call(ctx, newRequest(method, path, true), in, out, cfg)
+	rq := newRequest(method, path, true)
+	return c.call(ctx, &rq, in, out, cfg)
 }
 
 // call sends rq with in as its JSON body, marshalled once, and an
@@ -847,7 +855,9 @@ func validPath(p string) bool {
 				return false
 			}
 		}
-		for _, seg := range strings.Split(path, "/") {
+		for rest := path; rest != ""; {
+			var seg string
+			seg, rest, _ = strings.Cut(rest, "/")
 			if i := strings.IndexAny(seg, ";?#"); i >= 0 {
 				seg = seg[:i]
 			}
@@ -948,8 +958,10 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 				return time.Time{}, err
 			}
 			pair = p
-			if k := len(rq.secrets); k == 0 || rq.secrets[k-1] != p.access {
-				rq.secrets = append(rq.secrets, p.access)
+			if rq.sent[0] == "" {
+				rq.sent[0] = p.access
+			} else if rq.sent[0] != p.access {
+				rq.sent[1] = p.access
 			}
 		} else if c.isClosed() {
 			return time.Time{}, ErrClosed
@@ -1062,7 +1074,7 @@ func (c *Client) requestID(h http.Header, rq *request) string {
 	if v == "" {
 		return ""
 	}
-	return c.serverText(v, 128, rq.secrets)
+	return c.serverText(v, 128, rq.carried())
 }
 
 // bearer attaches the access token to the attempts of one request and holds
@@ -1131,7 +1143,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	}
 	req, err := http.NewRequestWithContext(ctx, rq.method, c.baseStr+rq.path, body)
 	if err != nil {
-		return r, rq.errorf(nil, "%w", c.scrubErr(err, rq.secrets))
+		return r, rq.errorf(nil, "%w", c.scrubErr(err, rq.carried()))
 	}
 	h := req.Header
 	h["Accept"] = hdrJSON
@@ -1153,7 +1165,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	defer func() { r.took = time.Since(start) }()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return r, rq.errorf(ErrConnection, "%w", c.scrubErr(err, rq.secrets))
+		return r, rq.errorf(ErrConnection, "%w", c.scrubErr(err, rq.carried()))
 	}
 	defer resp.Body.Close()
 	r.status, r.header = resp.StatusCode, resp.Header
@@ -1173,7 +1185,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 		// failure unwraps to a *url.Error.
 		op := rq.method[:1] + strings.ToLower(rq.method[1:])
 		err = &url.Error{Op: op, URL: c.baseStr + rq.name, Err: err}
-		return r, rq.errorf(ErrConnection, "reading response: %w", c.scrubErr(err, rq.secrets))
+		return r, rq.errorf(ErrConnection, "reading response: %w", c.scrubErr(err, rq.carried()))
 	}
 	if int64(r.body.Len()) > limit {
 		if r.ok() {
@@ -1199,7 +1211,7 @@ func (c *Client) decode(rq *request, r response, out any) error {
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		// Not wrapped: encoding/json quotes what the server sent.
-		return rq.errorf(nil, "malformed JSON response (%s): %s", c.mediaType(r.header, rq), c.serverText(err.Error(), maxMessage, rq.secrets))
+		return rq.errorf(nil, "malformed JSON response (%s): %s", c.mediaType(r.header, rq), c.serverText(err.Error(), maxMessage, rq.carried()))
 	}
 	return nil
 }
@@ -1213,7 +1225,7 @@ func (c *Client) apiError(rq *request, r response) *APIError {
 		return e
 	}
 	if v := errorValue(r.body.Bytes()); v != nil {
-		e.Message = c.serverText(v, maxMessage, rq.secrets)
+		e.Message = c.serverText(v, maxMessage, rq.carried())
 	}
 	if e.Message == "" {
 		e.contentType = c.mediaType(r.header, rq)
@@ -1262,7 +1274,7 @@ func (c *Client) mediaType(hdr http.Header, rq *request) string {
 	case err != nil:
 		mt = "invalid content type"
 	}
-	return c.serverText(mt, 100, rq.secrets)
+	return c.serverText(mt, 100, rq.carried())
 }
 
 // maxMessage bounds the server's text kept in an error, in bytes.
@@ -2156,7 +2168,7 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 	rq := newRequest(http.MethodPost, pathProcess, true)
 	in := processBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate}
 	var out ProcessingResponse
-	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
+	if err := c.call(ctx, &rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
 	switch {
@@ -2199,7 +2211,7 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts .
 		in.AgeBin, in.MonthlyIncomeBin, in.ApplicationReason = m.AgeBin, m.MonthlyIncomeBin, m.ApplicationReason
 	}
 	var out OptimizationResponse
-	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
+	if err := c.call(ctx, &rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
 	switch {
@@ -2228,10 +2240,10 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...CallOp
 	rq := newRequest(http.MethodPost, pathFeedback, true)
 	in := fb.wire()
 	var out wireFeedbackResponse
-	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
+	if err := c.call(ctx, &rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
-	r, err := out.decode(rq, "")
+	r, err := out.decode(&rq, "")
 	if err != nil {
 		return nil, err
 	}
@@ -2263,7 +2275,7 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts 
 	}
 	rq := newRequest(http.MethodPost, pathFeedbackBulk, true)
 	var out bulkResponse
-	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
+	if err := c.call(ctx, &rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
 	if out.Success == nil {
@@ -2274,7 +2286,7 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts 
 	}
 	r := &BulkFeedbackResponse{Success: *out.Success, Count: *out.Count, Feedback: make([]FeedbackResponse, len(out.Feedback))}
 	for i := range out.Feedback {
-		fr, err := out.Feedback[i].decode(rq, fmt.Sprintf("feedback[%d].", i))
+		fr, err := out.Feedback[i].decode(&rq, fmt.Sprintf("feedback[%d].", i))
 		if err != nil {
 			return nil, err
 		}

@@ -2082,7 +2082,8 @@ func TestAPIErrorMessage(t *testing.T) {
 	}
 	_, c := setup(t)
 	for _, tt := range tests {
-		e := c.apiError(newRequest("POST", "/p", false), response{status: 400, header: http.Header{}, body: bytes.NewBufferString(tt.body)})
+		rq := newRequest("POST", "/p", false)
+		e := c.apiError(&rq, response{status: 400, header: http.Header{}, body: bytes.NewBufferString(tt.body)})
 		if e.Message != tt.want {
 			t.Errorf("message of %.30q = %q; want %q", tt.body, e.Message, tt.want)
 		}

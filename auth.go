@@ -661,7 +661,7 @@ func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body 
 	rq := newRequest(http.MethodPost, path, false)
 	rq.body, rq.secrets, rq.flight = body, secrets, f
 	var a tokenAnswer
-	sent, err := c.send(ctx, rq, &a)
+	sent, err := c.send(ctx, &rq, &a)
 	if err != nil {
 		return nil, err
 	}
