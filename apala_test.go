@@ -4282,3 +4282,51 @@ func TestPathWithoutQuery(t *testing.T) {
 		t.Errorf("the request did not reach the server")
 	}
 }
+
+// TestResponseInfoKeepsLastAnswer: when a later attempt got no answer,
+// ResponseInfo keeps the status, header and request id of the last one
+// that came, and counts every attempt.
+func TestResponseInfoKeepsLastAnswer(t *testing.T) {
+	n := 0
+	hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if n++; n == 1 {
+			return &http.Response{StatusCode: 503, Header: http.Header{"X-Request-Id": {"req-first"}},
+				Body: io.NopCloser(strings.NewReader(`{"error":"busy"}`)), Request: r}, nil
+		}
+		return nil, errors.New("connection reset")
+	})}
+	c := newTestClient(t, WithHTTPClient(hc), WithMaxRetries(1))
+	holdToken(c, "a.b.c", "r", 3600, 0)
+	var info ResponseInfo
+	err := c.Do(context.Background(), "POST", pathFeedback, nil, nil, WithResponseInfo(&info))
+	if !errors.Is(err, ErrConnection) {
+		t.Fatalf("error = %v; want ErrConnection", err)
+	}
+	if info.StatusCode != 503 || info.RequestID != "req-first" || info.Header.Get("X-Request-Id") != "req-first" || info.Attempts != 2 {
+		t.Errorf("ResponseInfo = %+v; want the 503's status, header and request id, 2 attempts", info)
+	}
+}
+
+// TestStatusEdges pins each boundary the code draws on a status: success
+// is 200 to 299; ErrServer is 500 to 599; retried are exactly 408, 429,
+// 500, 502, 503 and 504.
+func TestStatusEdges(t *testing.T) {
+	for _, tt := range []struct {
+		status          int
+		ok, server, try bool
+	}{
+		{199, false, false, false}, {200, true, false, false}, {299, true, false, false}, {300, false, false, false},
+		{407, false, false, false}, {408, false, false, true}, {409, false, false, false},
+		{428, false, false, false}, {429, false, false, true}, {430, false, false, false},
+		{499, false, false, false}, {500, false, true, true}, {501, false, true, false},
+		{502, false, true, true}, {503, false, true, true}, {504, false, true, true}, {505, false, true, false},
+		{599, false, true, false}, {600, false, false, false},
+	} {
+		r := response{status: tt.status}
+		e := &APIError{StatusCode: tt.status}
+		if r.ok() != tt.ok || errors.Is(e, ErrServer) != tt.server || retryable(tt.status, e) != tt.try {
+			t.Errorf("status %d: ok %v, ErrServer %v, retried %v; want %v, %v, %v",
+				tt.status, r.ok(), errors.Is(e, ErrServer), retryable(tt.status, e), tt.ok, tt.server, tt.try)
+		}
+	}
+}

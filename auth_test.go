@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -1991,5 +1992,147 @@ func TestCloseEndsEveryWait(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("Close did not end the Retry-After sleep")
+	}
+}
+
+// ---- behaviours the mutation campaign found unpinned ----
+
+// TestStaleWindowStampede: a thousand callers arriving together in the
+// stale window start exactly one refresh: the check made under the lock
+// matters, not only the one before it.
+func TestStaleWindowStampede(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	release := s.hold(t, pathRefresh)
+	clk.Advance(time.Hour - 30*time.Second) // stale
+	// The callers pass the check made without the lock while the test
+	// holds the lock: only the check under it keeps them from each
+	// starting a refresh. (However many gathered, one refresh is right.)
+	c.mu.Lock()
+	base := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	for i := 0; i < 1000; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.AccessToken(ctx); err != nil {
+				t.Errorf("AccessToken() in the stale window: %v", err)
+			}
+		}()
+	}
+	for i := 0; i < 1000 && runtime.NumGoroutine() < base+1000; i++ {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // let them reach the lock
+	c.mu.Unlock()
+	wg.Wait()
+	release()
+	waitIdle(t, c)
+	if n := s.Requests(pathRefresh); n != 1 {
+		t.Errorf("refreshes = %d; want 1", n)
+	}
+}
+
+// TestExplicitJoinsOwnKind: an Authenticate that starts while an automatic
+// refresh is in flight waits for it, then makes its own exchange; a
+// RefreshAccessToken joins only a refresh of its own.
+func TestExplicitJoinsOwnKind(t *testing.T) {
+	ctx := context.Background()
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	if _, err := c.AccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	release := s.hold(t, pathRefresh)
+	clk.Advance(time.Hour - 30*time.Second)
+	if _, err := c.AccessToken(ctx); err != nil { // starts the background refresh
+		t.Fatal(err)
+	}
+	for i := 0; s.Requests(pathRefresh) == 0; i++ {
+		if i == 30000 {
+			t.Fatal("no refresh after 30s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	authErr := make(chan error, 1)
+	go func() { _, err := c.Authenticate(ctx); authErr <- err }()
+	release()
+	if err := recv(t, authErr, "Authenticate"); err != nil {
+		t.Fatal(err)
+	}
+	if a, r := s.Requests(pathToken), s.Requests(pathRefresh); a != 2 || r != 1 {
+		t.Errorf("exchanges, refreshes = %d, %d; want 2, 1 (Authenticate made its own)", a, r)
+	}
+}
+
+// TestExplicitCallsBypassStore: Authenticate and RefreshAccessToken always
+// reach the server, even with a fresh token in the store, and save what
+// they get.
+func TestExplicitCallsBypassStore(t *testing.T) {
+	ctx := context.Background()
+	store := &memStore{}
+	s, c := setup(t, WithTokenStore(store))
+	now := c.now()
+	store.tok = &StoredToken{AccessToken: "stored.fresh.token", IssuedAt: now, ExpiresAt: now.Add(time.Hour), KeyID: c.keyID(FakeAPIKey)}
+	a, err := c.Authenticate(ctx)
+	if err != nil || a.AccessToken == "stored.fresh.token" || s.Requests(pathToken) != 1 {
+		t.Fatalf("Authenticate() = %v after %d exchanges; want a token of its own from the server", err, s.Requests(pathToken))
+	}
+	r, err := c.RefreshAccessToken(ctx)
+	if err != nil || s.Requests(pathRefresh) != 1 {
+		t.Fatalf("RefreshAccessToken() = %v after %d refreshes; want one", err, s.Requests(pathRefresh))
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if store.saves != 2 || store.tok.AccessToken != r.AccessToken || store.tok.IssuedAt.IsZero() {
+		t.Errorf("saves = %d, the stored token is the refreshed one: %v, IssuedAt set: %v; want 2, true, true",
+			store.saves, store.tok.AccessToken == r.AccessToken, !store.tok.IssuedAt.IsZero())
+	}
+}
+
+// TestURLEscapedSecretScrubbed: a server that echoes the API key query- or
+// path-escaped (a key holding +, / and =, which escaping changes) has it
+// scrubbed, and no 8-byte run of any form reaches the error.
+func TestURLEscapedSecretScrubbed(t *testing.T) {
+	// Alternating characters that both escapings change (/) and that only
+	// query escaping changes (+, =): every 8-byte run of each escaped form
+	// differs from the other form and from the raw key.
+	key := "a/b+c/d=e/f+g/h=SECRET/i+j/k=l/m+"
+	for _, form := range []string{url.QueryEscape(key), url.PathEscape(key)} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, 400, map[string]string{"error": "bad key " + form + " refused"})
+		}))
+		c, err := NewClient(key, WithBaseURL(srv.URL))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Authenticate(context.Background())
+		c.Close()
+		srv.Close()
+		if err == nil {
+			t.Fatal("want an error")
+		}
+		if secretRun(err.Error(), key, url.QueryEscape(key), url.PathEscape(key)) != "" || !strings.Contains(err.Error(), "[REDACTED]") {
+			t.Errorf("the error quotes an escaped form of the key (error withheld)")
+		}
+	}
+}
+
+// TestUUIDEdges: a UUID is hex digits and hyphens in the 8-4-4-4-12 form;
+// the characters next to the hex ranges are refused.
+func TestUUIDEdges(t *testing.T) {
+	ok := "550e8400-e29b-41d4-a716-446655440000"
+	if !isUUID(ok) || !isUUID(strings.ToUpper(ok)) || !isUUID("ffffffff-FFFF-0000-9999-aAfF00000000") {
+		t.Errorf("valid UUIDs refused")
+	}
+	for _, b := range "gG/:@`" {
+		bad := ok[:35] + string(b)
+		if isUUID(bad) {
+			t.Errorf("isUUID(%q) = true", bad)
+		}
 	}
 }
