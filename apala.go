@@ -1010,7 +1010,7 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 				slog.String("method", rq.method), slog.String("path", rq.name),
 				slog.String("reason", retryReason(resp.status)), slog.Duration("delay", wait),
 				slog.Int("attempt", n+1))
-			if err := c.sleep(ctx, wait); err != nil {
+			if err := sleep(ctx, wait, c.closing); err != nil {
 				return time.Time{}, rq.errorf(nil, "%w", err)
 			}
 		}
@@ -1496,8 +1496,9 @@ func (cfg *config) backoff(n int) time.Duration {
 	return d
 }
 
-// sleep waits for d, until ctx ends, or until Close.
-func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+// sleep waits for d, until ctx ends, or until closing is closed (nil:
+// never), as Close closes a client's.
+func sleep(ctx context.Context, d time.Duration, closing <-chan struct{}) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -1505,7 +1506,7 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-c.closing:
+	case <-closing:
 		return ErrClosed
 	}
 }

@@ -1185,7 +1185,7 @@ func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 		}
 		if err == nil && fi.Mode().IsRegular() {
 			if age := time.Since(fi.ModTime()); age <= fileLockStale && age >= -fileLockStale {
-				if err := sleep(ctx, wait); err != nil {
+				if err := sleep(ctx, wait, nil); err != nil {
 					return nil, fmt.Errorf("apala: token store lock: %w", err)
 				}
 				wait = min(2*wait, 50*time.Millisecond)
@@ -1195,17 +1195,5 @@ func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("apala: token store lock: taking over a stale lock: %w", err)
 		}
-	}
-}
-
-// sleep waits for d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
