@@ -1471,27 +1471,17 @@ func retryReason(status int) string {
 }
 
 // backoff is the wait before retry n (1-based): min·2^(n-1), plus up to half
-// of that again as jitter, within [min, max]. It saturates at max instead of
-// overflowing, whatever the bounds.
+// of that again as jitter, within [min, max]. Each sum d+x is taken as
+// min(d, max-x)+x, which saturates at max instead of overflowing, whatever
+// the bounds.
 func (cfg *config) backoff(n int) time.Duration {
-	min, max := cfg.minBackoff, cfg.maxBackoff
-	d := min
-	for i := 1; i < n && d < max; i++ {
-		if d > max/2 {
-			d = max
-			break
-		}
-		d *= 2
+	d, hi := cfg.minBackoff, cfg.maxBackoff
+	for i := 1; i < n && d < hi; i++ {
+		d = min(d, hi-d) + d
 	}
 	if half := int64(d / 2); half > 0 {
-		if j := time.Duration(mrand.Int63n(half)); d > max-j {
-			d = max
-		} else {
-			d += j
-		}
-	}
-	if d > max {
-		d = max
+		j := time.Duration(mrand.Int63n(half))
+		d = min(d, hi-j) + j
 	}
 	return d
 }
