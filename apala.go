@@ -1820,40 +1820,15 @@ func checkOneOf[T ~string](field string, v T, optional bool, set []T) *Validatio
 
 // isUUID reports whether s is a UUID in its canonical 8-4-4-4-12 hex form.
 func isUUID(s string) bool {
-	if len(s) != 36 {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
-		switch i {
-		case 8, 13, 18, 23:
-			if s[i] != '-' {
-				return false
-			}
-		default:
-			if !isHex(s[i]) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func isHex(b byte) bool {
-	return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F'
+	_, err := hex.DecodeString(s[:8] + s[9:13] + s[14:18] + s[19:23] + s[24:])
+	return err == nil
 }
 
 // isZip reports whether s is exactly 5 digits.
-func isZip(s string) bool {
-	if len(s) != 5 {
-		return false
-	}
-	for i := 0; i < 5; i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
+func isZip(s string) bool { return len(s) == 5 && strings.Trim(s, "0123456789") == "" }
 
 // check validates m; the candidate of OptimizeMessage may leave its channel
 // out.
