@@ -247,11 +247,17 @@ type config struct {
 	err     error         // the first invalid option, an ErrConfig
 }
 
-// invalid records that option was given an invalid value, unless an
-// earlier option was.
-func (c *config) invalid(option, reason string) {
-	if c.err == nil {
-		c.err = fmt.Errorf("%w: %s: %s", ErrConfig, option, reason)
+// checked returns set when the option's argument is ok, and otherwise what
+// records that option was given an invalid value, unless an earlier option
+// was.
+func checked(option string, ok bool, reason string, set func(*config)) func(*config) {
+	return func(c *config) {
+		switch {
+		case ok:
+			set(c)
+		case c.err == nil:
+			c.err = fmt.Errorf("%w: %s: %s", ErrConfig, option, reason)
+		}
 	}
 }
 
@@ -307,13 +313,7 @@ func WithLogger(l *slog.Logger) ClientOption {
 // background. It is capped at half the token's lifetime. Default
 // DefaultRefreshMargin; negative is invalid.
 func WithRefreshMargin(d time.Duration) ClientOption {
-	return clientOption(func(c *config) {
-		if d < 0 {
-			c.invalid("WithRefreshMargin", "negative margin")
-			return
-		}
-		c.margin = d
-	})
+	return clientOption(checked("WithRefreshMargin", d >= 0, "negative margin", func(c *config) { c.margin = d }))
 }
 
 // WithMaxRetries sets how many more attempts may follow a failed first one
@@ -321,51 +321,29 @@ func WithRefreshMargin(d time.Duration) ClientOption {
 // the client's retry budget. Default 2; 0 disables retries; negative is
 // invalid.
 func WithMaxRetries(n int) Option {
-	return option(func(c *config) {
-		if n < 0 {
-			c.invalid("WithMaxRetries", "negative count")
-			return
-		}
-		c.maxRetries = n
-	})
+	return option(checked("WithMaxRetries", n >= 0, "negative count", func(c *config) { c.maxRetries = n }))
 }
 
 // WithRetryBackoff sets the bounds of the jittered exponential backoff
 // between retries. Default 500ms and 8s; min must be positive and max at
 // least min.
 func WithRetryBackoff(min, max time.Duration) Option {
-	return option(func(c *config) {
-		if min <= 0 || max < min {
-			c.invalid("WithRetryBackoff", "want 0 < min <= max")
-			return
-		}
+	return option(checked("WithRetryBackoff", 0 < min && min <= max, "want 0 < min <= max", func(c *config) {
 		c.minBackoff, c.maxBackoff = min, max
-	})
+	}))
 }
 
 // WithTimeout sets the time limit of each HTTP attempt, the reading of its
 // answer included. Default 60s; 0 means no limit but the caller's context;
 // negative is invalid.
 func WithTimeout(d time.Duration) Option {
-	return option(func(c *config) {
-		if d < 0 {
-			c.invalid("WithTimeout", "negative timeout")
-			return
-		}
-		c.timeout = d
-	})
+	return option(checked("WithTimeout", d >= 0, "negative timeout", func(c *config) { c.timeout = d }))
 }
 
 // WithCompanyGUID sets the company GUID sent as "company" in message calls
 // whose request names none. It must be a UUID; empty means none.
 func WithCompanyGUID(guid string) ClientOption {
-	return clientOption(func(c *config) {
-		if guid != "" && !isUUID(guid) {
-			c.invalid("WithCompanyGUID", "not a UUID")
-			return
-		}
-		c.company = guid
-	})
+	return clientOption(checked("WithCompanyGUID", guid == "" || isUUID(guid), "not a UUID", func(c *config) { c.company = guid }))
 }
 
 // WithInsecureHTTP allows an http:// base URL to a host that is not
@@ -384,18 +362,14 @@ func WithInsecureHTTP() ClientOption {
 func WithHeader(key, value string) Option {
 	k := http.CanonicalHeaderKey(key)
 	bad := badHeader(k, value)
-	return option(func(c *config) {
-		if bad != "" {
-			c.invalid("WithHeader", bad)
-			return
-		}
+	return option(checked("WithHeader", bad == "", bad, func(c *config) {
 		h := make(http.Header, len(c.header)+1)
 		for hk, hv := range c.header {
 			h[hk] = hv
 		}
 		h[k] = []string{value}
 		c.header = h
-	})
+	}))
 }
 
 // badHeader says why a header cannot be added, or "" when it can.
@@ -426,13 +400,8 @@ func badHeader(key, value string) string {
 // generated for it: a caller that restarts resends a call with the same key,
 // and the server stores it once. 1 to 255 visible ASCII characters.
 func WithIdempotencyKey(key string) CallOption {
-	return callOption(func(c *config) {
-		if len(key) > 255 || !validToken(key) {
-			c.invalid("WithIdempotencyKey", "want 1 to 255 visible ASCII characters")
-			return
-		}
-		c.idemKey = key
-	})
+	ok := len(key) <= 255 && validToken(key)
+	return callOption(checked("WithIdempotencyKey", ok, "want 1 to 255 visible ASCII characters", func(c *config) { c.idemKey = key }))
 }
 
 // WithResponseInfo asks for the details of a call's last answer: dst is
