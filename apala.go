@@ -573,17 +573,11 @@ func NewClient(apiKey string, opts ...ClientOption) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: base URL: %s", ErrConfig, err)
 	}
-	authBody, err := json.Marshal(struct {
-		APIKey string `json:"api_key"`
-	}{apiKey})
-	if err != nil {
-		return nil, fmt.Errorf("apala: encoding the API key: %w", err)
-	}
 
 	c := &Client{
 		cfg:      cfg,
 		apiKey:   apiKey,
-		authBody: authBody,
+		authBody: tokenBody("api_key", apiKey),
 		baseStr:  strings.TrimSuffix(base.String(), "/"),
 		origin:   origin(base),
 		since:    timeSince,

@@ -680,6 +680,12 @@ func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body 
 	return p, nil
 }
 
+// tokenBody is the JSON body of a token request: one string field.
+func tokenBody(field, value string) []byte {
+	b, _ := json.Marshal(map[string]string{field: value}) // a map of strings always marshals
+	return b
+}
+
 // exchange trades the API key for a token pair (POST /api/auth/token). With
 // WithAPIKeyFunc the key is asked for now, and once more after a 401: a key
 // rotated meanwhile gets one more try.
@@ -737,9 +743,7 @@ func (c *Client) remember(k string) {
 func (c *Client) exchangeKey(ctx context.Context, f *flight, key string) (*tokenPair, error) {
 	body := c.authBody
 	if key != c.apiKey {
-		body, _ = json.Marshal(struct {
-			APIKey string `json:"api_key"`
-		}{key}) // a struct of one string always marshals
+		body = tokenBody("api_key", key)
 	}
 	p, err := c.tokenRequest(ctx, f, pathToken, body, []string{key}, "")
 	if err != nil {
@@ -759,9 +763,7 @@ func (c *Client) refresh(ctx context.Context, f *flight, old *tokenPair) (*token
 	if old == nil || old.refresh == "" {
 		return nil, ErrNotAuthenticated
 	}
-	body, _ := json.Marshal(struct {
-		RefreshToken string `json:"refresh_token"`
-	}{old.refresh}) // a struct of one string always marshals
+	body := tokenBody("refresh_token", old.refresh)
 	p, err := c.tokenRequest(ctx, f, pathRefresh, body, []string{old.access, old.refresh}, old.refresh)
 	if err != nil {
 		return nil, err
