@@ -1235,12 +1235,7 @@ const maxMessage = 512
 // "message", "detail", or Phoenix's {"errors": {"detail": ...}}. It is
 // decoded, so that no JSON escape can hide a secret from the scrubbing.
 func errorValue(body []byte) any {
-	var v struct {
-		Error   any `json:"error"`
-		Message any `json:"message"`
-		Detail  any `json:"detail"`
-		Errors  any `json:"errors"`
-	}
+	var v struct{ Error, Message, Detail, Errors any } // encoding/json matches "error" to Error
 	if json.Unmarshal(body, &v) != nil {
 		return nil
 	}
