@@ -1847,23 +1847,25 @@ type wireMessage struct {
 	ReplyOrNot    string  `json:"reply_or_not"` // the strings "true" and "false"
 }
 
+// wireConversation is what both message calls send before the candidate.
+type wireConversation struct {
+	Company    string        `json:"company"`
+	CustomerID string        `json:"customer_id"`
+	ZipCode    string        `json:"zip_code,omitempty"`
+	Messages   []wireMessage `json:"messages"`
+}
+
 // processBody is the request of ProcessMessage.
 type processBody struct {
-	Company          string        `json:"company"`
-	CustomerID       string        `json:"customer_id"`
-	ZipCode          string        `json:"zip_code,omitempty"`
-	Messages         []wireMessage `json:"messages"`
-	CandidateMessage wireMessage   `json:"candidate_message"`
+	wireConversation
+	CandidateMessage wireMessage `json:"candidate_message"`
 }
 
 // optimizeBody is the request of OptimizeMessage: the candidate's content
 // only, and the metadata flat at the top level.
 type optimizeBody struct {
-	Company          string        `json:"company"`
-	CustomerID       string        `json:"customer_id"`
-	ZipCode          string        `json:"zip_code,omitempty"`
-	Messages         []wireMessage `json:"messages"`
-	CandidateMessage string        `json:"candidate_message"`
+	wireConversation
+	CandidateMessage string `json:"candidate_message"`
 
 	IsRepeatBorrower       *int              `json:"is_repeat_borrower,omitempty"`
 	StateID                *int              `json:"state_id,omitempty"`
@@ -2010,57 +2012,46 @@ func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackRespon
 	return r, nil
 }
 
-// wireConversation is what both message calls send of a MessageRequest.
-type wireConversation struct {
-	company   string
-	messages  []wireMessage
-	candidate wireMessage // only its content when contentOnly
-}
-
 // messageBody checks all of req, metadata included, before any work, and
-// puts its conversation on the wire. With contentOnly (the optimizer) the
-// candidate is only checked: its content is all that is sent.
-func (c *Client) messageBody(req MessageRequest, contentOnly bool) (wireConversation, error) {
-	cv := wireConversation{company: req.CompanyGUID}
-	if cv.company == "" {
-		cv.company = c.cfg.company
+// puts it on the wire as ProcessMessage sends it. With contentOnly (the
+// optimizer) the candidate is only checked, and left out: its content is
+// all the optimizer sends.
+func (c *Client) messageBody(req MessageRequest, contentOnly bool) (b processBody, err error) {
+	b.wireConversation = wireConversation{Company: req.CompanyGUID, CustomerID: req.CustomerID, ZipCode: req.ZipCode}
+	if b.Company == "" {
+		b.Company = c.cfg.company
 	}
 	switch {
-	case cv.company == "":
-		return cv, fmt.Errorf("%w: no company GUID: set it in the request, with WithCompanyGUID or in %s", ErrConfig, EnvCompanyGUID)
-	case !isUUID(cv.company):
-		return cv, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
+	case b.Company == "":
+		return b, fmt.Errorf("%w: no company GUID: set it in the request, with WithCompanyGUID or in %s", ErrConfig, EnvCompanyGUID)
+	case !isUUID(b.Company):
+		return b, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
 	case !isUUID(req.CustomerID):
-		return cv, &ValidationError{Field: "CustomerID", Reason: "not a UUID"}
+		return b, &ValidationError{Field: "CustomerID", Reason: "not a UUID"}
 	case req.ZipCode != "" && !isZip(req.ZipCode):
-		return cv, &ValidationError{Field: "ZipCode", Reason: "want exactly 5 digits"}
+		return b, &ValidationError{Field: "ZipCode", Reason: "want exactly 5 digits"}
 	}
 	for i := range req.Messages {
 		if e := req.Messages[i].check(true); e != nil {
-			return cv, e.within(fmt.Sprintf("Messages[%d]", i))
+			return b, e.within(fmt.Sprintf("Messages[%d]", i))
 		}
 	}
 	if e := req.Candidate.check(!contentOnly); e != nil {
-		return cv, e.within("Candidate")
+		return b, e.within("Candidate")
 	}
 	if e := req.Metadata.check(); e != nil {
-		return cv, e.within("Metadata")
+		return b, e.within("Metadata")
 	}
-	cv.messages = make([]wireMessage, len(req.Messages))
+	b.Messages = make([]wireMessage, len(req.Messages))
 	for i, m := range req.Messages {
-		w, err := c.stamp(m)
-		if err != nil {
-			return cv, err
+		if b.Messages[i], err = c.stamp(m); err != nil {
+			return b, err
 		}
-		cv.messages[i] = w
 	}
-	if contentOnly {
-		cv.candidate = wireMessage{Content: req.Candidate.Content}
-		return cv, nil
+	if !contentOnly {
+		b.CandidateMessage, err = c.stamp(req.Candidate)
 	}
-	var err error
-	cv.candidate, err = c.stamp(req.Candidate)
-	return cv, err
+	return b, err
 }
 
 // ProcessMessage sends a conversation and its candidate message to message
@@ -2073,12 +2064,11 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 	if err != nil {
 		return nil, err
 	}
-	cv, err := c.messageBody(req, false)
+	in, err := c.messageBody(req, false)
 	if err != nil {
 		return nil, err
 	}
 	rq := newRequest(http.MethodPost, pathProcess, true)
-	in := processBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate}
 	var out ProcessingResponse
 	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
 		return nil, err
@@ -2104,12 +2094,12 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts .
 	if err != nil {
 		return nil, err
 	}
-	cv, err := c.messageBody(req, true)
+	body, err := c.messageBody(req, true)
 	if err != nil {
 		return nil, err
 	}
 	rq := newRequest(http.MethodPost, pathOptimize, true)
-	in := optimizeBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate.Content}
+	in := optimizeBody{wireConversation: body.wireConversation, CandidateMessage: req.Candidate.Content}
 	if m := req.Metadata; m != nil {
 		if b := m.IsRepeatBorrower; b != nil {
 			n := 0
