@@ -243,29 +243,28 @@ func (p *tokenPair) token(at time.Time) Token {
 // claim is read, and failing that the token is used until the server
 // rejects it.
 func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sent time.Time) *tokenPair {
-	p := &tokenPair{access: access, refresh: refresh, tokenType: tokenType, bearer: []string{"Bearer " + access}}
-	if p.tokenType == "" {
-		p.tokenType = "Bearer"
-	}
 	var expires time.Time
 	if expiresIn > 0 {
 		expires = sent.Add(time.Duration(min(int64(expiresIn), int64(maxLifetime/time.Second))) * time.Second)
 	} else if exp, ok := jwtExpiry(access); ok && exp.After(sent) {
 		expires = sent.Add(min(exp.Sub(sent), maxLifetime))
 	}
-	c.setExpiry(p, sent, expires)
-	return p
+	return c.makePair(access, refresh, tokenType, sent, expires)
 }
 
-// setExpiry sets p's expiry and the deadlines that follow: stale the
-// refresh margin before it, capped at half its lifetime (uncapped when
-// issued is zero), and invalid a leeway of a quarter of that margin, at most
-// 10s, before it. A zero expires means unknown: never stale nor invalid.
-func (c *Client) setExpiry(p *tokenPair, issued, expires time.Time) {
-	p.issuedAt, p.expiresAt = issued, expires
-	p.staleAt, p.invalidAt = math.MaxInt64, math.MaxInt64
+// makePair builds a token pair issued and expiring at the times given, with
+// the deadlines that follow: stale the refresh margin before expiry, capped
+// at half its lifetime (uncapped when issued is zero), and invalid a leeway
+// of a quarter of that margin, at most 10s, before it. A zero expires means
+// unknown: never stale nor invalid.
+func (c *Client) makePair(access, refresh, tokenType string, issued, expires time.Time) *tokenPair {
+	p := &tokenPair{access: access, refresh: refresh, tokenType: tokenType, bearer: []string{"Bearer " + access},
+		issuedAt: issued, expiresAt: expires, staleAt: math.MaxInt64, invalidAt: math.MaxInt64}
+	if p.tokenType == "" {
+		p.tokenType = "Bearer"
+	}
 	if expires.IsZero() {
-		return
+		return p
 	}
 	margin := c.cfg.margin
 	if !issued.IsZero() {
@@ -274,6 +273,7 @@ func (c *Client) setExpiry(p *tokenPair, issued, expires time.Time) {
 	leeway := min(margin/4, 10*time.Second)
 	end := expires.Sub(c.baseTime)
 	p.staleAt, p.invalidAt = end-margin, end-leeway
+	return p
 }
 
 // seconds reads expires_in leniently: an integer, a float such as 3600.0 (a
@@ -998,15 +998,8 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 		return nil
 	}
 	secrets := []string{st.AccessToken, st.RefreshToken}
-	p := &tokenPair{
-		access: st.AccessToken, refresh: st.RefreshToken, tokenType: c.scrub(st.TokenType, secrets),
-		bearer:    []string{"Bearer " + st.AccessToken},
-		companyID: c.scrub(st.CompanyID, secrets), companyName: c.scrub(st.CompanyName, secrets), keyID: st.KeyID,
-	}
-	if p.tokenType == "" {
-		p.tokenType = "Bearer"
-	}
-	c.setExpiry(p, st.IssuedAt, st.ExpiresAt)
+	p := c.makePair(st.AccessToken, st.RefreshToken, c.scrub(st.TokenType, secrets), st.IssuedAt, st.ExpiresAt)
+	p.companyID, p.companyName, p.keyID = c.scrub(st.CompanyID, secrets), c.scrub(st.CompanyName, secrets), st.KeyID
 	if c.mono() >= p.staleAt {
 		return nil
 	}
