@@ -23,7 +23,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -427,7 +427,7 @@ func (i ResponseInfo) printable() []slog.Attr {
 	for k := range i.Header {
 		names = append(names, k)
 	}
-	sort.Strings(names)
+	slices.Sort(names)
 	return []slog.Attr{
 		slog.Int("status_code", i.StatusCode),
 		slog.String("header", "["+strings.Join(names, " ")+"]"),
@@ -1762,13 +1762,8 @@ var (
 // checkOneOf returns a *ValidationError unless v is in set; empty is allowed
 // when optional.
 func checkOneOf[T ~string](field string, v T, optional bool, set []T) *ValidationError {
-	if v == "" && optional {
+	if v == "" && optional || slices.Contains(set, v) {
 		return nil
-	}
-	for _, s := range set {
-		if v == s {
-			return nil
-		}
 	}
 	if v == "" {
 		return &ValidationError{Field: field, Reason: "required"}

@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -728,10 +729,8 @@ func (c *Client) remember(k string) {
 	defer c.mu.Unlock()
 	var ks []string
 	if old := c.keys.Load(); old != nil {
-		for _, o := range *old {
-			if o == k {
-				return
-			}
+		if slices.Contains(*old, k) {
+			return
 		}
 		ks = append(ks, *old...)
 	}
@@ -798,12 +797,7 @@ func (c *Client) reject(p *tokenPair) {
 func (c *Client) wasRefused(tok string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, r := range c.refused {
-		if r == tok {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(c.refused, tok)
 }
 
 // closeFlights is Close's half in the token lifecycle: no flight starts
