@@ -34,19 +34,16 @@ import (
 
 // Defaults and the environment variables read by NewClientFromEnv.
 const (
-	// DefaultBaseURL is the server's address when none is given: a server
-	// on this machine, as in development.
+	// DefaultBaseURL is the server's address when none is given: a
+	// development server on this machine.
 	DefaultBaseURL = "http://localhost:4000"
 	// DefaultRefreshMargin is how long before expiry a token is refreshed.
 	DefaultRefreshMargin = 60 * time.Second
-
-	// EnvAPIKey names the variable holding the API key, required by
-	// NewClientFromEnv.
+	// EnvAPIKey names the variable holding the API key.
 	EnvAPIKey = "APALA_API_KEY"
 	// EnvBaseURL names the variable holding the base URL (optional).
 	EnvBaseURL = "APALA_BASE_URL"
-	// EnvCompanyGUID names the variable holding the company GUID sent as
-	// "company" (optional).
+	// EnvCompanyGUID names the variable holding the company GUID (optional).
 	EnvCompanyGUID = "APALA_COMPANY_GUID"
 )
 
@@ -60,6 +57,8 @@ const (
 	maxBody       = 10 << 20 // bytes of a success body decoded at most
 	maxErrorBody  = 64 << 10 // bytes of an error body read for its message
 	maxDrain      = 1 << 20  // bytes drained past that so the connection is reused
+	maxMessage    = 512      // bytes of the server's text kept in an error
+	scrubRun      = 8        // the length of the runs of a secret that scrub redacts
 
 	userAgent = "apala-go/1"
 )
@@ -452,17 +451,14 @@ func WithHooks(h Hooks) ClientOption {
 	return clientOption(func(c *config) { c.hooks = h })
 }
 
-// Hooks are called synchronously and outside every lock of the client, so
-// that a hook may call any method of the client but Close. An API call's
-// Attempt reports come on the caller's goroutine, after each attempt and
-// before the call returns; the reports about a token request (its Attempt
-// reports and its Token report) come in order once it ended, after its
-// result reached the callers waiting for it: nobody waits for a hook. A
-// nil func is skipped. The context a hook gets is the caller's; for a token
-// request it is the context of the caller that started it, with its
-// cancellation removed: its values (a trace, a logger) flow, its
-// cancellation does not. Hooks see no secret but through Token, which
-// prints redacted.
+// Hooks are called synchronously, outside every lock of the client, so a
+// hook may call any method of the client but Close. An API call's Attempt
+// reports come on the caller's goroutine before the call returns; a token
+// request's reports (Attempt and Token) come in order once its result
+// reached its waiters: nobody waits for a hook. A nil func is skipped. A
+// hook gets the caller's context; for a token request, that of the caller
+// that started it, its values kept (a trace, a logger), its cancellation
+// removed. Hooks see no secret but through Token, which prints redacted.
 type Hooks struct {
 	// Attempt is called after every HTTP attempt, token requests included.
 	Attempt func(ctx context.Context, a AttemptInfo)
@@ -491,16 +487,13 @@ type TokenInfo struct {
 }
 
 // WithTokenStore makes the client share its tokens through s: before every
-// automatic token request it loads s and adopts a fresh token another client
-// saved for the same base URL and key, and after every token request it
-// saves what it got. When s is also a TokenLocker, a client that needs a
-// token request takes its lock, loads s again (another process may have just
-// saved one), and holds the lock until it saved its result, so that
-// processes racing for a token make one request between them; adopting a
-// stored token takes no lock. Each use of s (a lock waited for, a load, a
-// save) is bounded by 15 seconds, even when s ignores its context. Failures
-// of s are logged at Warn and never fail a call. The hot path does not touch
-// s. Nil means no store.
+// automatic token request it adopts a fresh token saved in s for the same
+// base URL and key, and after every token request it saves what it got.
+// When s is also a TokenLocker, a token request holds its lock from a second
+// load to the save, so that processes racing for a token make one request;
+// adopting takes no lock. Each use of s is bounded by 15 seconds, even when
+// s ignores its context; failures of s are logged at Warn and never fail a
+// call. Nil means no store.
 func WithTokenStore(s TokenStore) ClientOption {
 	return clientOption(func(c *config) { c.store = s })
 }
@@ -508,12 +501,11 @@ func WithTokenStore(s TokenStore) ClientOption {
 // WithAPIKeyFunc makes the client ask fn for the API key at every API-key
 // exchange (the first use, a refused refresh, Authenticate), so that a key
 // rotated in a secret store is picked up without a restart; the key given
-// to NewClient, which may then be "", is not used. When the token endpoint
-// answers 401 and fn then returns another key, the exchange is tried once
-// more with it. An error from fn fails that token request at once, wrapped
-// as "apala: API key: ..." (the failure cooldown applies). Every key fn
-// returns is scrubbed from server text and never logged. Nil means the key
-// given to NewClient.
+// to NewClient may then be "". When the token endpoint answers 401 and fn
+// then returns another key, the exchange is tried once more with it. An
+// error from fn fails that token request at once, wrapped as "apala: API
+// key: ..." (the cooldown applies). Every key fn returns is scrubbed from
+// server text and never logged. Nil means the key given to NewClient.
 func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) ClientOption {
 	return clientOption(func(c *config) { c.keyFunc = fn })
 }
@@ -573,7 +565,6 @@ func NewClient(apiKey string, opts ...ClientOption) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: base URL: %s", ErrConfig, err)
 	}
-
 	c := &Client{
 		cfg:      cfg,
 		apiKey:   apiKey,
@@ -582,21 +573,19 @@ func NewClient(apiKey string, opts ...ClientOption) (*Client, error) {
 		origin:   origin(base),
 		since:    timeSince,
 		now:      timeNow,
+		baseTime: timeNow(),
 		waited:   timeSince,
 	}
-	c.baseTime = c.now()
 	c.closing = make(chan struct{})
 	if cfg.hc != nil {
 		hc := *cfg.hc
 		c.hc = &hc
+	} else if t, ok := http.DefaultTransport.(*http.Transport); ok {
+		c.ownRT = t.Clone()
+		c.ownRT.MaxIdleConnsPerHost = 64
+		c.hc = &http.Client{Transport: c.ownRT}
 	} else {
-		if t, ok := http.DefaultTransport.(*http.Transport); ok {
-			c.ownRT = t.Clone()
-			c.ownRT.MaxIdleConnsPerHost = 64
-			c.hc = &http.Client{Transport: c.ownRT}
-		} else {
-			c.hc = &http.Client{Transport: http.DefaultTransport}
-		}
+		c.hc = &http.Client{Transport: http.DefaultTransport}
 	}
 	c.hc.CheckRedirect = noRedirects
 	return c, nil
@@ -1228,9 +1217,6 @@ func (c *Client) mediaType(hdr http.Header, rq *request) string {
 	return c.serverText(mt, 100, rq.secrets)
 }
 
-// maxMessage bounds the server's text kept in an error, in bytes.
-const maxMessage = 512
-
 // errorValue finds the server's error value in a JSON body: "error",
 // "message", "detail", or Phoenix's {"errors": {"detail": ...}}. It is
 // decoded, so that no JSON escape can hide a secret from the scrubbing.
@@ -1291,9 +1277,6 @@ func (c *Client) serverText(v any, max int, extra []string) string {
 	}
 	return s[:cut] + "..."
 }
-
-// scrubRun is the length of the runs of a secret that scrub redacts.
-const scrubRun = 8
 
 // scrub removes from s, text that came from the server, every secret the
 // client holds (the API key, the keys WithAPIKeyFunc returned, the current
@@ -1755,9 +1738,6 @@ var (
 	incomes      = []MonthlyIncomeBin{MonthlyIncome0To2000, MonthlyIncome2000To3000, MonthlyIncome3000To4000, MonthlyIncome4000To5000, MonthlyIncome5000To6000, MonthlyIncome6000To8000, MonthlyIncome8000To10000, MonthlyIncome10000Plus}
 	reasons      = []ApplicationReason{ReasonDebtConsolidation, ReasonHomeImprovement, ReasonMedicalEmergency, ReasonCarRepair, ReasonMovingExpenses, ReasonEducation, ReasonBusinessExpenses, ReasonEmergencyExpenses, ReasonVacation, ReasonWedding, ReasonOther}
 )
-
-// Checks. Each returns a *ValidationError naming the field relative to the
-// value it checks; the caller places it with within.
 
 // checkOneOf returns a *ValidationError unless v is in set; empty is allowed
 // when optional.
