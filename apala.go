@@ -382,15 +382,13 @@ func badHeader(key, value string) string {
 	if key == "" || len(key) > 256 {
 		return "want a header name"
 	}
-	for i := 0; i < len(key); i++ {
-		if b := key[i]; b <= ' ' || b >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, b) >= 0 {
-			return fmt.Sprintf("%q is not a header name", key)
-		}
+	notToken := func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) }
+	if strings.IndexFunc(key, notToken) >= 0 {
+		return fmt.Sprintf("%q is not a header name", key)
 	}
-	for i := 0; i < len(value); i++ {
-		if b := value[i]; b < ' ' && b != '\t' || b == 0x7f {
-			return "the value has a control character"
-		}
+	control := func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }
+	if strings.IndexFunc(value, control) >= 0 {
+		return "the value has a control character"
 	}
 	return ""
 }

@@ -32,22 +32,18 @@ import (
 	"time"
 )
 
-// maxLifetime bounds a token lifetime taken from the server, so that an absurd
-// expires_in cannot overflow the arithmetic on deadlines.
-const maxLifetime = 10 * 365 * 24 * time.Hour
-
-// Cooldown after a failed token flight: 1s doubling to 30s.
 const (
-	minCooldown = time.Second
-	maxCooldown = 30 * time.Second
+	// maxLifetime bounds a token lifetime taken from the server, so that an
+	// absurd expires_in cannot overflow the arithmetic on deadlines.
+	maxLifetime = 10 * 365 * 24 * time.Hour
+	minCooldown = time.Second      // after a failed token flight, doubling
+	maxCooldown = 30 * time.Second // up to this
+	maxRefused  = 16               // access tokens remembered as refused by the server
 )
 
-// Token is a snapshot of the access token the client holds. It never holds
-// the refresh token or the API key.
-//
-// Formatting a Token with fmt, logging it with log/slog or encoding it with
-// encoding/json never shows the access token; read the AccessToken field to
-// use it.
+// Token is a snapshot of the access token the client holds, never of the
+// refresh token or the API key. fmt, log/slog and encoding/json never show
+// the access token; read the AccessToken field to use it.
 type Token struct {
 	AccessToken string
 	TokenType   string
@@ -104,19 +100,11 @@ func redact(s string) string {
 
 // format prints attrs as name{key:value ...} for any verb; %q quotes it.
 func format(f fmt.State, verb rune, name string, attrs []slog.Attr) {
-	var b strings.Builder
-	b.WriteString(name)
-	b.WriteByte('{')
+	fields := make([]string, len(attrs))
 	for i, a := range attrs {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(a.Key)
-		b.WriteByte(':')
-		b.WriteString(a.Value.String())
+		fields[i] = a.Key + ":" + a.Value.String()
 	}
-	b.WriteByte('}')
-	s := b.String()
+	s := name + "{" + strings.Join(fields, " ") + "}"
 	if verb == 'q' {
 		s = strconv.Quote(s)
 	}
@@ -321,19 +309,9 @@ func jwtExpiry(tok string) (time.Time, bool) {
 // validToken reports whether s can travel in an Authorization header: visible
 // ASCII only, so a hostile answer cannot inject a header or a line break.
 func validToken(s string) bool {
-	if s == "" || len(s) > 16<<10 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
+	invisible := func(r rune) bool { return r <= ' ' || r >= 0x7f }
+	return s != "" && len(s) <= 16<<10 && strings.IndexFunc(s, invisible) < 0
 }
-
-// maxRefused bounds the access tokens a client remembers the server refused.
-const maxRefused = 16
 
 // tokenState is the token lifecycle's state: the pair in use, the flight
 // in progress and the failure cooldown. Client embeds it; the methods in this
