@@ -73,8 +73,7 @@ const (
 	pathFeedbackBulk = "/api/feedback/bulk"
 )
 
-// Clocks, replaced by tests so that expiry tests never sleep. A client reads
-// them once, in NewClient.
+// Clocks, replaced by tests so that expiry tests never sleep; read by NewClient.
 var (
 	timeNow   = time.Now
 	timeSince = time.Since
@@ -91,10 +90,9 @@ var (
 	// ErrServer matches an *APIError with any 5xx status.
 	ErrServer = errors.New("apala: server error")
 	// ErrConnection matches a failure to reach the server or a broken
-	// connection; such errors also unwrap to the *url.Error underneath.
+	// connection, which also unwraps to the *url.Error underneath.
 	ErrConnection = errors.New("apala: connection failed")
-	// ErrNotAuthenticated is returned by RefreshAccessToken when no refresh
-	// token is held.
+	// ErrNotAuthenticated is RefreshAccessToken's error with no refresh token.
 	ErrNotAuthenticated = errors.New("apala: not authenticated: no refresh token held")
 	// ErrConfig matches every error about the program's setup, as opposed
 	// to the data of a call (a *ValidationError): an invalid option value,
@@ -133,8 +131,8 @@ type APIError struct {
 	// RetryAfter is the wait the server asked for in Retry-After (seconds
 	// or an HTTP date), capped at 60s; 0 when absent.
 	RetryAfter time.Duration
-	// RequestID is the answer's X-Request-Id (Phoenix's Plug.RequestId),
-	// when sent: quote it in a support ticket.
+	// RequestID is the answer's X-Request-Id, when sent: quote it in a
+	// support ticket.
 	RequestID string
 
 	contentType string // named in Error when the body was not JSON
@@ -184,13 +182,10 @@ func (e *APIError) Is(target error) bool {
 type ValidationError struct{ Field, Reason string }
 
 // Error names the field and the reason.
-func (e *ValidationError) Error() string {
-	return "apala: invalid " + e.Field + ": " + e.Reason
-}
+func (e *ValidationError) Error() string { return "apala: invalid " + e.Field + ": " + e.Reason }
 
 // within names e's field under the value holding it, as in
-// "Messages[2].Channel": every check returns a field relative to the value
-// it checks, and its caller places it.
+// "Messages[2].Channel": each check names fields relative to what it checks.
 func (e *ValidationError) within(name string) *ValidationError {
 	e.Field = name + "." + e.Field
 	return e
@@ -260,10 +255,9 @@ func checked(option string, ok bool, reason string, set func(*config)) func(*con
 	}
 }
 
-// callConfig returns the settings of one call: the client's, or with opts
-// a copy of them with opts applied. Every call starts with it, so that the
-// ResponseInfo it asks for is emptied even when the call is refused before
-// sending.
+// callConfig returns the settings of one call: the client's, or a copy with
+// opts applied. Every call starts with it, so that the ResponseInfo it asks
+// for is emptied even when the call is refused before sending.
 func (c *Client) callConfig(opts []CallOption) (*config, error) {
 	if len(opts) == 0 {
 		return &c.cfg, nil
@@ -759,9 +753,8 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts 
 	return c.call(ctx, newRequest(method, path, true), in, out, cfg)
 }
 
-// call sends rq with in as its JSON body, marshalled once, and an
-// Idempotency-Key when it is a POST to an API endpoint, and decodes the
-// answer into out. cfg is the call's settings, from callConfig.
+// call sends rq with in as its JSON body and, when it is a POST to an API
+// endpoint, an Idempotency-Key, and decodes the answer into out.
 func (c *Client) call(ctx context.Context, rq *request, in, out any, cfg *config) error {
 	rq.cfg = cfg
 	if in != nil {
@@ -828,13 +821,11 @@ func newID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
-// The retry budget: a retry of an API call spends retryCost from it, and
-// each successful API call gives back retryRefund, up to retryBudgetSize.
-// When what is left cannot pay for a retry, a retryable failure is
-// returned at once. So an outage costs a client at most
-// retryBudgetSize/retryCost retries (100) before retries stop, and after it
-// every retryCost successes pay for one retry again. These are the figures
-// of the AWS SDK's retry quota (500, 5, 1).
+// The retry budget, with the figures of the AWS SDK's retry quota: a retry
+// of an API call spends retryCost, a successful API call gives back
+// retryRefund, up to retryBudgetSize; a failure the budget cannot pay a
+// retry for is returned at once. An outage costs a client at most 100
+// retries, and after it every 5 successes pay for one retry again.
 const (
 	retryBudgetSize = 500
 	retryCost       = 5
@@ -869,8 +860,8 @@ func (b *retryBudget) refill() {
 }
 
 // send runs rq to completion: token, attempts, retries, the one 401 replay,
-// and decoding into out. It returns when the successful attempt was sent,
-// by the token clock.
+// and decoding into out. It returns when, by the token clock, the
+// successful attempt was sent.
 func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, error) {
 	if ctx == nil {
 		return time.Time{}, errNilContext
@@ -879,8 +870,7 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 	if cfg == nil {
 		cfg = &c.cfg
 	}
-	if info := cfg.info; info != nil {
-		*info = ResponseInfo{}
+	if info := cfg.info; info != nil { // emptied by callConfig
 		start := time.Now()
 		defer func() { info.Duration = time.Since(start) }()
 	}
@@ -919,8 +909,7 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 			err = c.apiError(rq, resp)
 		}
 		resp.release()
-		// What follows this attempt: nothing, the 401 replay, or a retry
-		// after wait.
+		// Next: nothing, the 401 replay, or a retry after wait.
 		again, wait, why := false, time.Duration(0), ""
 		switch {
 		case ctx.Err() != nil:
@@ -968,9 +957,8 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 }
 
 // report tells about attempt n, when anyone asked: the Debug log, the
-// Attempt hook and the call's ResponseInfo. wait is the pause before the
-// next attempt, 0 when none follows. The hook of a token request's attempt
-// is called once the token request ended (see fly).
+// Attempt hook (for a token request, once it ended: see fly) and the call's
+// ResponseInfo. wait is the pause before the next attempt, 0 for none.
 func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r response, err error, wait time.Duration) {
 	hook := c.cfg.hooks.Attempt
 	debug := c.cfg.logger != nil && c.cfg.logger.Enabled(ctx, slog.LevelDebug)
@@ -1005,8 +993,7 @@ func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r 
 	}
 }
 
-// requestID reads an answer's X-Request-Id: the server's text, so scrubbed
-// and bounded like any.
+// requestID reads an answer's X-Request-Id, scrubbed and bounded: server text.
 func (c *Client) requestID(h http.Header, rq *request) string {
 	v := h.Get("X-Request-Id")
 	if v == "" {
@@ -1015,19 +1002,17 @@ func (c *Client) requestID(h http.Header, rq *request) string {
 	return c.serverText(v, 128, rq.secrets)
 }
 
-// bearer attaches the access token to the attempts of one request and holds
-// the one rule for a 401: the first time the server refuses the token, it
-// is dropped (compare-and-swap: a token refreshed meanwhile is kept), and
-// the request may go once more with a new one; never a second time. send
-// and HTTPClient's transport both go through it.
+// bearer attaches the access token to the attempts of one request, for send
+// and HTTPClient's transport, and holds the one rule for a 401: the first
+// time, the token is dropped (unless replaced meanwhile) and the request may
+// go once more with a new one; never a second time.
 type bearer struct {
 	c        *Client
 	pair     *tokenPair // the token of the last attempt
 	replayed bool
 }
 
-// token returns a usable token for the next attempt, waiting for one when
-// none is held.
+// token returns a usable token for the next attempt, waiting when need be.
 func (b *bearer) token(ctx context.Context) (*tokenPair, error) {
 	p, err := b.c.usablePair(ctx)
 	if err == nil {
@@ -1037,8 +1022,7 @@ func (b *bearer) token(ctx context.Context) (*tokenPair, error) {
 }
 
 // refused applies the 401 rule to an answer with status, and reports
-// whether to send the request once more; only a request that can be
-// replayed is.
+// whether to send the request, if replayable, once more.
 func (b *bearer) refused(status int, replayable bool) bool {
 	if status != http.StatusUnauthorized || b.replayed {
 		return false
@@ -1048,8 +1032,7 @@ func (b *bearer) refused(status int, replayable bool) bool {
 	return replayable
 }
 
-// response is one answer of the server, read. Its body is pooled: release
-// it when done.
+// response is one answer of the server, read; release its pooled body.
 type response struct {
 	status int // 0 when no answer came
 	header http.Header
