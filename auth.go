@@ -383,8 +383,8 @@ func (c *Client) useClock(now func() time.Time) {
 	c.baseTime = now()
 }
 
-// usablePair returns a usable token pair. The fast path is lock-free and does not
-// allocate: one atomic load, one clock read.
+// usablePair returns a usable token pair; when one is held, with one atomic
+// load and one clock read, no lock, no allocation.
 func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 	if p := c.pair.Load(); p != nil {
 		now := c.mono()
@@ -423,10 +423,9 @@ func (c *Client) usable(p *tokenPair) bool {
 // await is the slow path and the explicit calls. For flightAuto it returns
 // a usable pair, held or from the flight it joins or starts; an explicit
 // kind joins only a flight of its own kind, waits out another, and ignores
-// the failure cooldown. Every waiter shares its flight's error, but for one
-// case: a caller needing a token that waited on an explicit refresh the
-// server refused goes on to exchange the API key, as the automatic path
-// would (the refused refresh token was dropped).
+// the cooldown. Every waiter shares its flight's error but one: a caller
+// needing a token that waited on an explicit refresh the server refused
+// goes on to exchange the API key, as the automatic path would.
 func (c *Client) await(ctx context.Context, kind flightKind) (*tokenPair, error) {
 	if ctx == nil {
 		return nil, errNilContext
@@ -484,8 +483,7 @@ func refused(err error) bool {
 }
 
 // cachedError is the error of the last failed flight, served again during
-// the failure cooldown without a request. It matches what the original
-// matched (errors.Is, errors.As) and says that nothing was sent.
+// the cooldown: it matches what the original matched, and says so.
 type cachedError struct {
 	err   error
 	until time.Time // when the cooldown ends
@@ -497,10 +495,9 @@ func (e *cachedError) Error() string {
 
 func (e *cachedError) Unwrap() error { return e.err }
 
-// launch starts a flight for the caller whose context is ctx. c.mu must be
-// held, and no flight be in progress. The flight's context keeps ctx's
-// values (a trace, a logger) for the hooks and the log, but not its
-// cancellation or deadline, so that no caller can end the flight for the
+// launch starts a flight for the caller whose context is ctx, with c.mu
+// held and no flight in progress. The flight keeps ctx's values (a trace, a
+// logger) but not its cancellation, so that no caller can end it for the
 // others; Close cancels it through f.cancel.
 func (c *Client) launch(ctx context.Context, kind flightKind) *flight {
 	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -512,25 +509,22 @@ func (c *Client) launch(ctx context.Context, kind flightKind) *flight {
 }
 
 // fly runs flight f, publishes its result, and then makes the hooks'
-// reports about it: nobody waits for a hook. Every failed flight starts the
-// failure cooldown, explicit ones included, except an explicit refresh the
-// server refused: that only drops the refused refresh token, so that the
-// automatic path may still fall back to the API key.
+// reports about it. Every failed flight starts the cooldown, but an
+// explicit refresh the server refused: that only drops the refresh token,
+// so that the automatic path may still fall back to the API key.
 func (c *Client) fly(ctx context.Context, f *flight) {
 	defer c.wg.Done()
 	defer f.cancel()
 
 	old := c.pair.Load()
 	if f.kind == flightAuto {
-		// A fresh token in the store needs no lock: only a token request
-		// does.
+		// Adopting needs no lock: only a token request does.
 		f.pair = c.adopt(ctx, old)
 	}
 	if f.pair == nil {
 		unlock, locked := c.lockStore(ctx)
 		if f.kind == flightAuto && locked {
-			// Again under the lock: the process that held it may have
-			// just saved a token.
+			// The lock's last holder may have just saved a token.
 			f.pair = c.adopt(ctx, old)
 		}
 		if f.pair == nil {
@@ -579,9 +573,8 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 	}
 }
 
-// dropRefresh removes the refresh token refresh, which the server refused,
-// from the pair held, whichever generation of it holds it now (a 401 may
-// have replaced the pair by its rejected copy meanwhile).
+// dropRefresh removes the refresh token the server refused from the pair
+// held, also from its rejected copy a 401 may have put in its place.
 func (c *Client) dropRefresh(refresh string) {
 	for {
 		p := c.pair.Load()
@@ -622,10 +615,9 @@ type tokenAnswer struct {
 	CompanyName  string          `json:"company_name"`
 }
 
-// tokenRequest sends a token request of f with body, carrying secrets, and
-// builds the pair of its answer; refresh is the refresh token to keep when
-// the answer carries none. The answer's text (token type, company) is
-// scrubbed of every secret, the new tokens' included.
+// tokenRequest sends a token request of f and builds the pair of its
+// answer, its text scrubbed of every secret, the new tokens' included;
+// refresh is the refresh token to keep when the answer carries none.
 func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body []byte, secrets []string, refresh string) (p *tokenPair, err error) {
 	start := time.Now()
 	defer func() {
@@ -733,9 +725,8 @@ func (c *Client) exchangeKey(ctx context.Context, f *flight, key string) (*token
 	return p, nil
 }
 
-// refresh trades the refresh token of old for a new access token
-// (POST /api/auth/refresh). The refresh token is kept unless the server
-// rotates it.
+// refresh trades the refresh token of old for a new access token (POST
+// /api/auth/refresh), keeping it unless the server rotates it.
 func (c *Client) refresh(ctx context.Context, f *flight, old *tokenPair) (*tokenPair, error) {
 	if old == nil || old.refresh == "" {
 		return nil, ErrNotAuthenticated
@@ -758,9 +749,8 @@ func lifetime(p *tokenPair) time.Duration {
 	return p.expiresAt.Sub(p.issuedAt)
 }
 
-// reject invalidates p after the server refused it, unless a newer pair has
-// replaced it meanwhile (compare-and-swap: a token refreshed by another
-// caller is kept), and remembers that the server refused it.
+// reject invalidates p, which the server refused, unless a newer pair has
+// replaced it meanwhile, and remembers that the server refused it.
 func (c *Client) reject(p *tokenPair) {
 	c.pair.CompareAndSwap(p, p.rejected())
 	c.mu.Lock()
@@ -778,9 +768,9 @@ func (c *Client) wasRefused(tok string) bool {
 	return slices.Contains(c.refused, tok)
 }
 
-// closeFlights is Close's half in the token lifecycle: no flight starts
-// after it, every wait ends, the flight in progress is cancelled and waited
-// for with its hooks, and the pair is replaced by one that is never usable.
+// closeFlights is Close's half in the token lifecycle: every wait ends, the
+// flight in progress is cancelled and waited for with its hooks, and no
+// token is usable again.
 func (c *Client) closeFlights() {
 	c.mu.Lock()
 	if !c.closed.Swap(true) {
@@ -797,21 +787,13 @@ func (c *Client) closeFlights() {
 // isClosed reports whether Close was called.
 func (c *Client) isClosed() bool { return c.closed.Load() }
 
-// Sharing tokens through a TokenStore. The client loads the store before
-// every automatic token request, holding the store's lock when it has one,
-// adopts a stored token that another client got, and saves every token it
-// gets. The store is a cache: its failures are logged at Warn and cost at
-// most a token request, never a call.
-
 // TokenStore keeps a token where other clients, in this process or in
 // others, find it, so that short-lived processes and many processes on one
 // host make one token request per token lifetime between them. Give one to
 // a client with WithTokenStore; NewFileTokenStore makes one backed by a
 // file. A store shared by processes on several machines (Redis, a database)
-// is a few lines of the user's code.
-//
-// A store may also implement TokenLocker, to serialise token requests
-// across processes.
+// is a few lines of the user's code. It is a cache: its failures cost at
+// most a token request, never a call. It may also implement TokenLocker.
 type TokenStore interface {
 	// Load returns the stored token, or nil, nil when none is stored.
 	Load(ctx context.Context) (*StoredToken, error)
@@ -820,19 +802,17 @@ type TokenStore interface {
 }
 
 // TokenLocker is implemented by a TokenStore that serialises token requests
-// across processes: the client takes the lock before it loads the store and
-// releases it once the result of its token request is saved, so that N
-// processes racing for a token make one request and the others adopt it.
-// Lock waits until the lock is held or ctx ends; unlock releases it. ctx
-// bounds the wait only, not the time the lock is held.
+// across processes: a client about to make a token request takes the lock,
+// loads the store again, and releases the lock once its result is saved, so
+// that N processes racing for a token make one request and the others adopt
+// it. Lock waits until the lock is held or ctx ends; unlock releases it.
 type TokenLocker interface {
 	Lock(ctx context.Context) (unlock func(), err error)
 }
 
-// StoredToken is a token pair as a TokenStore keeps it. It is the one type
-// of the package meant to be persisted: fmt and log/slog print it redacted,
-// but encoding/json gives its real fields, so that a store can encode it.
-// The API key is never part of it.
+// StoredToken is a token pair as a TokenStore keeps it, never with the API
+// key. fmt and log/slog print it redacted, but encoding/json gives its real
+// fields, so that a store can encode it.
 type StoredToken struct {
 	AccessToken  string    `json:"access_token"`
 	RefreshToken string    `json:"refresh_token"`
@@ -842,9 +822,8 @@ type StoredToken struct {
 	CompanyID    string    `json:"company_id"`
 	CompanyName  string    `json:"company_name"`
 	// KeyID is the fingerprint of the base URL and the API key the token
-	// came from, set by the client: the first 16 bytes of a SHA-256 of
-	// both, in hex, which cannot be turned back into the key. A client
-	// adopts only a token of its own base URL and key.
+	// came from, set by the client: a hash of both, which cannot be turned
+	// back into the key. A client adopts only a token of its own.
 	KeyID string `json:"key_id"`
 }
 
@@ -861,8 +840,7 @@ func (t StoredToken) printable() []slog.Attr {
 	}
 }
 
-// Format implements fmt.Formatter: every verb prints the fields with the
-// tokens redacted.
+// Format implements fmt.Formatter: every verb prints the tokens redacted.
 func (t StoredToken) Format(f fmt.State, verb rune) {
 	format(f, verb, "apala.StoredToken", t.printable())
 }
@@ -877,8 +855,8 @@ func (c *Client) keyID(key string) string {
 }
 
 // currentKeyID is the fingerprint of the key the client uses now: the one
-// NewClient was given, or the latest WithAPIKeyFunc's function returned,
-// which is asked for once if it never was.
+// NewClient was given, or the latest from WithAPIKeyFunc's function, asked
+// for if it never was.
 func (c *Client) currentKeyID(ctx context.Context) (string, error) {
 	if c.cfg.keyFunc == nil {
 		return c.keyID(c.apiKey), nil
@@ -893,10 +871,9 @@ func (c *Client) currentKeyID(ctx context.Context) (string, error) {
 	return c.keyID(k), nil
 }
 
-// storeTimeout bounds each use of a TokenStore (a lock waited for, a load,
-// a save): a store that hangs costs a token request, never a call. It is
-// longer than the file store's takeover bound, so that a crashed holder's
-// lock is taken over rather than given up on. Tests shorten it.
+// storeTimeout bounds each use of a TokenStore (lock, load, save); longer
+// than the file store's takeover bound, so that a crashed holder's lock is
+// taken over rather than given up on. Tests shorten it.
 var storeTimeout = 15 * time.Second
 
 // bounded runs op, a use of the store, for at most storeTimeout, even when
@@ -928,8 +905,7 @@ func bounded[T any](ctx context.Context, op func(context.Context) (T, error), un
 }
 
 // lockStore takes the store's lock when it is a TokenLocker, and returns
-// what releases it and whether the lock is held. A lock that cannot be
-// taken is logged, and the token request goes on without it.
+// what releases it and whether it is held; without it, the request goes on.
 func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 	l, ok := c.cfg.store.(TokenLocker)
 	if !ok {
@@ -998,9 +974,8 @@ func (c *Client) save(ctx context.Context, p *tokenPair) {
 	}
 }
 
-// storeFailed logs a failure of the store at Warn: a cache that failed. Its
-// error is scrubbed of the client's secrets and of p's, the pair it was
-// given, which the client may not hold yet.
+// storeFailed logs a failure of the store at Warn, scrubbed of the client's
+// secrets and of p's, the pair it was given, which the client may not hold.
 func (c *Client) storeFailed(ctx context.Context, op string, err error, p *tokenPair) {
 	msg := "<nil>"
 	if err != nil {
@@ -1015,21 +990,19 @@ func (c *Client) storeFailed(ctx context.Context, op string, err error, p *token
 }
 
 // NewFileTokenStore returns a TokenStore keeping the token in one JSON file
-// at path, written with mode 0600 by an atomic rename in its directory, so
-// that a reader never sees half a file. It is also a TokenLocker: token
-// requests are serialised across processes by a lock file beside it (path
-// + ".lock", created with O_EXCL), taken over when older than 10 seconds, so
-// that a crashed holder blocks nobody for long. A file that holds no token
-// of this package is ignored and overwritten. The API key is never stored;
-// the tokens are, so keep the file where only the service's user reads it.
-// On platforms without a file system (js/wasm) its methods return errors.
+// at path, mode 0600, written by an atomic rename. It is also a TokenLocker,
+// with a lock file beside it (path + ".lock", created with O_EXCL), taken
+// over when older than 10 seconds, so that a crashed holder blocks nobody
+// for long. A file that holds no token of this package is ignored and
+// overwritten. The tokens are stored, so keep the file where only the
+// service's user reads it. On js/wasm its methods return errors.
 func NewFileTokenStore(path string) TokenStore { return &fileStore{path: path} }
 
 // fileLockStale is how old a lock file is before another process takes it
 // over; tests shorten it.
 var fileLockStale = 10 * time.Second
 
-// fileStore is the TokenStore of NewFileTokenStore. It checks its context
+// fileStore is the TokenStore of NewFileTokenStore; it checks its context
 // between its steps.
 type fileStore struct{ path string }
 
@@ -1107,13 +1080,11 @@ func (s *fileStore) Save(ctx context.Context, t *StoredToken) error {
 	return nil
 }
 
-// Lock implements TokenLocker with a lock file. A lock file older than
-// fileLockStale (or dated further than that in the future), one that is not
-// a regular file (a dangling symlink), or one that cannot be read is stale:
-// its holder crashed or hangs, and it is taken over; one that cannot be
-// removed is an error at once, and the client goes on without the lock.
-// Two processes taking one over at once may both hold the lock; the cost is
-// one more token request, never a failed call.
+// Lock implements TokenLocker with a lock file. One older than
+// fileLockStale (or dated that far in the future), not a regular file (a
+// dangling symlink), or unreadable by Lstat is stale and taken over; one
+// that cannot be removed is an error at once. Two processes taking one over
+// at once may both hold it: one more token request, never a failed call.
 func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 	if ctx == nil {
 		return nil, errNilContext
