@@ -917,7 +917,7 @@ func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 		}
 	})
 	if err != nil || release == nil {
-		c.storeFailed(ctx, "lock", err, nil)
+		c.storeFailed(ctx, "lock", err)
 		return func() {}, false
 	}
 	return release, true
@@ -933,7 +933,7 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	}
 	st, err := bounded(ctx, c.cfg.store.Load, nil)
 	if err != nil {
-		c.storeFailed(ctx, "load", err, nil)
+		c.storeFailed(ctx, "load", err)
 		return nil
 	}
 	if st == nil || st.ExpiresAt.IsZero() || !validToken(st.AccessToken) || (st.RefreshToken != "" && !validToken(st.RefreshToken)) {
@@ -970,19 +970,15 @@ func (c *Client) save(ctx context.Context, p *tokenPair) {
 		return struct{}{}, c.cfg.store.Save(ctx, st)
 	}, nil)
 	if err != nil {
-		c.storeFailed(ctx, "save", err, p)
+		c.storeFailed(ctx, "save", err, p.access, p.refresh)
 	}
 }
 
 // storeFailed logs a failure of the store at Warn, scrubbed of the client's
-// secrets and of p's, the pair it was given, which the client may not hold.
-func (c *Client) storeFailed(ctx context.Context, op string, err error, p *tokenPair) {
+// secrets and of those it gave the store, which the client may not hold.
+func (c *Client) storeFailed(ctx context.Context, op string, err error, secrets ...string) {
 	msg := "<nil>"
 	if err != nil {
-		var secrets []string
-		if p != nil {
-			secrets = []string{p.access, p.refresh}
-		}
 		msg = c.scrub(err.Error(), secrets)
 	}
 	c.logAttrs(ctx, slog.LevelWarn, "apala: token store failed; going on without it",
