@@ -1155,10 +1155,8 @@ func (c *Client) apiError(rq *request, r response) *APIError {
 }
 
 // scrubErr returns err without the secrets its text may quote (net/http
-// quotes a malformed answer; a key function may quote its key). An error
-// that quotes none is returned as it is; one that does is wrapped in a
-// *scrubbedError, which errors.Is and errors.As still see through, a
-// *url.Error kept as one.
+// quotes a malformed answer; a key function may quote its key): when it
+// quotes one, as a *scrubbedError, inside a *url.Error when err was one.
 func (c *Client) scrubErr(err error, extra []string) error {
 	s := err.Error()
 	clean := c.scrub(s, extra)
@@ -1172,9 +1170,8 @@ func (c *Client) scrubErr(err error, extra []string) error {
 	return &scrubbedError{msg: clean, err: err}
 }
 
-// scrubbedError stands for an error whose text quoted a secret: its text
-// scrubbed, its identity kept for errors.Is and errors.As. It has no
-// Unwrap, which would hand out the text it hides.
+// scrubbedError is an error whose text quoted a secret, scrubbed, its
+// identity kept for errors.Is and errors.As. Unwrap would hand out the text.
 type scrubbedError struct {
 	msg string
 	err error
@@ -1184,8 +1181,7 @@ func (e *scrubbedError) Error() string        { return e.msg }
 func (e *scrubbedError) Is(target error) bool { return errors.Is(e.err, target) }
 func (e *scrubbedError) As(target any) bool   { return errors.As(e.err, target) }
 
-// mediaType names the media type of an answer for an error, scrubbed: the
-// header is the server's text too.
+// mediaType names the media type of an answer for an error, scrubbed.
 func (c *Client) mediaType(hdr http.Header, rq *request) string {
 	ct := hdr.Get("Content-Type")
 	mt, _, err := mime.ParseMediaType(ct)
@@ -1223,9 +1219,8 @@ func present(v any) bool {
 	return v != nil && (!ok || strings.TrimSpace(s) != "")
 }
 
-// serverText renders a decoded JSON value the server sent as one line of
-// at most max bytes: secrets scrubbed first (a nested value is rendered as
-// JSON, where scrub finds a secret in its JSON-escaped form too), control
+// serverText renders a decoded JSON value the server sent (a nested one as
+// JSON) as one line of at most max bytes: secrets scrubbed first, control
 // characters blanked, and the cut made last, on a character boundary.
 func (c *Client) serverText(v any, max int, extra []string) string {
 	s, ok := v.(string)
@@ -1238,8 +1233,7 @@ func (c *Client) serverText(v any, max int, extra []string) string {
 		}
 		s = b.String()
 	}
-	// What lies past max+scrubRun never shows, nor decides what before it
-	// is a secret.
+	// What lies past max+scrubRun never shows nor decides what is a secret.
 	if len(s) > max+scrubRun {
 		s = s[:max+scrubRun]
 	}
@@ -1259,12 +1253,10 @@ func (c *Client) serverText(v any, max int, extra []string) string {
 	return s[:cut] + "..."
 }
 
-// scrub removes from s, text that came from the server, every secret the
-// client holds (the API key, the keys WithAPIKeyFunc returned, the current
-// token pair) and those in extra. Each secret is looked for raw,
-// JSON-escaped (with and without HTML escaping) and URL-escaped, and not
-// only whole: any run of scrubRun bytes of one is redacted, so that a
-// server that cuts or splits a secret cannot leak a part of it either.
+// scrub removes from s, server text, every secret the client holds (the API
+// key, the keys WithAPIKeyFunc returned, the current token pair) and those
+// in extra, in each of secretForms, and not only whole: any run of scrubRun
+// bytes of one is redacted, so that a cut or split secret leaks nothing.
 func (c *Client) scrub(s string, extra []string) string {
 	if s == "" {
 		return s
@@ -1287,8 +1279,7 @@ func (c *Client) scrub(s string, extra []string) string {
 			s = strings.ReplaceAll(s, f, "[REDACTED]")
 		}
 	}
-	// Mark every byte covered by a run of a secret, then replace each
-	// marked stretch.
+	// Mark every byte in a run of a secret, then replace marked stretches.
 	var marked []bool
 	for i := 0; i+scrubRun <= len(s); i++ {
 		for _, f := range forms {
@@ -1423,22 +1414,20 @@ func sleep(ctx context.Context, d time.Duration, closing <-chan struct{}) error 
 	}
 }
 
-// logAttrs logs when a logger is set and enabled at level. Its callers are
-// off the hot path; report, which is on it, checks before building.
+// logAttrs logs when a logger is set and enabled at level; report, on the
+// hot path, checks before building its attributes.
 func (c *Client) logAttrs(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
 	if c.cfg.logger != nil && c.cfg.logger.Enabled(ctx, level) {
 		c.cfg.logger.LogAttrs(ctx, level, msg, attrs...)
 	}
 }
 
-// HTTPClient returns an *http.Client that attaches the access token, and
-// the client's WithHeader headers that a request does not set itself, to
-// every request for the base URL's origin, and to no other, for calls this
-// package does not wrap. When the server answers such a request with 401,
-// the token is dropped and a request whose body can be replayed (GetBody
-// set) is sent once more with a new one; otherwise the 401 is returned and
-// the next request gets a new token. After Close, every request fails with
-// ErrClosed.
+// HTTPClient returns an *http.Client, for calls this package does not wrap,
+// that attaches the access token, and the client's WithHeader headers a
+// request does not set itself, to requests for the base URL's origin only.
+// On a 401 the token is dropped and a request whose body can be replayed
+// (GetBody set) is sent once more with a new one; otherwise the 401 is
+// returned. After Close, every request fails with ErrClosed.
 func (c *Client) HTTPClient() *http.Client {
 	return &http.Client{
 		Transport:     &bearerTransport{c: c},
@@ -1720,8 +1709,8 @@ var (
 	reasons      = []ApplicationReason{ReasonDebtConsolidation, ReasonHomeImprovement, ReasonMedicalEmergency, ReasonCarRepair, ReasonMovingExpenses, ReasonEducation, ReasonBusinessExpenses, ReasonEmergencyExpenses, ReasonVacation, ReasonWedding, ReasonOther}
 )
 
-// checkOneOf returns a *ValidationError unless v is in set; empty is allowed
-// when optional.
+// checkOneOf returns a *ValidationError unless v is in set, or empty and
+// optional.
 func checkOneOf[T ~string](field string, v T, optional bool, set []T) *ValidationError {
 	if v == "" && optional || slices.Contains(set, v) {
 		return nil
@@ -1744,8 +1733,7 @@ func isUUID(s string) bool {
 // isZip reports whether s is exactly 5 digits.
 func isZip(s string) bool { return len(s) == 5 && strings.Trim(s, "0123456789") == "" }
 
-// check validates m; the candidate of OptimizeMessage may leave its channel
-// out.
+// check validates m; OptimizeMessage's candidate needs no channel.
 func (m *Message) check(needChannel bool) *ValidationError {
 	if strings.TrimSpace(m.Content) == "" {
 		return &ValidationError{Field: "Content", Reason: "required"}
@@ -1848,14 +1836,14 @@ type bulkBody struct {
 	Feedback []wireFeedback `json:"feedback"`
 }
 
-// wireFeedbackResponse is a stored feedback entry as the server sends it;
-// pointers tell a missing required field from a zero one.
+// wireFeedbackResponse is a stored feedback entry as the server sends it,
+// with pointers to tell a missing required field from a zero one.
 type wireFeedbackResponse struct {
 	ID                *string          `json:"id"`
 	MessageID         *string          `json:"message_id"`
 	CustomerResponded *bool            `json:"customer_responded"`
 	Score             *Score           `json:"score"`
-	ActualSentMessage *string          `json:"actual_sent_message"`
+	ActualSentMessage string           `json:"actual_sent_message"`
 	PositiveRewards   []PositiveReward `json:"positive_rewards"`
 	SendTimestamp     *string          `json:"send_timestamp"`
 	ReplyTimestamp    *string          `json:"reply_timestamp"`
@@ -1880,9 +1868,8 @@ func wireTime(t time.Time) string {
 	return t.Format("2006-01-02T15:04:05-07:00")
 }
 
-// parseTime reads a response timestamp leniently: RFC 3339 with Z or an
-// offset, with or without fractional seconds, or with no offset (UTC), as
-// Python's isoformat writes it.
+// parseTime reads a response timestamp leniently: RFC 3339, or with no
+// offset (UTC), as Python's isoformat writes it.
 func parseTime(s string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t, nil
@@ -1896,8 +1883,7 @@ func parseTime(s string) (time.Time, error) {
 	return time.Time{}, errors.New("not an ISO 8601 timestamp")
 }
 
-// stamp puts a checked m on the wire, with its id and send time filled in
-// when unset.
+// stamp puts a checked m on the wire, its id and send time filled when unset.
 func (c *Client) stamp(m Message) (wireMessage, error) {
 	w := wireMessage{Content: m.Content, Channel: m.Channel, MessageID: m.MessageID, ReplyOrNot: strconv.FormatBool(m.ReplyOrNot)}
 	if w.MessageID == "" {
@@ -1944,10 +1930,7 @@ func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackRespon
 		return FeedbackResponse{}, rq.missing(field + "inserted_at")
 	}
 	r := FeedbackResponse{ID: *w.ID, MessageID: *w.MessageID, CustomerResponded: *w.CustomerResponded,
-		Score: *w.Score, PositiveRewards: w.PositiveRewards}
-	if w.ActualSentMessage != nil {
-		r.ActualSentMessage = *w.ActualSentMessage
-	}
+		Score: *w.Score, ActualSentMessage: w.ActualSentMessage, PositiveRewards: w.PositiveRewards}
 	for _, t := range []struct {
 		name string
 		in   *string
@@ -1969,9 +1952,8 @@ func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackRespon
 }
 
 // messageBody checks all of req, metadata included, before any work, and
-// puts it on the wire as ProcessMessage sends it. With contentOnly (the
-// optimizer) the candidate is only checked, and left out: its content is
-// all the optimizer sends.
+// puts it on the wire as ProcessMessage sends it; with contentOnly (the
+// optimizer, which sends its content only) the candidate is left out.
 func (c *Client) messageBody(req MessageRequest, contentOnly bool) (b processBody, err error) {
 	b.wireConversation = wireConversation{Company: req.CompanyGUID, CustomerID: req.CustomerID, ZipCode: req.ZipCode}
 	if b.Company == "" {
