@@ -695,7 +695,7 @@ type request struct {
 	auth    bool     // attach the access token, replay once on 401
 	idemKey string   // Idempotency-Key, the same for every attempt
 	secrets []string // the secrets the request carried, scrubbed from its answers even once the client holds others
-	cfg     *config  // the call's settings; nil: the client's
+	cfg     *config  // the call's settings, from callConfig; a token request's are the client's
 	flight  *flight  // the token request it belongs to; nil for an API call
 }
 
@@ -867,9 +867,6 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 		return time.Time{}, errNilContext
 	}
 	cfg := rq.cfg
-	if cfg == nil {
-		cfg = &c.cfg
-	}
 	if info := cfg.info; info != nil { // emptied by callConfig
 		start := time.Now()
 		defer func() { info.Duration = time.Since(start) }()

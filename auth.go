@@ -630,7 +630,7 @@ func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body 
 		}
 	}()
 	rq := newRequest(http.MethodPost, path, false)
-	rq.body, rq.secrets, rq.flight = body, secrets, f
+	rq.body, rq.secrets, rq.flight, rq.cfg = body, secrets, f, &c.cfg
 	var a tokenAnswer
 	sent, err := c.send(ctx, rq, &a)
 	if err != nil {
