@@ -510,14 +510,13 @@ func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) ClientOption {
 // and share it. Close it when done to stop its background work and release
 // its idle connections.
 type Client struct {
-	cfg      config // the options, checked; fixed after NewClient
-	apiKey   string
-	authBody []byte // {"api_key": ...}, marshalled once
-	baseStr  string // base URL without a trailing slash
-	origin   string // scheme://host:port of the base URL
-	hc       *http.Client
-	ownRT    *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
-	budget   retryBudget
+	cfg     config // the options, checked; fixed after NewClient
+	apiKey  string
+	baseStr string // base URL without a trailing slash
+	origin  string // scheme://host:port of the base URL
+	hc      *http.Client
+	ownRT   *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
+	budget  retryBudget
 
 	// The clock by which token lifetimes are judged (since, now), and the
 	// real one, for waits; they differ only for a FakeServer's clients.
@@ -560,7 +559,6 @@ func NewClient(apiKey string, opts ...ClientOption) (*Client, error) {
 	c := &Client{
 		cfg:      cfg,
 		apiKey:   apiKey,
-		authBody: tokenBody("api_key", apiKey),
 		baseStr:  strings.TrimSuffix(base.String(), "/"),
 		origin:   origin(base),
 		since:    timeSince,

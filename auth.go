@@ -710,11 +710,7 @@ func (c *Client) remember(k string) {
 
 // exchangeKey trades key for a token pair.
 func (c *Client) exchangeKey(ctx context.Context, f *flight, key string) (*tokenPair, error) {
-	body := c.authBody
-	if key != c.apiKey {
-		body = tokenBody("api_key", key)
-	}
-	p, err := c.tokenRequest(ctx, f, pathToken, body, []string{key}, "")
+	p, err := c.tokenRequest(ctx, f, pathToken, tokenBody("api_key", key), []string{key}, "")
 	if err != nil {
 		return nil, err
 	}
