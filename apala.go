@@ -723,20 +723,16 @@ var (
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// Do sends one call to the Apala API: method and path (absolute, under the
-// base URL), in marshalled as the JSON body (nil: no body) and the JSON
-// answer decoded into out (nil: discarded), with the call's options. It
-// attaches the access token, retries transient failures, and replays the
+// Do sends one call to the Apala API: method ("" is GET) and path (absolute,
+// under the base URL), in marshalled as the JSON body (nil: none) and the
+// JSON answer decoded into out (nil: discarded; a 204 leaves it untouched).
+// It attaches the access token, retries transient failures, and replays the
 // call once with a new token when the server answers 401. A POST carries an
 // Idempotency-Key that stays the same across its retries and replay.
 //
-// path must stay under the base URL: a dot segment ("..", escaped or not) is
-// a *ValidationError and nothing is sent. A 204 No Content answer leaves out
-// untouched.
-//
-// Errors are *APIError for answers outside 2xx, and match ErrConnection for
-// network failures; a decoding failure names the path. Errors, logs and
-// hooks name the path without its query.
+// A path with a dot segment ("..", escaped or not) is a *ValidationError,
+// and nothing is sent. Errors are those of every call; they, logs and hooks
+// name the path without its query.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts ...CallOption) error {
 	if method == "" {
 		method = http.MethodGet
@@ -2088,11 +2084,9 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...CallOp
 // SubmitFeedbackBulk reports many feedback entries in one call (POST
 // /api/feedback/bulk). items must not be empty, and each is checked first:
 // a *ValidationError naming the item (as in "Items[3].Score") means nothing
-// was sent.
-//
-// The answer is never silently partial: when the server reports a failure or
-// stored fewer entries than were sent, SubmitFeedbackBulk returns its answer
-// together with an error matching ErrPartial.
+// was sent. The answer is never silently partial: when the server reports a
+// failure or stored fewer entries than were sent, SubmitFeedbackBulk
+// returns its answer together with an error matching ErrPartial.
 func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts ...CallOption) (*BulkFeedbackResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {

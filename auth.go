@@ -129,12 +129,10 @@ func marshalAttrs(attrs []slog.Attr) ([]byte, error) {
 }
 
 // AccessToken returns a valid access token, authenticating or refreshing as
-// needed. When the token held is fresh it costs one atomic load and a clock
-// read; inside the refresh margin it is returned at once while one refresh
-// runs in the background; when none is held or it has expired, the call waits
-// for the one token request in flight (or starts it), or for ctx to end.
-//
-// Most callers never need it: every API call attaches the token itself.
+// needed: a fresh one for one atomic load and a clock read, one inside the
+// refresh margin at once while one refresh runs in the background; else it
+// waits for the one token request in flight (starting it), or for ctx to
+// end. Most callers never need it: every API call attaches the token itself.
 func (c *Client) AccessToken(ctx context.Context) (string, error) {
 	if ctx == nil {
 		return "", errNilContext
@@ -155,9 +153,8 @@ func (c *Client) Token() Token { return c.pair.Load().token(c.now()) }
 // /api/auth/token) and returns the new access token. It always reaches the
 // server — joining an exchange already in progress, never taking a token
 // from a TokenStore — and ignores the failure cooldown; the server's error
-// is returned as is, with the zero Token.
-//
-// Calling it is optional: the first API call authenticates by itself.
+// is returned as is, with the zero Token. Calling it is optional: the first
+// API call authenticates by itself.
 func (c *Client) Authenticate(ctx context.Context) (Token, error) {
 	p, err := c.await(ctx, flightAuth)
 	return p.token(c.now()), err
@@ -166,10 +163,9 @@ func (c *Client) Authenticate(ctx context.Context) (Token, error) {
 // RefreshAccessToken trades the refresh token held for a new access token
 // (POST /api/auth/refresh) and returns it. It fails with
 // ErrNotAuthenticated, sending nothing, when no refresh token is held.
-//
 // Unlike the automatic path, it does not fall back to the API key when the
 // server refuses the refresh token: that error is returned as is, and the
-// refused refresh token is dropped.
+// refresh token dropped.
 func (c *Client) RefreshAccessToken(ctx context.Context) (Token, error) {
 	p, err := c.await(ctx, flightRefresh)
 	return p.token(c.now()), err
