@@ -377,11 +377,11 @@ func badHeader(key, value string) string {
 		return "want a header name"
 	}
 	notToken := func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) }
-	if strings.IndexFunc(key, notToken) >= 0 {
+	if strings.ContainsFunc(key, notToken) {
 		return fmt.Sprintf("%q is not a header name", key)
 	}
 	control := func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }
-	if strings.IndexFunc(value, control) >= 0 {
+	if strings.ContainsFunc(value, control) {
 		return "the value has a control character"
 	}
 	return ""
@@ -778,11 +778,10 @@ func validPath(p string) bool {
 		return false
 	}
 	path, _, _ := strings.Cut(p, "?")
+	refused := func(r rune) bool { return r < ' ' || r == 0x7f || r == '\\' }
 	for depth := 0; ; depth++ {
-		for i := 0; i < len(path); i++ {
-			if b := path[i]; b < ' ' || b == 0x7f || b == '\\' {
-				return false
-			}
+		if strings.ContainsFunc(path, refused) {
+			return false
 		}
 		for _, seg := range strings.Split(path, "/") {
 			if i := strings.IndexAny(seg, ";?#"); i >= 0 {

@@ -306,7 +306,7 @@ func jwtExpiry(tok string) (time.Time, bool) {
 // ASCII only, so a hostile answer cannot inject a header or a line break.
 func validToken(s string) bool {
 	invisible := func(r rune) bool { return r <= ' ' || r >= 0x7f }
-	return s != "" && len(s) <= 16<<10 && strings.IndexFunc(s, invisible) < 0
+	return s != "" && len(s) <= 16<<10 && !strings.ContainsFunc(s, invisible)
 }
 
 // tokenState is the token lifecycle's state: the pair in use, the flight
