@@ -108,10 +108,10 @@ var (
 	// reported a failure or stored fewer entries than were sent; the
 	// server's full answer is returned with it.
 	ErrPartial = errors.New("apala: partial success")
-)
 
-// errNilContext is returned, instead of a panic, for a nil context.
-var errNilContext = errors.New("apala: nil context")
+	// errNilContext is returned, instead of a panic, for a nil context.
+	errNilContext = errors.New("apala: nil context")
+)
 
 // APIError is the error for every answer of the server outside 2xx. Match
 // its kind with errors.Is and ErrUnauthorized, ErrForbidden, ErrRateLimited
@@ -1850,8 +1850,11 @@ type bulkResponse struct {
 // wireTime formats a request timestamp as Python's isoformat does, which
 // every server version reads: truncated to the microsecond, six fraction
 // digits unless they are all zero, and the time's own offset, UTC as
-// +00:00 (2025-01-15T10:30:00.120000+00:00).
+// +00:00 (2025-01-15T10:30:00.120000+00:00). The zero time is "", left out.
 func wireTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
 	if t = t.Truncate(time.Microsecond); t.Nanosecond() != 0 {
 		return t.Format("2006-01-02T15:04:05.000000-07:00")
 	}
@@ -1875,33 +1878,23 @@ func parseTime(s string) (time.Time, error) {
 
 // stamp puts a checked m on the wire, its id and send time filled when unset.
 func (c *Client) stamp(m Message) (wireMessage, error) {
-	w := wireMessage{Content: m.Content, Channel: m.Channel, MessageID: m.MessageID, ReplyOrNot: strconv.FormatBool(m.ReplyOrNot)}
+	if m.SendTimestamp.IsZero() {
+		m.SendTimestamp = c.now().UTC()
+	}
+	w := wireMessage{Content: m.Content, Channel: m.Channel, MessageID: m.MessageID,
+		SendTimestamp: wireTime(m.SendTimestamp), ReplyOrNot: strconv.FormatBool(m.ReplyOrNot)}
+	var err error
 	if w.MessageID == "" {
-		id, err := newID()
-		if err != nil {
-			return wireMessage{}, err
-		}
-		w.MessageID = id
+		w.MessageID, err = newID()
 	}
-	ts := m.SendTimestamp
-	if ts.IsZero() {
-		ts = c.now().UTC()
-	}
-	w.SendTimestamp = wireTime(ts)
-	return w, nil
+	return w, err
 }
 
 // wire puts a checked fb on the wire.
 func (fb *Feedback) wire() wireFeedback {
-	w := wireFeedback{MessageID: fb.MessageID, CustomerResponded: fb.CustomerResponded, Score: fb.Score,
-		ActualSentMessage: fb.ActualSentMessage, PositiveRewards: fb.PositiveRewards}
-	if !fb.SendTimestamp.IsZero() {
-		w.SendTimestamp = wireTime(fb.SendTimestamp)
-	}
-	if !fb.ReplyTimestamp.IsZero() {
-		w.ReplyTimestamp = wireTime(fb.ReplyTimestamp)
-	}
-	return w
+	return wireFeedback{MessageID: fb.MessageID, CustomerResponded: fb.CustomerResponded, Score: fb.Score,
+		ActualSentMessage: fb.ActualSentMessage, PositiveRewards: fb.PositiveRewards,
+		SendTimestamp: wireTime(fb.SendTimestamp), ReplyTimestamp: wireTime(fb.ReplyTimestamp)}
 }
 
 // decode reads a stored entry of the answer to rq; field prefixes the names
