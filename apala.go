@@ -1899,20 +1899,20 @@ func (fb *Feedback) wire() wireFeedback {
 
 // decode reads a stored entry of the answer to rq; field prefixes the names
 // of its fields in errors, as in "feedback[2].".
-func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackResponse, error) {
+func (w *wireFeedbackResponse) decode(rq *request, field string) (*FeedbackResponse, error) {
 	switch {
 	case w.ID == nil || *w.ID == "":
-		return FeedbackResponse{}, rq.missing(field + "id")
+		return nil, rq.missing(field + "id")
 	case w.MessageID == nil:
-		return FeedbackResponse{}, rq.missing(field + "message_id")
+		return nil, rq.missing(field + "message_id")
 	case w.CustomerResponded == nil:
-		return FeedbackResponse{}, rq.missing(field + "customer_responded")
+		return nil, rq.missing(field + "customer_responded")
 	case w.Score == nil:
-		return FeedbackResponse{}, rq.missing(field + "score")
+		return nil, rq.missing(field + "score")
 	case w.InsertedAt == nil:
-		return FeedbackResponse{}, rq.missing(field + "inserted_at")
+		return nil, rq.missing(field + "inserted_at")
 	}
-	r := FeedbackResponse{ID: *w.ID, MessageID: *w.MessageID, CustomerResponded: *w.CustomerResponded,
+	r := &FeedbackResponse{ID: *w.ID, MessageID: *w.MessageID, CustomerResponded: *w.CustomerResponded,
 		Score: *w.Score, ActualSentMessage: w.ActualSentMessage, PositiveRewards: w.PositiveRewards}
 	for _, t := range []struct {
 		name string
@@ -1924,7 +1924,7 @@ func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackRespon
 		}
 		v, err := parseTime(*t.in)
 		if err != nil {
-			return FeedbackResponse{}, rq.errorf(nil, "%s%s: %w", field, t.name, err)
+			return nil, rq.errorf(nil, "%s%s: %w", field, t.name, err)
 		}
 		*t.out = v
 	}
@@ -2066,11 +2066,7 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...CallOp
 	if err := c.call(ctx, rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
-	r, err := out.decode(rq, "")
-	if err != nil {
-		return nil, err
-	}
-	return &r, nil
+	return out.decode(rq, "")
 }
 
 // SubmitFeedbackBulk reports many feedback entries in one call (POST
@@ -2111,7 +2107,7 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts 
 		if err != nil {
 			return nil, err
 		}
-		r.Feedback[i] = fr
+		r.Feedback[i] = *fr
 	}
 	switch {
 	case !r.Success:
