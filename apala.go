@@ -284,20 +284,18 @@ func WithBaseURL(url string) ClientOption {
 	return clientOption(func(c *config) { c.baseURL = url })
 }
 
-// WithHTTPClient sets the *http.Client that carries requests: give one with
-// your own transport for a custom CA, client certificates (mTLS) or a proxy
-// of your own. The client works on a copy, which never follows redirects;
-// Close leaves its idle connections to you. Nil means a client of its own,
-// with a transport cloned from http.DefaultTransport (which honours
-// HTTPS_PROXY and NO_PROXY).
+// WithHTTPClient sets the *http.Client that carries requests, for a custom
+// CA, client certificates (mTLS) or a proxy of your own. The client works on
+// a copy, which never follows redirects; Close leaves its idle connections
+// to you. Nil means a client of its own, with a transport cloned from
+// http.DefaultTransport (which honours HTTPS_PROXY and NO_PROXY).
 func WithHTTPClient(hc *http.Client) ClientOption {
 	return clientOption(func(c *config) { c.hc = hc })
 }
 
-// WithLogger sets the logger for debugging: each HTTP attempt at Debug,
-// authentication and refresh at Info, retries (and retries not made),
-// refused refreshes and failed token requests at Warn. Nil, the default,
-// logs nothing. No secret is ever logged.
+// WithLogger sets the logger: each HTTP attempt at Debug, authentication and
+// refresh at Info, retries (and retries not made), refused refreshes and
+// failed token requests at Warn, never a secret. Nil, the default, is none.
 func WithLogger(l *slog.Logger) ClientOption {
 	return clientOption(func(c *config) { c.logger = l })
 }
@@ -310,9 +308,8 @@ func WithRefreshMargin(d time.Duration) ClientOption {
 }
 
 // WithMaxRetries sets how many more attempts may follow a failed first one
-// on a connection error or a 408, 429, 500, 502, 503 or 504 answer, within
-// the client's retry budget. Default 2; 0 disables retries; negative is
-// invalid.
+// (a connection error, 408, 429, 500, 502, 503, 504), within the client's
+// retry budget. Default 2; 0 disables retries; negative is invalid.
 func WithMaxRetries(n int) Option {
 	return option(checked("WithMaxRetries", n >= 0, "negative count", func(c *config) { c.maxRetries = n }))
 }
@@ -340,8 +337,8 @@ func WithCompanyGUID(guid string) ClientOption {
 }
 
 // WithInsecureHTTP allows an http:// base URL to a host that is not
-// loopback. Without it such a URL is refused, so that an API key never
-// crosses a network in clear text by accident.
+// loopback, refused without it so that a key never crosses a network in
+// clear text by accident.
 func WithInsecureHTTP() ClientOption {
 	return clientOption(func(c *config) { c.insecure = true })
 }

@@ -83,12 +83,10 @@ func (t Token) Format(f fmt.State, verb rune) { format(f, verb, "apala.Token", t
 // Token logged with log/slog, also inside a slice or a map, stays safe.
 func (t Token) MarshalJSON() ([]byte, error) { return marshalAttrs(t.printable()) }
 
-// Printing a value that holds a secret: its type lists its fields once,
-// secrets redacted, in a printable method; Format prints that list for
-// every verb of fmt, and MarshalJSON encodes it for encoding/json and
-// log/slog (whose handlers print any value with one or the other, inside
-// slices and maps too). StoredToken, whose JSON is real, has LogValue
-// instead.
+// Printing a value that holds a secret: its printable method lists its
+// fields, secrets redacted; Format prints the list for every verb of fmt,
+// and MarshalJSON encodes it for encoding/json and log/slog (inside slices
+// and maps too). StoredToken, whose JSON is real, has LogValue instead.
 
 // redact stands for a secret in printed output: whether one is held, never what.
 func redact(s string) string {
