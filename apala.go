@@ -634,11 +634,7 @@ func parseBaseURL(raw string, insecure bool) (*url.URL, error) {
 }
 
 func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return strings.EqualFold(host, "localhost") || net.ParseIP(host).IsLoopback() // a nil IP is not loopback
 }
 
 // origin is scheme://host:port with the default port made explicit, so that

@@ -409,11 +409,6 @@ func (c *Client) refreshSoon(ctx context.Context) {
 
 func (c *Client) coolingDown() bool { return c.elapsed() < time.Duration(c.cooldownUntil.Load()) }
 
-// usable reports whether p can be sent now (fresh or stale).
-func (c *Client) usable(p *tokenPair) bool {
-	return p != nil && c.mono() < p.invalidAt
-}
-
 // await is the slow path and the explicit calls. For flightAuto it returns
 // a usable pair, held or from the flight it joins or starts; an explicit
 // kind joins only a flight of its own kind, waits out another, and ignores
@@ -431,7 +426,7 @@ func (c *Client) await(ctx context.Context, kind flightKind) (*tokenPair, error)
 		switch {
 		case c.closed.Load():
 			err = ErrClosed
-		case kind == flightAuto && c.usable(p):
+		case kind == flightAuto && p != nil && c.mono() < p.invalidAt: // usable: fresh or stale
 			c.mu.Unlock()
 			return p, nil
 		case ctx.Err() != nil:
@@ -544,9 +539,8 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 		f.pair, f.err = nil, ErrClosed
 	case f.err == nil:
 		c.pair.Store(f.pair)
-		c.cooldown = 0
+		c.cooldown, c.lastErr = 0, nil
 		c.cooldownUntil.Store(0)
-		c.lastErr = nil
 	case f.kind == flightRefresh && refused(f.err):
 		c.dropRefresh(old.refresh)
 	default:
