@@ -282,14 +282,9 @@ func jwtExpiry(tok string) (time.Time, bool) {
 	if len(parts) != 3 {
 		return time.Time{}, false
 	}
+	var claims struct{ Exp *float64 } // encoding/json matches "exp" to Exp
 	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
-	if err != nil {
-		return time.Time{}, false
-	}
-	var claims struct {
-		Exp *float64 `json:"exp"`
-	}
-	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == nil {
+	if err != nil || json.Unmarshal(payload, &claims) != nil || claims.Exp == nil {
 		return time.Time{}, false
 	}
 	exp := *claims.Exp
@@ -351,13 +346,11 @@ const (
 // flight is one token request in progress. Its result fields are written
 // once, before done is closed, and only read after.
 type flight struct {
-	kind   flightKind
-	done   chan struct{}
-	cancel context.CancelFunc // ends the flight's requests; called by Close
-
-	pair *tokenPair
-	err  error
-
+	kind    flightKind
+	done    chan struct{}
+	cancel  context.CancelFunc // ends the flight's requests; called by Close
+	pair    *tokenPair
+	err     error
 	reports []func() // the hooks' reports about it, in order; called by fly once it ended
 }
 
