@@ -174,11 +174,10 @@ func (e *APIError) Is(target error) bool {
 	return false
 }
 
-// ValidationError reports data of a call that the client refused before
-// sending anything: a field of a request, or Do's path. Field names the
-// field as the Go type spells it; inside a list it carries the item's
-// index, as in "Messages[2].Channel". A service maps it to its own 400; a
-// problem of the program's setup is ErrConfig instead.
+// ValidationError reports data of a call refused before sending anything: a
+// field of a request, as the Go type spells it, with the item's index in a
+// list ("Messages[2].Channel"), or Do's path. A service maps it to its own
+// 400; a problem of the program's setup is ErrConfig instead.
 type ValidationError struct{ Field, Reason string }
 
 // Error names the field and the reason.
@@ -398,10 +397,9 @@ func WithResponseInfo(dst *ResponseInfo) CallOption {
 	return callOption(func(c *config) { c.info = dst })
 }
 
-// ResponseInfo describes how a call went, for support tickets and metrics;
-// WithResponseInfo asks for it. Printed or JSON-encoded (log/slog
-// included), it shows the names of the answer's headers, not their values,
-// which a hostile server could fill with a secret of the client's.
+// ResponseInfo describes how a call went; WithResponseInfo asks for it.
+// Printed or JSON-encoded, it shows the answer's header names, not their
+// values, which a hostile server could fill with a secret of the client's.
 type ResponseInfo struct {
 	StatusCode int           // of the last answer; 0 when none came
 	Header     http.Header   // of the last answer; nil when none came
@@ -1969,10 +1967,9 @@ func (c *Client) messageBody(req MessageRequest, contentOnly bool) (b processBod
 }
 
 // ProcessMessage sends a conversation and its candidate message to message
-// processing (POST /api/message_processing). Missing message ids are
-// generated and missing send times set to now. req and opts are checked
-// first: a *ValidationError means nothing was sent. req.Metadata is not
-// sent.
+// processing (POST /api/message_processing), missing message ids generated
+// and send times set to now; req.Metadata is not sent. req and opts are
+// checked first: a *ValidationError means nothing was sent.
 func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ...CallOption) (*ProcessingResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
@@ -1999,10 +1996,9 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 }
 
 // OptimizeMessage asks for a better wording of req.Candidate and the channel
-// to send it on (POST /api/message_optimizer). Only the candidate's content
-// is sent; the metadata goes flat at the top level, each field left out when
-// unset. req and opts are checked first: a *ValidationError means nothing
-// was sent.
+// to send it on (POST /api/message_optimizer), sending the candidate's
+// content only and the metadata fields set. req and opts are checked first:
+// a *ValidationError means nothing was sent.
 func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts ...CallOption) (*OptimizationResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {

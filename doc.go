@@ -95,13 +95,11 @@
 //
 // # Logging
 //
-// Nothing is logged unless [WithLogger] is given an [*log/slog.Logger]. At
-// Debug, each HTTP attempt (method, path, status, duration, attempt number);
-// at Info, authentication (company, lifetime) and refreshes; at Warn, a
-// scheduled retry (reason, delay), a refused refresh falling back to the
-// API key, and a failed automatic token request (the error, the cooldown).
-// [WithHooks] reports every HTTP attempt and token request to functions of
-// yours, with the caller's context, to feed metrics and traces.
+// Nothing is logged unless [WithLogger] is given an [*log/slog.Logger]: each
+// HTTP attempt at Debug; authentication and refreshes at Info; a retry, a
+// refused refresh and a failed automatic token request at Warn. [WithHooks]
+// reports every HTTP attempt and token request to functions of yours, with
+// the caller's context, to feed metrics and traces.
 //
 // # Testing
 //
