@@ -995,11 +995,9 @@ type bearer struct {
 
 // token returns a usable token for the next attempt, waiting when need be.
 func (b *bearer) token(ctx context.Context) (*tokenPair, error) {
-	p, err := b.c.usablePair(ctx)
-	if err == nil {
-		b.pair = p
-	}
-	return p, err
+	var err error
+	b.pair, err = b.c.usablePair(ctx)
+	return b.pair, err
 }
 
 // refused applies the 401 rule to an answer with status, and reports

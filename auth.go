@@ -220,11 +220,10 @@ func (p *tokenPair) token(at time.Time) Token {
 	}
 }
 
-// newPair builds a token pair from a server answer to a request sent at
-// sent, by the token clock: its lifetime is counted from then, not from
-// when the answer arrived. expiresIn <= 0 means unknown: the JWT's exp
-// claim is read, and failing that the token is used until the server
-// rejects it.
+// newPair builds a token pair from an answer to a request sent at sent (by
+// the token clock), from which its lifetime counts. expiresIn <= 0 means
+// unknown: the JWT's exp claim is read, and failing that the token is used
+// until the server rejects it.
 func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sent time.Time) *tokenPair {
 	var expires time.Time
 	if expiresIn > 0 {
