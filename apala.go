@@ -1277,15 +1277,12 @@ func (c *Client) scrub(s string, extra []string) string {
 		return s
 	}
 	var b strings.Builder
-	for i := 0; i < len(s); {
-		if !marked[i] {
+	for i := 0; i < len(s); i++ {
+		switch {
+		case !marked[i]:
 			b.WriteByte(s[i])
-			i++
-			continue
-		}
-		b.WriteString("[REDACTED]")
-		for i < len(s) && marked[i] {
-			i++
+		case i == 0 || !marked[i-1]: // a marked stretch starts
+			b.WriteString("[REDACTED]")
 		}
 	}
 	return b.String()
@@ -1312,9 +1309,6 @@ func secretForms(secret string) []string {
 // maxRetryAfter; 0 when absent or unreadable.
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
 	var d time.Duration
 	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
 		d = time.Duration(min(max(n, 0), int64(maxRetryAfter/time.Second))) * time.Second
