@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	mrand "math/rand"
 	"mime"
 	"net"
@@ -353,9 +354,7 @@ func WithHeader(key, value string) Option {
 	bad := badHeader(k, value)
 	return option(checked("WithHeader", bad == "", bad, func(c *config) {
 		h := make(http.Header, len(c.header)+1)
-		for hk, hv := range c.header {
-			h[hk] = hv
-		}
+		maps.Copy(h, c.header)
 		h[k] = []string{value}
 		c.header = h
 	}))
@@ -1048,9 +1047,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	h := req.Header
 	h["Accept"] = hdrJSON
 	h["User-Agent"] = hdrUserAgent
-	for k, v := range cfg.header {
-		h[k] = v
-	}
+	maps.Copy(h, cfg.header)
 	if rq.body != nil {
 		h["Content-Type"] = hdrJSON
 	}
