@@ -992,16 +992,15 @@ func (s *fileStore) Load(ctx context.Context) (*StoredToken, error) {
 	// Only a regular file, read with a bound: a FIFO or a device at the
 	// path would block or never end.
 	fi, err := os.Stat(s.path)
-	if errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil, nil
-	}
-	if err == nil && !fi.Mode().IsRegular() {
+	case err == nil && !fi.Mode().IsRegular():
 		err = errors.New("not a regular file")
-	}
-	var b []byte
-	if err == nil {
+	case err == nil:
 		err = ctx.Err()
 	}
+	var b []byte
 	if err == nil {
 		var f *os.File
 		if f, err = os.Open(s.path); err == nil {
