@@ -1057,7 +1057,6 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	if rq.idemKey != "" {
 		h["Idempotency-Key"] = []string{rq.idemKey}
 	}
-
 	start := time.Now()
 	defer func() { r.took = time.Since(start) }()
 	resp, err := c.hc.Do(req)

@@ -173,11 +173,10 @@ func (c *Client) RefreshAccessToken(ctx context.Context) (Token, error) {
 // current one in an atomic.Pointer and replaces it whole; nothing mutates a
 // tokenPair once it is published.
 type tokenPair struct {
-	access    string
-	refresh   string
-	tokenType string
-	bearer    []string // the Authorization header value, pre-built: {"Bearer " + access}
-
+	access      string
+	refresh     string
+	tokenType   string
+	bearer      []string // the Authorization header value, pre-built: {"Bearer " + access}
 	companyID   string
 	companyName string
 	keyID       string // the fingerprint of the base URL and key it came from, for a TokenStore
@@ -436,7 +435,6 @@ func (c *Client) await(ctx context.Context, kind flightKind) (*tokenPair, error)
 		if err != nil {
 			return nil, err
 		}
-
 		select {
 		case <-f.done:
 		case <-ctx.Done():
@@ -496,7 +494,6 @@ func (c *Client) launch(ctx context.Context, kind flightKind) *flight {
 func (c *Client) fly(ctx context.Context, f *flight) {
 	defer c.wg.Done()
 	defer f.cancel()
-
 	old := c.pair.Load()
 	if f.kind == flightAuto {
 		// Adopting needs no lock: only a token request does.
@@ -523,7 +520,6 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 		}
 		unlock()
 	}
-
 	var cooldown time.Duration
 	c.mu.Lock()
 	switch {
