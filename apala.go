@@ -343,12 +343,11 @@ func WithInsecureHTTP() ClientOption {
 	return clientOption(func(c *config) { c.insecure = true })
 }
 
-// WithHeader adds a header to requests: given to a client, to every
-// request, token requests and HTTPClient's requests to the base URL's
-// origin included; given to a call, to that call's attempts, over the
-// client's. The headers the client sets itself (Authorization,
-// Idempotency-Key, Content-Type, Content-Length, Host) and hop-by-hop
-// headers are invalid, and so is a value with a control character.
+// WithHeader adds a header: given to a client, to every request (token
+// requests and HTTPClient's to the base URL's origin included); given to a
+// call, to its attempts, over the client's. A header the client sets itself
+// (Authorization, Idempotency-Key, Content-Type, Content-Length, Host), a
+// hop-by-hop header and a value with a control character are invalid.
 func WithHeader(key, value string) Option {
 	k := http.CanonicalHeaderKey(key)
 	bad := badHeader(k, value)
@@ -498,11 +497,9 @@ func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) ClientOption {
 
 // Client talks to the Apala API. It exchanges the API key for a token pair on
 // first use, keeps the access token fresh by itself, and attaches it to every
-// call; its users never handle tokens.
-//
-// A Client is safe for concurrent use by any number of goroutines: create one
-// and share it. Close it when done to stop its background work and release
-// its idle connections.
+// call; its users never handle tokens. A Client is safe for concurrent use
+// by any number of goroutines: create one and share it. Close it when done
+// to stop its background work and release its idle connections.
 type Client struct {
 	cfg     config // the options, checked; fixed after NewClient
 	apiKey  string
@@ -662,10 +659,10 @@ func (c *Client) Format(f fmt.State, verb rune) {
 	format(f, verb, "apala.Client", attrs)
 }
 
-// Close ends the client: it ends every wait of its calls with ErrClosed,
-// cancels and waits for a token request in progress (and its hooks),
-// closes the idle connections of the transport the client made, and makes
-// later calls fail with ErrClosed. It is idempotent and always returns nil.
+// Close ends every wait of the client's calls, and every later call, with
+// ErrClosed, cancels and waits for a token request in progress (and its
+// hooks), and closes the idle connections of the transport the client made.
+// It is idempotent and always returns nil.
 func (c *Client) Close() error {
 	c.closeFlights()
 	if c.ownRT != nil {
@@ -815,8 +812,7 @@ const (
 	retryRefund     = 1
 )
 
-// retryBudget is a client's retry budget, shared by all its goroutines
-// without a lock. The zero value is full.
+// retryBudget is a client's retry budget, lock-free; the zero value is full.
 type retryBudget struct{ spent atomic.Int64 }
 
 // spend takes the cost of a retry, and reports whether there was enough.
@@ -1353,9 +1349,8 @@ func retryReason(status int) string {
 }
 
 // backoff is the wait before retry n (1-based): min·2^(n-1), plus up to half
-// of that again as jitter, within [min, max]. Each sum d+x is taken as
-// min(d, max-x)+x, which saturates at max instead of overflowing, whatever
-// the bounds.
+// of that again as jitter, within [min, max]; each sum d+x is taken as
+// min(d, max-x)+x, which saturates at max instead of overflowing.
 func (cfg *config) backoff(n int) time.Duration {
 	d, hi := cfg.minBackoff, cfg.maxBackoff
 	for i := 1; i < n && d < hi; i++ {

@@ -142,9 +142,8 @@ func (c *Client) AccessToken(ctx context.Context) (string, error) {
 	return p.access, nil
 }
 
-// Token returns a snapshot of the access token held, without any I/O. It is
-// the zero Token when none is held, after a rejection by the server, and
-// after Close.
+// Token returns a snapshot of the access token held, without any I/O: the
+// zero Token when none is held, after a rejection by the server or Close.
 func (c *Client) Token() Token { return c.pair.Load().token(c.now()) }
 
 // Authenticate exchanges the API key for a new token pair (POST
@@ -233,11 +232,10 @@ func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sent 
 	return c.makePair(access, refresh, tokenType, sent, expires)
 }
 
-// makePair builds a token pair issued and expiring at the times given, with
-// the deadlines that follow: stale the refresh margin before expiry, capped
-// at half its lifetime (uncapped when issued is zero), and invalid a leeway
-// of a quarter of that margin, at most 10s, before it. A zero expires means
-// unknown: never stale nor invalid.
+// makePair builds a token pair issued and expiring at the times given (zero
+// expires: unknown, never stale nor invalid), stale the refresh margin before
+// expiry, capped at half its lifetime (uncapped when issued is zero), and
+// invalid a leeway of a quarter of that margin, at most 10s, before it.
 func (c *Client) makePair(access, refresh, tokenType string, issued, expires time.Time) *tokenPair {
 	p := &tokenPair{access: access, refresh: refresh, tokenType: tokenType, bearer: []string{"Bearer " + access},
 		issuedAt: issued, expiresAt: expires, staleAt: math.MaxInt64, invalidAt: math.MaxInt64}
@@ -300,9 +298,8 @@ func validToken(s string) bool {
 	return s != "" && len(s) <= 16<<10 && !strings.ContainsFunc(s, invisible)
 }
 
-// tokenState is the token lifecycle's state: the pair in use, the flight
-// in progress and the failure cooldown. Client embeds it; the methods in this
-// file are the only ones that touch it.
+// tokenState is the token lifecycle's state, embedded in Client and touched
+// only by the methods in this file.
 type tokenState struct {
 	// pair is the current token pair; read without a lock, replaced whole.
 	pair atomic.Pointer[tokenPair]
@@ -312,13 +309,11 @@ type tokenState struct {
 	// cooldownUntil is the time (Client.elapsed) before which no automatic
 	// flight starts after a failure; written under mu, read without it.
 	cooldownUntil atomic.Int64
-	// closed is set by Close, under mu; closing is closed then, ending
-	// every wait.
+	// closed is set by Close, under mu, which then closes closing to end every wait.
 	closed  atomic.Bool
 	closing chan struct{}
-	// keys are the keys WithAPIKeyFunc's function returned, scrubbed from
-	// server text; replaced whole under mu, read without it. lastKey is the
-	// latest of them.
+	// keys, those WithAPIKeyFunc's function returned, scrubbed from server
+	// text, are replaced whole under mu, read without it; lastKey is the latest.
 	keys    atomic.Pointer[[]string]
 	lastKey atomic.Pointer[string]
 
@@ -895,10 +890,9 @@ func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 	return release, true
 }
 
-// adopt loads the store and returns a pair made of the token stored there
-// when it came from this client's base URL and key, was never refused to
-// this client, is newer than old, and would be fresh: its time left is more
-// than the margin the client would apply to it. nil otherwise.
+// adopt loads the store and returns a pair of the token there if it came
+// from this client's base URL and key, was never refused to it, is newer
+// than old, and is fresh by the margin the client would apply; else nil.
 func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	if c.cfg.store == nil {
 		return nil
@@ -966,12 +960,10 @@ func (c *Client) storeFailed(ctx context.Context, op string, err error, secrets 
 // service's user reads it. On js/wasm its methods return errors.
 func NewFileTokenStore(path string) TokenStore { return &fileStore{path: path} }
 
-// fileLockStale is how old a lock file is before another process takes it
-// over; tests shorten it.
+// fileLockStale is the age at which a lock file is taken over; tests shorten it.
 var fileLockStale = 10 * time.Second
 
-// fileStore is the TokenStore of NewFileTokenStore; it checks its context
-// between its steps.
+// fileStore is NewFileTokenStore's; it checks its context between its steps.
 type fileStore struct{ path string }
 
 var _ TokenLocker = (*fileStore)(nil)
