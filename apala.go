@@ -93,7 +93,7 @@ var (
 	// ErrConnection matches a failure to reach the server or a broken
 	// connection, which also unwraps to the *url.Error underneath.
 	ErrConnection = errors.New("apala: connection failed")
-	// ErrNotAuthenticated is RefreshAccessToken's error with no refresh token.
+	// ErrNotAuthenticated is RefreshAccessToken's error when no refresh token is held.
 	ErrNotAuthenticated = errors.New("apala: not authenticated: no refresh token held")
 	// ErrConfig matches every error about the program's setup, as opposed
 	// to the data of a call (a *ValidationError): an invalid option value,

@@ -457,7 +457,7 @@ func refused(err error) bool {
 }
 
 // cachedError is the error of the last failed flight, served again during
-// the cooldown: it matches what the original matched, and says so.
+// the cooldown: it matches what the original did, and says it is cached.
 type cachedError struct {
 	err   error
 	until time.Time // when the cooldown ends
