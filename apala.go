@@ -17,13 +17,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	mrand "math/rand"
 	"mime"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,19 +35,16 @@ import (
 
 // Defaults and the environment variables read by NewClientFromEnv.
 const (
-	// DefaultBaseURL is the server's address when none is given: a server
-	// on this machine, as in development.
+	// DefaultBaseURL is the server's address when none is given: a
+	// development server on this machine.
 	DefaultBaseURL = "http://localhost:4000"
 	// DefaultRefreshMargin is how long before expiry a token is refreshed.
 	DefaultRefreshMargin = 60 * time.Second
-
-	// EnvAPIKey names the variable holding the API key, required by
-	// NewClientFromEnv.
+	// EnvAPIKey names the variable holding the API key.
 	EnvAPIKey = "APALA_API_KEY"
 	// EnvBaseURL names the variable holding the base URL (optional).
 	EnvBaseURL = "APALA_BASE_URL"
-	// EnvCompanyGUID names the variable holding the company GUID sent as
-	// "company" (optional).
+	// EnvCompanyGUID names the variable holding the company GUID (optional).
 	EnvCompanyGUID = "APALA_COMPANY_GUID"
 )
 
@@ -60,6 +58,8 @@ const (
 	maxBody       = 10 << 20 // bytes of a success body decoded at most
 	maxErrorBody  = 64 << 10 // bytes of an error body read for its message
 	maxDrain      = 1 << 20  // bytes drained past that so the connection is reused
+	maxMessage    = 512      // bytes of the server's text kept in an error
+	scrubRun      = 8        // the length of the runs of a secret that scrub redacts
 
 	userAgent = "apala-go/1"
 )
@@ -74,8 +74,7 @@ const (
 	pathFeedbackBulk = "/api/feedback/bulk"
 )
 
-// Clocks, replaced by tests so that expiry tests never sleep. A client reads
-// them once, in NewClient.
+// Clocks, replaced by tests so that expiry tests never sleep; read by NewClient.
 var (
 	timeNow   = time.Now
 	timeSince = time.Since
@@ -92,10 +91,9 @@ var (
 	// ErrServer matches an *APIError with any 5xx status.
 	ErrServer = errors.New("apala: server error")
 	// ErrConnection matches a failure to reach the server or a broken
-	// connection; such errors also unwrap to the *url.Error underneath.
+	// connection, which also unwraps to the *url.Error underneath.
 	ErrConnection = errors.New("apala: connection failed")
-	// ErrNotAuthenticated is returned by RefreshAccessToken when no refresh
-	// token is held.
+	// ErrNotAuthenticated is RefreshAccessToken's error when no refresh token is held.
 	ErrNotAuthenticated = errors.New("apala: not authenticated: no refresh token held")
 	// ErrConfig matches every error about the program's setup, as opposed
 	// to the data of a call (a *ValidationError): an invalid option value,
@@ -111,10 +109,10 @@ var (
 	// reported a failure or stored fewer entries than were sent; the
 	// server's full answer is returned with it.
 	ErrPartial = errors.New("apala: partial success")
-)
 
-// errNilContext is returned, instead of a panic, for a nil context.
-var errNilContext = errors.New("apala: nil context")
+	// errNilContext is returned, instead of a panic, for a nil context.
+	errNilContext = errors.New("apala: nil context")
+)
 
 // APIError is the error for every answer of the server outside 2xx. Match
 // its kind with errors.Is and ErrUnauthorized, ErrForbidden, ErrRateLimited
@@ -134,8 +132,8 @@ type APIError struct {
 	// RetryAfter is the wait the server asked for in Retry-After (seconds
 	// or an HTTP date), capped at 60s; 0 when absent.
 	RetryAfter time.Duration
-	// RequestID is the answer's X-Request-Id (Phoenix's Plug.RequestId),
-	// when sent: quote it in a support ticket.
+	// RequestID is the answer's X-Request-Id, when sent: quote it in a
+	// support ticket.
 	RequestID string
 
 	contentType string // named in Error when the body was not JSON
@@ -177,21 +175,17 @@ func (e *APIError) Is(target error) bool {
 	return false
 }
 
-// ValidationError reports data of a call that the client refused before
-// sending anything: a field of a request, or Do's path. Field names the
-// field as the Go type spells it; inside a list it carries the item's
-// index, as in "Messages[2].Channel". A service maps it to its own 400; a
-// problem of the program's setup is ErrConfig instead.
+// ValidationError reports data of a call refused before sending anything: a
+// field of a request, as the Go type spells it, with the item's index in a
+// list ("Messages[2].Channel"), or Do's path. A service maps it to its own
+// 400; a problem of the program's setup is ErrConfig instead.
 type ValidationError struct{ Field, Reason string }
 
 // Error names the field and the reason.
-func (e *ValidationError) Error() string {
-	return "apala: invalid " + e.Field + ": " + e.Reason
-}
+func (e *ValidationError) Error() string { return "apala: invalid " + e.Field + ": " + e.Reason }
 
 // within names e's field under the value holding it, as in
-// "Messages[2].Channel": every check returns a field relative to the value
-// it checks, and its caller places it.
+// "Messages[2].Channel": each check names fields relative to what it checks.
 func (e *ValidationError) within(name string) *ValidationError {
 	e.Field = name + "." + e.Field
 	return e
@@ -247,18 +241,23 @@ type config struct {
 	err     error         // the first invalid option, an ErrConfig
 }
 
-// invalid records that option was given an invalid value, unless an
-// earlier option was.
-func (c *config) invalid(option, reason string) {
-	if c.err == nil {
-		c.err = fmt.Errorf("%w: %s: %s", ErrConfig, option, reason)
+// checked returns set when the option's argument is ok, and otherwise what
+// records that option was given an invalid value, unless an earlier option
+// was.
+func checked(option string, ok bool, reason string, set func(*config)) func(*config) {
+	return func(c *config) {
+		switch {
+		case ok:
+			set(c)
+		case c.err == nil:
+			c.err = fmt.Errorf("%w: %s: %s", ErrConfig, option, reason)
+		}
 	}
 }
 
-// callConfig returns the settings of one call: the client's, or with opts
-// a copy of them with opts applied. Every call starts with it, so that the
-// ResponseInfo it asks for is emptied even when the call is refused before
-// sending.
+// callConfig returns the settings of one call: the client's, or a copy with
+// opts applied. Every call starts with it, so that the ResponseInfo it asks
+// for is emptied even when the call is refused before sending.
 func (c *Client) callConfig(opts []CallOption) (*config, error) {
 	if len(opts) == 0 {
 		return &c.cfg, nil
@@ -285,20 +284,18 @@ func WithBaseURL(url string) ClientOption {
 	return clientOption(func(c *config) { c.baseURL = url })
 }
 
-// WithHTTPClient sets the *http.Client that carries requests: give one with
-// your own transport for a custom CA, client certificates (mTLS) or a proxy
-// of your own. The client works on a copy, which never follows redirects;
-// Close leaves its idle connections to you. Nil means a client of its own,
-// with a transport cloned from http.DefaultTransport (which honours
-// HTTPS_PROXY and NO_PROXY).
+// WithHTTPClient sets the *http.Client that carries requests, for a custom
+// CA, client certificates (mTLS) or a proxy of your own. The client works on
+// a copy, which never follows redirects; Close leaves its idle connections
+// to you. Nil means a client of its own, with a transport cloned from
+// http.DefaultTransport (which honours HTTPS_PROXY and NO_PROXY).
 func WithHTTPClient(hc *http.Client) ClientOption {
 	return clientOption(func(c *config) { c.hc = hc })
 }
 
-// WithLogger sets the logger for debugging: each HTTP attempt at Debug,
-// authentication and refresh at Info, retries (and retries not made),
-// refused refreshes and failed token requests at Warn. Nil, the default,
-// logs nothing. No secret is ever logged.
+// WithLogger sets the logger: each HTTP attempt at Debug, authentication and
+// refresh at Info, retries (and retries not made), refused refreshes and
+// failed token requests at Warn, never a secret. Nil, the default, is none.
 func WithLogger(l *slog.Logger) ClientOption {
 	return clientOption(func(c *config) { c.logger = l })
 }
@@ -307,95 +304,59 @@ func WithLogger(l *slog.Logger) ClientOption {
 // background. It is capped at half the token's lifetime. Default
 // DefaultRefreshMargin; negative is invalid.
 func WithRefreshMargin(d time.Duration) ClientOption {
-	return clientOption(func(c *config) {
-		if d < 0 {
-			c.invalid("WithRefreshMargin", "negative margin")
-			return
-		}
-		c.margin = d
-	})
+	return clientOption(checked("WithRefreshMargin", d >= 0, "negative margin", func(c *config) { c.margin = d }))
 }
 
 // WithMaxRetries sets how many more attempts may follow a failed first one
-// on a connection error or a 408, 429, 500, 502, 503 or 504 answer, within
-// the client's retry budget. Default 2; 0 disables retries; negative is
-// invalid.
+// (a connection error, 408, 429, 500, 502, 503, 504), within the client's
+// retry budget. Default 2; 0 disables retries; negative is invalid.
 func WithMaxRetries(n int) Option {
-	return option(func(c *config) {
-		if n < 0 {
-			c.invalid("WithMaxRetries", "negative count")
-			return
-		}
-		c.maxRetries = n
-	})
+	return option(checked("WithMaxRetries", n >= 0, "negative count", func(c *config) { c.maxRetries = n }))
 }
 
 // WithRetryBackoff sets the bounds of the jittered exponential backoff
 // between retries. Default 500ms and 8s; min must be positive and max at
 // least min.
 func WithRetryBackoff(min, max time.Duration) Option {
-	return option(func(c *config) {
-		if min <= 0 || max < min {
-			c.invalid("WithRetryBackoff", "want 0 < min <= max")
-			return
-		}
+	return option(checked("WithRetryBackoff", 0 < min && min <= max, "want 0 < min <= max", func(c *config) {
 		c.minBackoff, c.maxBackoff = min, max
-	})
+	}))
 }
 
 // WithTimeout sets the time limit of each HTTP attempt, the reading of its
 // answer included. Default 60s; 0 means no limit but the caller's context;
 // negative is invalid.
 func WithTimeout(d time.Duration) Option {
-	return option(func(c *config) {
-		if d < 0 {
-			c.invalid("WithTimeout", "negative timeout")
-			return
-		}
-		c.timeout = d
-	})
+	return option(checked("WithTimeout", d >= 0, "negative timeout", func(c *config) { c.timeout = d }))
 }
 
 // WithCompanyGUID sets the company GUID sent as "company" in message calls
 // whose request names none. It must be a UUID; empty means none.
 func WithCompanyGUID(guid string) ClientOption {
-	return clientOption(func(c *config) {
-		if guid != "" && !isUUID(guid) {
-			c.invalid("WithCompanyGUID", "not a UUID")
-			return
-		}
-		c.company = guid
-	})
+	return clientOption(checked("WithCompanyGUID", guid == "" || isUUID(guid), "not a UUID", func(c *config) { c.company = guid }))
 }
 
 // WithInsecureHTTP allows an http:// base URL to a host that is not
-// loopback. Without it such a URL is refused, so that an API key never
-// crosses a network in clear text by accident.
+// loopback, refused without it so that a key never crosses a network in
+// clear text by accident.
 func WithInsecureHTTP() ClientOption {
 	return clientOption(func(c *config) { c.insecure = true })
 }
 
-// WithHeader adds a header to requests: given to a client, to every
-// request, token requests and HTTPClient's requests to the base URL's
-// origin included; given to a call, to that call's attempts, over the
-// client's. The headers the client sets itself (Authorization,
-// Idempotency-Key, Content-Type, Content-Length, Host) and hop-by-hop
-// headers are invalid, and so is a value with a control character.
+// WithHeader adds a header: given to a client, to every request (token
+// requests and HTTPClient's to the base URL's origin included); given to a
+// call, to its attempts, over the client's. A header the client sets itself
+// (Authorization, Idempotency-Key, Content-Type, Content-Length, Host), a
+// hop-by-hop header and a value with a control character are invalid.
 func WithHeader(key, value string) Option {
 	k := http.CanonicalHeaderKey(key)
 	bad := badHeader(k, value)
-	return option(func(c *config) {
-		if bad != "" {
-			c.invalid("WithHeader", bad)
-			return
-		}
+	return option(checked("WithHeader", bad == "", bad, func(c *config) {
 		h := make(http.Header, len(c.header)+1)
-		for hk, hv := range c.header {
-			h[hk] = hv
-		}
+		maps.Copy(h, c.header)
 		h[k] = []string{value}
 		c.header = h
-	})
+	}))
 }
 
 // badHeader says why a header cannot be added, or "" when it can.
@@ -409,15 +370,13 @@ func badHeader(key, value string) string {
 	if key == "" || len(key) > 256 {
 		return "want a header name"
 	}
-	for i := 0; i < len(key); i++ {
-		if b := key[i]; b <= ' ' || b >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, b) >= 0 {
-			return fmt.Sprintf("%q is not a header name", key)
-		}
+	notToken := func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) }
+	if strings.ContainsFunc(key, notToken) {
+		return fmt.Sprintf("%q is not a header name", key)
 	}
-	for i := 0; i < len(value); i++ {
-		if b := value[i]; b < ' ' && b != '\t' || b == 0x7f {
-			return "the value has a control character"
-		}
+	control := func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }
+	if strings.ContainsFunc(value, control) {
+		return "the value has a control character"
 	}
 	return ""
 }
@@ -426,13 +385,8 @@ func badHeader(key, value string) string {
 // generated for it: a caller that restarts resends a call with the same key,
 // and the server stores it once. 1 to 255 visible ASCII characters.
 func WithIdempotencyKey(key string) CallOption {
-	return callOption(func(c *config) {
-		if len(key) > 255 || !validToken(key) {
-			c.invalid("WithIdempotencyKey", "want 1 to 255 visible ASCII characters")
-			return
-		}
-		c.idemKey = key
-	})
+	ok := len(key) <= 255 && validToken(key)
+	return callOption(checked("WithIdempotencyKey", ok, "want 1 to 255 visible ASCII characters", func(c *config) { c.idemKey = key }))
 }
 
 // WithResponseInfo asks for the details of a call's last answer: dst is
@@ -441,10 +395,9 @@ func WithResponseInfo(dst *ResponseInfo) CallOption {
 	return callOption(func(c *config) { c.info = dst })
 }
 
-// ResponseInfo describes how a call went, for support tickets and metrics;
-// WithResponseInfo asks for it. Printed or JSON-encoded (log/slog
-// included), it shows the names of the answer's headers, not their values,
-// which a hostile server could fill with a secret of the client's.
+// ResponseInfo describes how a call went; WithResponseInfo asks for it.
+// Printed or JSON-encoded, it shows the answer's header names, not their
+// values, which a hostile server could fill with a secret of the client's.
 type ResponseInfo struct {
 	StatusCode int           // of the last answer; 0 when none came
 	Header     http.Header   // of the last answer; nil when none came
@@ -458,7 +411,7 @@ func (i ResponseInfo) printable() []slog.Attr {
 	for k := range i.Header {
 		names = append(names, k)
 	}
-	sort.Strings(names)
+	slices.Sort(names)
 	return []slog.Attr{
 		slog.Int("status_code", i.StatusCode),
 		slog.String("header", "["+strings.Join(names, " ")+"]"),
@@ -483,17 +436,14 @@ func WithHooks(h Hooks) ClientOption {
 	return clientOption(func(c *config) { c.hooks = h })
 }
 
-// Hooks are called synchronously and outside every lock of the client, so
-// that a hook may call any method of the client but Close. An API call's
-// Attempt reports come on the caller's goroutine, after each attempt and
-// before the call returns; the reports about a token request (its Attempt
-// reports and its Token report) come in order once it ended, after its
-// result reached the callers waiting for it: nobody waits for a hook. A
-// nil func is skipped. The context a hook gets is the caller's; for a token
-// request it is the context of the caller that started it, with its
-// cancellation removed: its values (a trace, a logger) flow, its
-// cancellation does not. Hooks see no secret but through Token, which
-// prints redacted.
+// Hooks are called synchronously, outside every lock of the client, so a
+// hook may call any method of the client but Close. An API call's Attempt
+// reports come on the caller's goroutine before the call returns; a token
+// request's reports (Attempt and Token) come in order once its result
+// reached its waiters: nobody waits for a hook. A nil func is skipped. A
+// hook gets the caller's context; for a token request, that of the caller
+// that started it, its values kept (a trace, a logger), its cancellation
+// removed. Hooks see no secret but through Token, which prints redacted.
 type Hooks struct {
 	// Attempt is called after every HTTP attempt, token requests included.
 	Attempt func(ctx context.Context, a AttemptInfo)
@@ -522,16 +472,13 @@ type TokenInfo struct {
 }
 
 // WithTokenStore makes the client share its tokens through s: before every
-// automatic token request it loads s and adopts a fresh token another client
-// saved for the same base URL and key, and after every token request it
-// saves what it got. When s is also a TokenLocker, a client that needs a
-// token request takes its lock, loads s again (another process may have just
-// saved one), and holds the lock until it saved its result, so that
-// processes racing for a token make one request between them; adopting a
-// stored token takes no lock. Each use of s (a lock waited for, a load, a
-// save) is bounded by 15 seconds, even when s ignores its context. Failures
-// of s are logged at Warn and never fail a call. The hot path does not touch
-// s. Nil means no store.
+// automatic token request it adopts a fresh token saved in s for the same
+// base URL and key, and after every token request it saves what it got.
+// When s is also a TokenLocker, a token request holds its lock from a second
+// load to the save, so that processes racing for a token make one request;
+// adopting takes no lock. Each use of s is bounded by 15 seconds, even when
+// s ignores its context; failures of s are logged at Warn and never fail a
+// call. Nil means no store.
 func WithTokenStore(s TokenStore) ClientOption {
 	return clientOption(func(c *config) { c.store = s })
 }
@@ -539,32 +486,28 @@ func WithTokenStore(s TokenStore) ClientOption {
 // WithAPIKeyFunc makes the client ask fn for the API key at every API-key
 // exchange (the first use, a refused refresh, Authenticate), so that a key
 // rotated in a secret store is picked up without a restart; the key given
-// to NewClient, which may then be "", is not used. When the token endpoint
-// answers 401 and fn then returns another key, the exchange is tried once
-// more with it. An error from fn fails that token request at once, wrapped
-// as "apala: API key: ..." (the failure cooldown applies). Every key fn
-// returns is scrubbed from server text and never logged. Nil means the key
-// given to NewClient.
+// to NewClient may then be "". When the token endpoint answers 401 and fn
+// then returns another key, the exchange is tried once more with it. An
+// error from fn fails that token request at once, wrapped as "apala: API
+// key: ..." (the cooldown applies). Every key fn returns is scrubbed from
+// server text and never logged. Nil means the key given to NewClient.
 func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) ClientOption {
 	return clientOption(func(c *config) { c.keyFunc = fn })
 }
 
 // Client talks to the Apala API. It exchanges the API key for a token pair on
 // first use, keeps the access token fresh by itself, and attaches it to every
-// call; its users never handle tokens.
-//
-// A Client is safe for concurrent use by any number of goroutines: create one
-// and share it. Close it when done to stop its background work and release
-// its idle connections.
+// call; its users never handle tokens. A Client is safe for concurrent use
+// by any number of goroutines: create one and share it. Close it when done
+// to stop its background work and release its idle connections.
 type Client struct {
-	cfg      config // the options, checked; fixed after NewClient
-	apiKey   string
-	authBody []byte // {"api_key": ...}, marshalled once
-	baseStr  string // base URL without a trailing slash
-	origin   string // scheme://host:port of the base URL
-	hc       *http.Client
-	ownRT    *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
-	budget   retryBudget
+	cfg     config // the options, checked; fixed after NewClient
+	apiKey  string
+	baseStr string // base URL without a trailing slash
+	origin  string // scheme://host:port of the base URL
+	hc      *http.Client
+	ownRT   *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
+	budget  retryBudget
 
 	// The clock by which token lifetimes are judged (since, now), and the
 	// real one, for waits; they differ only for a FakeServer's clients.
@@ -604,36 +547,26 @@ func NewClient(apiKey string, opts ...ClientOption) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: base URL: %s", ErrConfig, err)
 	}
-	authBody, err := json.Marshal(struct {
-		APIKey string `json:"api_key"`
-	}{apiKey})
-	if err != nil {
-		return nil, fmt.Errorf("apala: encoding the API key: %w", err)
-	}
-
 	c := &Client{
 		cfg:      cfg,
 		apiKey:   apiKey,
-		authBody: authBody,
 		baseStr:  strings.TrimSuffix(base.String(), "/"),
 		origin:   origin(base),
 		since:    timeSince,
 		now:      timeNow,
+		baseTime: timeNow(),
 		waited:   timeSince,
 	}
-	c.baseTime = c.now()
 	c.closing = make(chan struct{})
 	if cfg.hc != nil {
 		hc := *cfg.hc
 		c.hc = &hc
+	} else if t, ok := http.DefaultTransport.(*http.Transport); ok {
+		c.ownRT = t.Clone()
+		c.ownRT.MaxIdleConnsPerHost = 64
+		c.hc = &http.Client{Transport: c.ownRT}
 	} else {
-		if t, ok := http.DefaultTransport.(*http.Transport); ok {
-			c.ownRT = t.Clone()
-			c.ownRT.MaxIdleConnsPerHost = 64
-			c.hc = &http.Client{Transport: c.ownRT}
-		} else {
-			c.hc = &http.Client{Transport: http.DefaultTransport}
-		}
+		c.hc = &http.Client{Transport: http.DefaultTransport}
 	}
 	c.hc.CheckRedirect = noRedirects
 	return c, nil
@@ -695,11 +628,7 @@ func parseBaseURL(raw string, insecure bool) (*url.URL, error) {
 }
 
 func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return strings.EqualFold(host, "localhost") || net.ParseIP(host).IsLoopback() // a nil IP is not loopback
 }
 
 // origin is scheme://host:port with the default port made explicit, so that
@@ -730,10 +659,10 @@ func (c *Client) Format(f fmt.State, verb rune) {
 	format(f, verb, "apala.Client", attrs)
 }
 
-// Close ends the client: it ends every wait of its calls with ErrClosed,
-// cancels and waits for a token request in progress (and its hooks),
-// closes the idle connections of the transport the client made, and makes
-// later calls fail with ErrClosed. It is idempotent and always returns nil.
+// Close ends every wait of the client's calls, and every later call, with
+// ErrClosed, cancels and waits for a token request in progress (and its
+// hooks), and closes the idle connections of the transport the client made.
+// It is idempotent and always returns nil.
 func (c *Client) Close() error {
 	c.closeFlights()
 	if c.ownRT != nil {
@@ -752,7 +681,7 @@ type request struct {
 	idemKey string    // Idempotency-Key, the same for every attempt
 	secrets []string  // the secrets its body carries (a key, a refresh token)
 	sent    [2]string // the access tokens its attempts were sent with
-	cfg     *config   // the call's settings; nil: the client's
+	cfg     *config   // the call's settings, from callConfig; a token request's are the client's
 	flight  *flight   // the token request it belongs to; nil for an API call
 }
 
@@ -788,20 +717,16 @@ var (
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// Do sends one call to the Apala API: method and path (absolute, under the
-// base URL), in marshalled as the JSON body (nil: no body) and the JSON
-// answer decoded into out (nil: discarded), with the call's options. It
-// attaches the access token, retries transient failures, and replays the
+// Do sends one call to the Apala API: method ("" is GET) and path (absolute,
+// under the base URL), in marshalled as the JSON body (nil: none) and the
+// JSON answer decoded into out (nil: discarded; a 204 leaves it untouched).
+// It attaches the access token, retries transient failures, and replays the
 // call once with a new token when the server answers 401. A POST carries an
 // Idempotency-Key that stays the same across its retries and replay.
 //
-// path must stay under the base URL: a dot segment ("..", escaped or not) is
-// a *ValidationError and nothing is sent. A 204 No Content answer leaves out
-// untouched.
-//
-// Errors are *APIError for answers outside 2xx, and match ErrConnection for
-// network failures; a decoding failure names the path. Errors, logs and
-// hooks name the path without its query.
+// A path with a dot segment ("..", escaped or not) is a *ValidationError,
+// and nothing is sent. Errors are those of every call; they, logs and hooks
+// name the path without its query.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts ...CallOption) error {
 	if method == "" {
 		method = http.MethodGet
@@ -817,9 +742,8 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any, opts 
 	return c.call(ctx, &rq, in, out, cfg)
 }
 
-// call sends rq with in as its JSON body, marshalled once, and an
-// Idempotency-Key when it is a POST to an API endpoint, and decodes the
-// answer into out. cfg is the call's settings, from callConfig.
+// call sends rq with in as its JSON body and, when it is a POST to an API
+// endpoint, an Idempotency-Key, and decodes the answer into out.
 func (c *Client) call(ctx context.Context, rq *request, in, out any, cfg *config) error {
 	rq.cfg = cfg
 	if in != nil {
@@ -849,11 +773,10 @@ func validPath(p string) bool {
 		return false
 	}
 	path, _, _ := strings.Cut(p, "?")
+	refused := func(r rune) bool { return r < ' ' || r == 0x7f || r == '\\' }
 	for depth := 0; ; depth++ {
-		for i := 0; i < len(path); i++ {
-			if b := path[i]; b < ' ' || b == 0x7f || b == '\\' {
-				return false
-			}
+		if strings.ContainsFunc(path, refused) {
+			return false
 		}
 		for rest := path; rest != ""; {
 			var seg string
@@ -888,21 +811,18 @@ func newID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
-// The retry budget: a retry of an API call spends retryCost from it, and
-// each successful API call gives back retryRefund, up to retryBudgetSize.
-// When what is left cannot pay for a retry, a retryable failure is
-// returned at once. So an outage costs a client at most
-// retryBudgetSize/retryCost retries (100) before retries stop, and after it
-// every retryCost successes pay for one retry again. These are the figures
-// of the AWS SDK's retry quota (500, 5, 1).
+// The retry budget, with the figures of the AWS SDK's retry quota: a retry
+// of an API call spends retryCost, a successful API call gives back
+// retryRefund, up to retryBudgetSize; a failure the budget cannot pay a
+// retry for is returned at once. An outage costs a client at most 100
+// retries, and after it every 5 successes pay for one retry again.
 const (
 	retryBudgetSize = 500
 	retryCost       = 5
 	retryRefund     = 1
 )
 
-// retryBudget is a client's retry budget, shared by all its goroutines
-// without a lock. The zero value is full.
+// retryBudget is a client's retry budget, lock-free; the zero value is full.
 type retryBudget struct{ spent atomic.Int64 }
 
 // spend takes the cost of a retry, and reports whether there was enough.
@@ -929,18 +849,14 @@ func (b *retryBudget) refill() {
 }
 
 // send runs rq to completion: token, attempts, retries, the one 401 replay,
-// and decoding into out. It returns when the successful attempt was sent,
-// by the token clock.
+// and decoding into out. It returns when, by the token clock, the
+// successful attempt was sent.
 func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, error) {
 	if ctx == nil {
 		return time.Time{}, errNilContext
 	}
 	cfg := rq.cfg
-	if cfg == nil {
-		cfg = &c.cfg
-	}
-	if info := cfg.info; info != nil {
-		*info = ResponseInfo{}
+	if info := cfg.info; info != nil { // emptied by callConfig
 		start := time.Now()
 		defer func() { info.Duration = time.Since(start) }()
 	}
@@ -981,8 +897,7 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 			err = c.apiError(rq, resp)
 		}
 		resp.release()
-		// What follows this attempt: nothing, the 401 replay, or a retry
-		// after wait.
+		// Next: nothing, the 401 replay, or a retry after wait.
 		again, wait, why := false, time.Duration(0), ""
 		switch {
 		case ctx.Err() != nil:
@@ -1022,7 +937,7 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 				slog.String("method", rq.method), slog.String("path", rq.name),
 				slog.String("reason", retryReason(resp.status)), slog.Duration("delay", wait),
 				slog.Int("attempt", n+1))
-			if err := c.sleep(ctx, wait); err != nil {
+			if err := sleep(ctx, wait, c.closing); err != nil {
 				return time.Time{}, rq.errorf(nil, "%w", err)
 			}
 		}
@@ -1030,9 +945,8 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 }
 
 // report tells about attempt n, when anyone asked: the Debug log, the
-// Attempt hook and the call's ResponseInfo. wait is the pause before the
-// next attempt, 0 when none follows. The hook of a token request's attempt
-// is called once the token request ended (see fly).
+// Attempt hook (for a token request, once it ended: see fly) and the call's
+// ResponseInfo. wait is the pause before the next attempt, 0 for none.
 func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r response, err error, wait time.Duration) {
 	hook := c.cfg.hooks.Attempt
 	debug := c.cfg.logger != nil && c.cfg.logger.Enabled(ctx, slog.LevelDebug)
@@ -1067,8 +981,7 @@ func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r 
 	}
 }
 
-// requestID reads an answer's X-Request-Id: the server's text, so scrubbed
-// and bounded like any.
+// requestID reads an answer's X-Request-Id, scrubbed and bounded: server text.
 func (c *Client) requestID(h http.Header, rq *request) string {
 	v := h.Get("X-Request-Id")
 	if v == "" {
@@ -1077,30 +990,25 @@ func (c *Client) requestID(h http.Header, rq *request) string {
 	return c.serverText(v, 128, rq.carried())
 }
 
-// bearer attaches the access token to the attempts of one request and holds
-// the one rule for a 401: the first time the server refuses the token, it
-// is dropped (compare-and-swap: a token refreshed meanwhile is kept), and
-// the request may go once more with a new one; never a second time. send
-// and HTTPClient's transport both go through it.
+// bearer attaches the access token to the attempts of one request, for send
+// and HTTPClient's transport, and holds the one rule for a 401: the first
+// time, the token is dropped (unless replaced meanwhile) and the request may
+// go once more with a new one; never a second time.
 type bearer struct {
 	c        *Client
 	pair     *tokenPair // the token of the last attempt
 	replayed bool
 }
 
-// token returns a usable token for the next attempt, waiting for one when
-// none is held.
+// token returns a usable token for the next attempt, waiting when need be.
 func (b *bearer) token(ctx context.Context) (*tokenPair, error) {
-	p, err := b.c.usablePair(ctx)
-	if err == nil {
-		b.pair = p
-	}
-	return p, err
+	var err error
+	b.pair, err = b.c.usablePair(ctx)
+	return b.pair, err
 }
 
 // refused applies the 401 rule to an answer with status, and reports
-// whether to send the request once more; only a request that can be
-// replayed is.
+// whether to send the request, if replayable, once more.
 func (b *bearer) refused(status int, replayable bool) bool {
 	if status != http.StatusUnauthorized || b.replayed {
 		return false
@@ -1110,8 +1018,7 @@ func (b *bearer) refused(status int, replayable bool) bool {
 	return replayable
 }
 
-// response is one answer of the server, read. Its body is pooled: release
-// it when done.
+// response is one answer of the server, read; release its pooled body.
 type response struct {
 	status int // 0 when no answer came
 	header http.Header
@@ -1148,9 +1055,7 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	h := req.Header
 	h["Accept"] = hdrJSON
 	h["User-Agent"] = hdrUserAgent
-	for k, v := range cfg.header {
-		h[k] = v
-	}
+	maps.Copy(h, cfg.header)
 	if rq.body != nil {
 		h["Content-Type"] = hdrJSON
 	}
@@ -1160,7 +1065,6 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	if rq.idemKey != "" {
 		h["Idempotency-Key"] = []string{rq.idemKey}
 	}
-
 	start := time.Now()
 	defer func() { r.took = time.Since(start) }()
 	resp, err := c.hc.Do(req)
@@ -1234,10 +1138,8 @@ func (c *Client) apiError(rq *request, r response) *APIError {
 }
 
 // scrubErr returns err without the secrets its text may quote (net/http
-// quotes a malformed answer; a key function may quote its key). An error
-// that quotes none is returned as it is; one that does is wrapped in a
-// *scrubbedError, which errors.Is and errors.As still see through, a
-// *url.Error kept as one.
+// quotes a malformed answer; a key function may quote its key): when it
+// quotes one, as a *scrubbedError, inside a *url.Error when err was one.
 func (c *Client) scrubErr(err error, extra []string) error {
 	s := err.Error()
 	clean := c.scrub(s, extra)
@@ -1251,9 +1153,8 @@ func (c *Client) scrubErr(err error, extra []string) error {
 	return &scrubbedError{msg: clean, err: err}
 }
 
-// scrubbedError stands for an error whose text quoted a secret: its text
-// scrubbed, its identity kept for errors.Is and errors.As. It has no
-// Unwrap, which would hand out the text it hides.
+// scrubbedError is an error whose text quoted a secret, scrubbed, its
+// identity kept for errors.Is and errors.As. Unwrap would hand out the text.
 type scrubbedError struct {
 	msg string
 	err error
@@ -1263,8 +1164,7 @@ func (e *scrubbedError) Error() string        { return e.msg }
 func (e *scrubbedError) Is(target error) bool { return errors.Is(e.err, target) }
 func (e *scrubbedError) As(target any) bool   { return errors.As(e.err, target) }
 
-// mediaType names the media type of an answer for an error, scrubbed: the
-// header is the server's text too.
+// mediaType names the media type of an answer for an error, scrubbed.
 func (c *Client) mediaType(hdr http.Header, rq *request) string {
 	ct := hdr.Get("Content-Type")
 	mt, _, err := mime.ParseMediaType(ct)
@@ -1277,19 +1177,11 @@ func (c *Client) mediaType(hdr http.Header, rq *request) string {
 	return c.serverText(mt, 100, rq.carried())
 }
 
-// maxMessage bounds the server's text kept in an error, in bytes.
-const maxMessage = 512
-
 // errorValue finds the server's error value in a JSON body: "error",
 // "message", "detail", or Phoenix's {"errors": {"detail": ...}}. It is
 // decoded, so that no JSON escape can hide a secret from the scrubbing.
 func errorValue(body []byte) any {
-	var v struct {
-		Error   any `json:"error"`
-		Message any `json:"message"`
-		Detail  any `json:"detail"`
-		Errors  any `json:"errors"`
-	}
+	var v struct{ Error, Message, Detail, Errors any } // encoding/json matches "error" to Error
 	if json.Unmarshal(body, &v) != nil {
 		return nil
 	}
@@ -1310,9 +1202,8 @@ func present(v any) bool {
 	return v != nil && (!ok || strings.TrimSpace(s) != "")
 }
 
-// serverText renders a decoded JSON value the server sent as one line of
-// at most max bytes: secrets scrubbed first (a nested value is rendered as
-// JSON, where scrub finds a secret in its JSON-escaped form too), control
+// serverText renders a decoded JSON value the server sent (a nested one as
+// JSON) as one line of at most max bytes: secrets scrubbed first, control
 // characters blanked, and the cut made last, on a character boundary.
 func (c *Client) serverText(v any, max int, extra []string) string {
 	s, ok := v.(string)
@@ -1325,8 +1216,7 @@ func (c *Client) serverText(v any, max int, extra []string) string {
 		}
 		s = b.String()
 	}
-	// What lies past max+scrubRun never shows, nor decides what before it
-	// is a secret.
+	// What lies past max+scrubRun never shows nor decides what is a secret.
 	if len(s) > max+scrubRun {
 		s = s[:max+scrubRun]
 	}
@@ -1346,15 +1236,10 @@ func (c *Client) serverText(v any, max int, extra []string) string {
 	return s[:cut] + "..."
 }
 
-// scrubRun is the length of the runs of a secret that scrub redacts.
-const scrubRun = 8
-
-// scrub removes from s, text that came from the server, every secret the
-// client holds (the API key, the keys WithAPIKeyFunc returned, the current
-// token pair) and those in extra. Each secret is looked for raw,
-// JSON-escaped (with and without HTML escaping) and URL-escaped, and not
-// only whole: any run of scrubRun bytes of one is redacted, so that a
-// server that cuts or splits a secret cannot leak a part of it either.
+// scrub removes from s, server text, every secret the client holds (the API
+// key, the keys WithAPIKeyFunc returned, the current token pair) and those
+// in extra, in each of secretForms, and not only whole: any run of scrubRun
+// bytes of one is redacted, so that a cut or split secret leaks nothing.
 func (c *Client) scrub(s string, extra []string) string {
 	if s == "" {
 		return s
@@ -1377,8 +1262,7 @@ func (c *Client) scrub(s string, extra []string) string {
 			s = strings.ReplaceAll(s, f, "[REDACTED]")
 		}
 	}
-	// Mark every byte covered by a run of a secret, then replace each
-	// marked stretch.
+	// Mark every byte in a run of a secret, then replace marked stretches.
 	var marked []bool
 	for i := 0; i+scrubRun <= len(s); i++ {
 		for _, f := range forms {
@@ -1397,15 +1281,12 @@ func (c *Client) scrub(s string, extra []string) string {
 		return s
 	}
 	var b strings.Builder
-	for i := 0; i < len(s); {
-		if !marked[i] {
+	for i := 0; i < len(s); i++ {
+		switch {
+		case !marked[i]:
 			b.WriteByte(s[i])
-			i++
-			continue
-		}
-		b.WriteString("[REDACTED]")
-		for i < len(s) && marked[i] {
-			i++
+		case i == 0 || !marked[i-1]: // a marked stretch starts
+			b.WriteString("[REDACTED]")
 		}
 	}
 	return b.String()
@@ -1432,9 +1313,6 @@ func secretForms(secret string) []string {
 // maxRetryAfter; 0 when absent or unreadable.
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
 	var d time.Duration
 	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
 		d = time.Duration(min(max(n, 0), int64(maxRetryAfter/time.Second))) * time.Second
@@ -1483,33 +1361,23 @@ func retryReason(status int) string {
 }
 
 // backoff is the wait before retry n (1-based): min·2^(n-1), plus up to half
-// of that again as jitter, within [min, max]. It saturates at max instead of
-// overflowing, whatever the bounds.
+// of that again as jitter, within [min, max]; each sum d+x is taken as
+// min(d, max-x)+x, which saturates at max instead of overflowing.
 func (cfg *config) backoff(n int) time.Duration {
-	min, max := cfg.minBackoff, cfg.maxBackoff
-	d := min
-	for i := 1; i < n && d < max; i++ {
-		if d > max/2 {
-			d = max
-			break
-		}
-		d *= 2
+	d, hi := cfg.minBackoff, cfg.maxBackoff
+	for i := 1; i < n && d < hi; i++ {
+		d = min(d, hi-d) + d
 	}
 	if half := int64(d / 2); half > 0 {
-		if j := time.Duration(mrand.Int63n(half)); d > max-j {
-			d = max
-		} else {
-			d += j
-		}
-	}
-	if d > max {
-		d = max
+		j := time.Duration(mrand.Int63n(half))
+		d = min(d, hi-j) + j
 	}
 	return d
 }
 
-// sleep waits for d, until ctx ends, or until Close.
-func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+// sleep waits for d, until ctx ends, or until closing is closed (nil:
+// never), as Close closes a client's.
+func sleep(ctx context.Context, d time.Duration, closing <-chan struct{}) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -1517,27 +1385,25 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-c.closing:
+	case <-closing:
 		return ErrClosed
 	}
 }
 
-// logAttrs logs when a logger is set and enabled at level. Its callers are
-// off the hot path; report, which is on it, checks before building.
+// logAttrs logs when a logger is set and enabled at level; report, on the
+// hot path, checks before building its attributes.
 func (c *Client) logAttrs(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
 	if c.cfg.logger != nil && c.cfg.logger.Enabled(ctx, level) {
 		c.cfg.logger.LogAttrs(ctx, level, msg, attrs...)
 	}
 }
 
-// HTTPClient returns an *http.Client that attaches the access token, and
-// the client's WithHeader headers that a request does not set itself, to
-// every request for the base URL's origin, and to no other, for calls this
-// package does not wrap. When the server answers such a request with 401,
-// the token is dropped and a request whose body can be replayed (GetBody
-// set) is sent once more with a new one; otherwise the 401 is returned and
-// the next request gets a new token. After Close, every request fails with
-// ErrClosed.
+// HTTPClient returns an *http.Client, for calls this package does not wrap,
+// that attaches the access token, and the client's WithHeader headers a
+// request does not set itself, to requests for the base URL's origin only.
+// On a 401 the token is dropped and a request whose body can be replayed
+// (GetBody set) is sent once more with a new one; otherwise the 401 is
+// returned. After Close, every request fails with ErrClosed.
 func (c *Client) HTTPClient() *http.Client {
 	return &http.Client{
 		Transport:     &bearerTransport{c: c},
@@ -1819,19 +1685,11 @@ var (
 	reasons      = []ApplicationReason{ReasonDebtConsolidation, ReasonHomeImprovement, ReasonMedicalEmergency, ReasonCarRepair, ReasonMovingExpenses, ReasonEducation, ReasonBusinessExpenses, ReasonEmergencyExpenses, ReasonVacation, ReasonWedding, ReasonOther}
 )
 
-// Checks. Each returns a *ValidationError naming the field relative to the
-// value it checks; the caller places it with within.
-
-// checkOneOf returns a *ValidationError unless v is in set; empty is allowed
-// when optional.
+// checkOneOf returns a *ValidationError unless v is in set, or empty and
+// optional.
 func checkOneOf[T ~string](field string, v T, optional bool, set []T) *ValidationError {
-	if v == "" && optional {
+	if v == "" && optional || slices.Contains(set, v) {
 		return nil
-	}
-	for _, s := range set {
-		if v == s {
-			return nil
-		}
 	}
 	if v == "" {
 		return &ValidationError{Field: field, Reason: "required"}
@@ -1841,43 +1699,17 @@ func checkOneOf[T ~string](field string, v T, optional bool, set []T) *Validatio
 
 // isUUID reports whether s is a UUID in its canonical 8-4-4-4-12 hex form.
 func isUUID(s string) bool {
-	if len(s) != 36 {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
-		switch i {
-		case 8, 13, 18, 23:
-			if s[i] != '-' {
-				return false
-			}
-		default:
-			if !isHex(s[i]) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func isHex(b byte) bool {
-	return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F'
+	_, err := hex.DecodeString(s[:8] + s[9:13] + s[14:18] + s[19:23] + s[24:])
+	return err == nil
 }
 
 // isZip reports whether s is exactly 5 digits.
-func isZip(s string) bool {
-	if len(s) != 5 {
-		return false
-	}
-	for i := 0; i < 5; i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
+func isZip(s string) bool { return len(s) == 5 && strings.Trim(s, "0123456789") == "" }
 
-// check validates m; the candidate of OptimizeMessage may leave its channel
-// out.
+// check validates m; OptimizeMessage's candidate needs no channel.
 func (m *Message) check(needChannel bool) *ValidationError {
 	if strings.TrimSpace(m.Content) == "" {
 		return &ValidationError{Field: "Content", Reason: "required"}
@@ -1935,23 +1767,25 @@ type wireMessage struct {
 	ReplyOrNot    string  `json:"reply_or_not"` // the strings "true" and "false"
 }
 
+// wireConversation is what both message calls send before the candidate.
+type wireConversation struct {
+	Company    string        `json:"company"`
+	CustomerID string        `json:"customer_id"`
+	ZipCode    string        `json:"zip_code,omitempty"`
+	Messages   []wireMessage `json:"messages"`
+}
+
 // processBody is the request of ProcessMessage.
 type processBody struct {
-	Company          string        `json:"company"`
-	CustomerID       string        `json:"customer_id"`
-	ZipCode          string        `json:"zip_code,omitempty"`
-	Messages         []wireMessage `json:"messages"`
-	CandidateMessage wireMessage   `json:"candidate_message"`
+	wireConversation
+	CandidateMessage wireMessage `json:"candidate_message"`
 }
 
 // optimizeBody is the request of OptimizeMessage: the candidate's content
 // only, and the metadata flat at the top level.
 type optimizeBody struct {
-	Company          string        `json:"company"`
-	CustomerID       string        `json:"customer_id"`
-	ZipCode          string        `json:"zip_code,omitempty"`
-	Messages         []wireMessage `json:"messages"`
-	CandidateMessage string        `json:"candidate_message"`
+	wireConversation
+	CandidateMessage string `json:"candidate_message"`
 
 	IsRepeatBorrower       *int              `json:"is_repeat_borrower,omitempty"`
 	StateID                *int              `json:"state_id,omitempty"`
@@ -1978,14 +1812,14 @@ type bulkBody struct {
 	Feedback []wireFeedback `json:"feedback"`
 }
 
-// wireFeedbackResponse is a stored feedback entry as the server sends it;
-// pointers tell a missing required field from a zero one.
+// wireFeedbackResponse is a stored feedback entry as the server sends it,
+// with pointers to tell a missing required field from a zero one.
 type wireFeedbackResponse struct {
 	ID                *string          `json:"id"`
 	MessageID         *string          `json:"message_id"`
 	CustomerResponded *bool            `json:"customer_responded"`
 	Score             *Score           `json:"score"`
-	ActualSentMessage *string          `json:"actual_sent_message"`
+	ActualSentMessage string           `json:"actual_sent_message"`
 	PositiveRewards   []PositiveReward `json:"positive_rewards"`
 	SendTimestamp     *string          `json:"send_timestamp"`
 	ReplyTimestamp    *string          `json:"reply_timestamp"`
@@ -2002,17 +1836,19 @@ type bulkResponse struct {
 // wireTime formats a request timestamp as Python's isoformat does, which
 // every server version reads: truncated to the microsecond, six fraction
 // digits unless they are all zero, and the time's own offset, UTC as
-// +00:00 (2025-01-15T10:30:00.120000+00:00).
+// +00:00 (2025-01-15T10:30:00.120000+00:00). The zero time is "", left out.
 func wireTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
 	if t = t.Truncate(time.Microsecond); t.Nanosecond() != 0 {
 		return t.Format("2006-01-02T15:04:05.000000-07:00")
 	}
 	return t.Format("2006-01-02T15:04:05-07:00")
 }
 
-// parseTime reads a response timestamp leniently: RFC 3339 with Z or an
-// offset, with or without fractional seconds, or with no offset (UTC), as
-// Python's isoformat writes it.
+// parseTime reads a response timestamp leniently: RFC 3339, or with no
+// offset (UTC), as Python's isoformat writes it.
 func parseTime(s string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t, nil
@@ -2026,58 +1862,44 @@ func parseTime(s string) (time.Time, error) {
 	return time.Time{}, errors.New("not an ISO 8601 timestamp")
 }
 
-// stamp puts a checked m on the wire, with its id and send time filled in
-// when unset.
+// stamp puts a checked m on the wire, its id and send time filled when unset.
 func (c *Client) stamp(m Message) (wireMessage, error) {
-	w := wireMessage{Content: m.Content, Channel: m.Channel, MessageID: m.MessageID, ReplyOrNot: strconv.FormatBool(m.ReplyOrNot)}
+	if m.SendTimestamp.IsZero() {
+		m.SendTimestamp = c.now().UTC()
+	}
+	w := wireMessage{Content: m.Content, Channel: m.Channel, MessageID: m.MessageID,
+		SendTimestamp: wireTime(m.SendTimestamp), ReplyOrNot: strconv.FormatBool(m.ReplyOrNot)}
+	var err error
 	if w.MessageID == "" {
-		id, err := newID()
-		if err != nil {
-			return wireMessage{}, err
-		}
-		w.MessageID = id
+		w.MessageID, err = newID()
 	}
-	ts := m.SendTimestamp
-	if ts.IsZero() {
-		ts = c.now().UTC()
-	}
-	w.SendTimestamp = wireTime(ts)
-	return w, nil
+	return w, err
 }
 
 // wire puts a checked fb on the wire.
 func (fb *Feedback) wire() wireFeedback {
-	w := wireFeedback{MessageID: fb.MessageID, CustomerResponded: fb.CustomerResponded, Score: fb.Score,
-		ActualSentMessage: fb.ActualSentMessage, PositiveRewards: fb.PositiveRewards}
-	if !fb.SendTimestamp.IsZero() {
-		w.SendTimestamp = wireTime(fb.SendTimestamp)
-	}
-	if !fb.ReplyTimestamp.IsZero() {
-		w.ReplyTimestamp = wireTime(fb.ReplyTimestamp)
-	}
-	return w
+	return wireFeedback{MessageID: fb.MessageID, CustomerResponded: fb.CustomerResponded, Score: fb.Score,
+		ActualSentMessage: fb.ActualSentMessage, PositiveRewards: fb.PositiveRewards,
+		SendTimestamp: wireTime(fb.SendTimestamp), ReplyTimestamp: wireTime(fb.ReplyTimestamp)}
 }
 
 // decode reads a stored entry of the answer to rq; field prefixes the names
 // of its fields in errors, as in "feedback[2].".
-func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackResponse, error) {
+func (w *wireFeedbackResponse) decode(rq *request, field string) (*FeedbackResponse, error) {
 	switch {
 	case w.ID == nil || *w.ID == "":
-		return FeedbackResponse{}, rq.missing(field + "id")
+		return nil, rq.missing(field + "id")
 	case w.MessageID == nil:
-		return FeedbackResponse{}, rq.missing(field + "message_id")
+		return nil, rq.missing(field + "message_id")
 	case w.CustomerResponded == nil:
-		return FeedbackResponse{}, rq.missing(field + "customer_responded")
+		return nil, rq.missing(field + "customer_responded")
 	case w.Score == nil:
-		return FeedbackResponse{}, rq.missing(field + "score")
+		return nil, rq.missing(field + "score")
 	case w.InsertedAt == nil:
-		return FeedbackResponse{}, rq.missing(field + "inserted_at")
+		return nil, rq.missing(field + "inserted_at")
 	}
-	r := FeedbackResponse{ID: *w.ID, MessageID: *w.MessageID, CustomerResponded: *w.CustomerResponded,
-		Score: *w.Score, PositiveRewards: w.PositiveRewards}
-	if w.ActualSentMessage != nil {
-		r.ActualSentMessage = *w.ActualSentMessage
-	}
+	r := &FeedbackResponse{ID: *w.ID, MessageID: *w.MessageID, CustomerResponded: *w.CustomerResponded,
+		Score: *w.Score, ActualSentMessage: w.ActualSentMessage, PositiveRewards: w.PositiveRewards}
 	for _, t := range []struct {
 		name string
 		in   *string
@@ -2088,7 +1910,7 @@ func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackRespon
 		}
 		v, err := parseTime(*t.in)
 		if err != nil {
-			return FeedbackResponse{}, rq.errorf(nil, "%s%s: %w", field, t.name, err)
+			return nil, rq.errorf(nil, "%s%s: %w", field, t.name, err)
 		}
 		*t.out = v
 	}
@@ -2098,75 +1920,61 @@ func (w *wireFeedbackResponse) decode(rq *request, field string) (FeedbackRespon
 	return r, nil
 }
 
-// wireConversation is what both message calls send of a MessageRequest.
-type wireConversation struct {
-	company   string
-	messages  []wireMessage
-	candidate wireMessage // only its content when contentOnly
-}
-
 // messageBody checks all of req, metadata included, before any work, and
-// puts its conversation on the wire. With contentOnly (the optimizer) the
-// candidate is only checked: its content is all that is sent.
-func (c *Client) messageBody(req MessageRequest, contentOnly bool) (wireConversation, error) {
-	cv := wireConversation{company: req.CompanyGUID}
-	if cv.company == "" {
-		cv.company = c.cfg.company
+// puts it on the wire as ProcessMessage sends it; with contentOnly (the
+// optimizer, which sends its content only) the candidate is left out.
+func (c *Client) messageBody(req MessageRequest, contentOnly bool) (b processBody, err error) {
+	b.wireConversation = wireConversation{Company: req.CompanyGUID, CustomerID: req.CustomerID, ZipCode: req.ZipCode}
+	if b.Company == "" {
+		b.Company = c.cfg.company
 	}
 	switch {
-	case cv.company == "":
-		return cv, fmt.Errorf("%w: no company GUID: set it in the request, with WithCompanyGUID or in %s", ErrConfig, EnvCompanyGUID)
-	case !isUUID(cv.company):
-		return cv, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
+	case b.Company == "":
+		return b, fmt.Errorf("%w: no company GUID: set it in the request, with WithCompanyGUID or in %s", ErrConfig, EnvCompanyGUID)
+	case !isUUID(b.Company):
+		return b, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
 	case !isUUID(req.CustomerID):
-		return cv, &ValidationError{Field: "CustomerID", Reason: "not a UUID"}
+		return b, &ValidationError{Field: "CustomerID", Reason: "not a UUID"}
 	case req.ZipCode != "" && !isZip(req.ZipCode):
-		return cv, &ValidationError{Field: "ZipCode", Reason: "want exactly 5 digits"}
+		return b, &ValidationError{Field: "ZipCode", Reason: "want exactly 5 digits"}
 	}
 	for i := range req.Messages {
 		if e := req.Messages[i].check(true); e != nil {
-			return cv, e.within(fmt.Sprintf("Messages[%d]", i))
+			return b, e.within(fmt.Sprintf("Messages[%d]", i))
 		}
 	}
 	if e := req.Candidate.check(!contentOnly); e != nil {
-		return cv, e.within("Candidate")
+		return b, e.within("Candidate")
 	}
 	if e := req.Metadata.check(); e != nil {
-		return cv, e.within("Metadata")
+		return b, e.within("Metadata")
 	}
-	cv.messages = make([]wireMessage, len(req.Messages))
+	b.Messages = make([]wireMessage, len(req.Messages))
 	for i, m := range req.Messages {
-		w, err := c.stamp(m)
-		if err != nil {
-			return cv, err
+		if b.Messages[i], err = c.stamp(m); err != nil {
+			return b, err
 		}
-		cv.messages[i] = w
 	}
-	if contentOnly {
-		cv.candidate = wireMessage{Content: req.Candidate.Content}
-		return cv, nil
+	if !contentOnly {
+		b.CandidateMessage, err = c.stamp(req.Candidate)
 	}
-	var err error
-	cv.candidate, err = c.stamp(req.Candidate)
-	return cv, err
+	return b, err
 }
 
 // ProcessMessage sends a conversation and its candidate message to message
-// processing (POST /api/message_processing). Missing message ids are
-// generated and missing send times set to now. req and opts are checked
-// first: a *ValidationError means nothing was sent. req.Metadata is not
-// sent.
+// processing (POST /api/message_processing), missing message ids generated
+// and send times set to now; req.Metadata is not sent. req and opts are
+// checked first: a *ValidationError means nothing was sent.
 func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ...CallOption) (*ProcessingResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
 		return nil, err
 	}
-	cv, err := c.messageBody(req, false)
+	in, err := c.messageBody(req, false)
 	if err != nil {
 		return nil, err
 	}
 	rq := newRequest(http.MethodPost, pathProcess, true)
-	in := processBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate}
 	var out ProcessingResponse
 	if err := c.call(ctx, &rq, &in, &out, cfg); err != nil {
 		return nil, err
@@ -2183,21 +1991,20 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 }
 
 // OptimizeMessage asks for a better wording of req.Candidate and the channel
-// to send it on (POST /api/message_optimizer). Only the candidate's content
-// is sent; the metadata goes flat at the top level, each field left out when
-// unset. req and opts are checked first: a *ValidationError means nothing
-// was sent.
+// to send it on (POST /api/message_optimizer), sending the candidate's
+// content only and the metadata fields set. req and opts are checked first:
+// a *ValidationError means nothing was sent.
 func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts ...CallOption) (*OptimizationResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
 		return nil, err
 	}
-	cv, err := c.messageBody(req, true)
+	body, err := c.messageBody(req, true)
 	if err != nil {
 		return nil, err
 	}
 	rq := newRequest(http.MethodPost, pathOptimize, true)
-	in := optimizeBody{Company: cv.company, CustomerID: req.CustomerID, ZipCode: req.ZipCode, Messages: cv.messages, CandidateMessage: cv.candidate.Content}
+	in := optimizeBody{wireConversation: body.wireConversation, CandidateMessage: req.Candidate.Content}
 	if m := req.Metadata; m != nil {
 		if b := m.IsRepeatBorrower; b != nil {
 			n := 0
@@ -2243,21 +2050,15 @@ func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...CallOp
 	if err := c.call(ctx, &rq, &in, &out, cfg); err != nil {
 		return nil, err
 	}
-	r, err := out.decode(&rq, "")
-	if err != nil {
-		return nil, err
-	}
-	return &r, nil
+	return out.decode(&rq, "")
 }
 
 // SubmitFeedbackBulk reports many feedback entries in one call (POST
 // /api/feedback/bulk). items must not be empty, and each is checked first:
 // a *ValidationError naming the item (as in "Items[3].Score") means nothing
-// was sent.
-//
-// The answer is never silently partial: when the server reports a failure or
-// stored fewer entries than were sent, SubmitFeedbackBulk returns its answer
-// together with an error matching ErrPartial.
+// was sent. The answer is never silently partial: when the server reports a
+// failure or stored fewer entries than were sent, SubmitFeedbackBulk
+// returns its answer together with an error matching ErrPartial.
 func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts ...CallOption) (*BulkFeedbackResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
@@ -2290,7 +2091,7 @@ func (c *Client) SubmitFeedbackBulk(ctx context.Context, items []Feedback, opts 
 		if err != nil {
 			return nil, err
 		}
-		r.Feedback[i] = fr
+		r.Feedback[i] = *fr
 	}
 	switch {
 	case !r.Success:

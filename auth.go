@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,22 +32,18 @@ import (
 	"time"
 )
 
-// maxLifetime bounds a token lifetime taken from the server, so that an absurd
-// expires_in cannot overflow the arithmetic on deadlines.
-const maxLifetime = 10 * 365 * 24 * time.Hour
-
-// Cooldown after a failed token flight: 1s doubling to 30s.
 const (
-	minCooldown = time.Second
-	maxCooldown = 30 * time.Second
+	// maxLifetime bounds a token lifetime taken from the server, so that an
+	// absurd expires_in cannot overflow the arithmetic on deadlines.
+	maxLifetime = 10 * 365 * 24 * time.Hour
+	minCooldown = time.Second      // after a failed token flight, doubling
+	maxCooldown = 30 * time.Second // up to this
+	maxRefused  = 16               // access tokens remembered as refused by the server
 )
 
-// Token is a snapshot of the access token the client holds. It never holds
-// the refresh token or the API key.
-//
-// Formatting a Token with fmt, logging it with log/slog or encoding it with
-// encoding/json never shows the access token; read the AccessToken field to
-// use it.
+// Token is a snapshot of the access token the client holds, never of the
+// refresh token or the API key. fmt, log/slog and encoding/json never show
+// the access token; read the AccessToken field to use it.
 type Token struct {
 	AccessToken string
 	TokenType   string
@@ -86,12 +83,10 @@ func (t Token) Format(f fmt.State, verb rune) { format(f, verb, "apala.Token", t
 // Token logged with log/slog, also inside a slice or a map, stays safe.
 func (t Token) MarshalJSON() ([]byte, error) { return marshalAttrs(t.printable()) }
 
-// Printing a value that holds a secret: its type lists its fields once,
-// secrets redacted, in a printable method; Format prints that list for
-// every verb of fmt, and MarshalJSON encodes it for encoding/json and
-// log/slog (whose handlers print any value with one or the other, inside
-// slices and maps too). StoredToken, whose JSON is real, has LogValue
-// instead.
+// Printing a value that holds a secret: its printable method lists its
+// fields, secrets redacted; Format prints the list for every verb of fmt,
+// and MarshalJSON encodes it for encoding/json and log/slog (inside slices
+// and maps too). StoredToken, whose JSON is real, has LogValue instead.
 
 // redact stands for a secret in printed output: whether one is held, never what.
 func redact(s string) string {
@@ -103,19 +98,11 @@ func redact(s string) string {
 
 // format prints attrs as name{key:value ...} for any verb; %q quotes it.
 func format(f fmt.State, verb rune, name string, attrs []slog.Attr) {
-	var b strings.Builder
-	b.WriteString(name)
-	b.WriteByte('{')
+	fields := make([]string, len(attrs))
 	for i, a := range attrs {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(a.Key)
-		b.WriteByte(':')
-		b.WriteString(a.Value.String())
+		fields[i] = a.Key + ":" + a.Value.String()
 	}
-	b.WriteByte('}')
-	s := b.String()
+	s := name + "{" + strings.Join(fields, " ") + "}"
 	if verb == 'q' {
 		s = strconv.Quote(s)
 	}
@@ -140,12 +127,10 @@ func marshalAttrs(attrs []slog.Attr) ([]byte, error) {
 }
 
 // AccessToken returns a valid access token, authenticating or refreshing as
-// needed. When the token held is fresh it costs one atomic load and a clock
-// read; inside the refresh margin it is returned at once while one refresh
-// runs in the background; when none is held or it has expired, the call waits
-// for the one token request in flight (or starts it), or for ctx to end.
-//
-// Most callers never need it: every API call attaches the token itself.
+// needed: a fresh one for one atomic load and a clock read, one inside the
+// refresh margin at once while one refresh runs in the background; else it
+// waits for the one token request in flight (starting it), or for ctx to
+// end. Most callers never need it: every API call attaches the token itself.
 func (c *Client) AccessToken(ctx context.Context) (string, error) {
 	if ctx == nil {
 		return "", errNilContext
@@ -157,18 +142,16 @@ func (c *Client) AccessToken(ctx context.Context) (string, error) {
 	return p.access, nil
 }
 
-// Token returns a snapshot of the access token held, without any I/O. It is
-// the zero Token when none is held, after a rejection by the server, and
-// after Close.
+// Token returns a snapshot of the access token held, without any I/O: the
+// zero Token when none is held, after a rejection by the server or Close.
 func (c *Client) Token() Token { return c.pair.Load().token(c.now()) }
 
 // Authenticate exchanges the API key for a new token pair (POST
 // /api/auth/token) and returns the new access token. It always reaches the
 // server — joining an exchange already in progress, never taking a token
 // from a TokenStore — and ignores the failure cooldown; the server's error
-// is returned as is, with the zero Token.
-//
-// Calling it is optional: the first API call authenticates by itself.
+// is returned as is, with the zero Token. Calling it is optional: the first
+// API call authenticates by itself.
 func (c *Client) Authenticate(ctx context.Context) (Token, error) {
 	p, err := c.await(ctx, flightAuth)
 	return p.token(c.now()), err
@@ -177,10 +160,9 @@ func (c *Client) Authenticate(ctx context.Context) (Token, error) {
 // RefreshAccessToken trades the refresh token held for a new access token
 // (POST /api/auth/refresh) and returns it. It fails with
 // ErrNotAuthenticated, sending nothing, when no refresh token is held.
-//
 // Unlike the automatic path, it does not fall back to the API key when the
 // server refuses the refresh token: that error is returned as is, and the
-// refused refresh token is dropped.
+// refresh token dropped.
 func (c *Client) RefreshAccessToken(ctx context.Context) (Token, error) {
 	p, err := c.await(ctx, flightRefresh)
 	return p.token(c.now()), err
@@ -190,11 +172,10 @@ func (c *Client) RefreshAccessToken(ctx context.Context) (Token, error) {
 // current one in an atomic.Pointer and replaces it whole; nothing mutates a
 // tokenPair once it is published.
 type tokenPair struct {
-	access    string
-	refresh   string
-	tokenType string
-	bearer    []string // the Authorization header value, pre-built: {"Bearer " + access}
-
+	access      string
+	refresh     string
+	tokenType   string
+	bearer      []string // the Authorization header value, pre-built: {"Bearer " + access}
 	companyID   string
 	companyName string
 	keyID       string // the fingerprint of the base URL and key it came from, for a TokenStore
@@ -237,35 +218,32 @@ func (p *tokenPair) token(at time.Time) Token {
 	}
 }
 
-// newPair builds a token pair from a server answer to a request sent at
-// sent, by the token clock: its lifetime is counted from then, not from
-// when the answer arrived. expiresIn <= 0 means unknown: the JWT's exp
-// claim is read, and failing that the token is used until the server
-// rejects it.
+// newPair builds a token pair from an answer to a request sent at sent (by
+// the token clock), from which its lifetime counts. expiresIn <= 0 means
+// unknown: the JWT's exp claim is read, and failing that the token is used
+// until the server rejects it.
 func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sent time.Time) *tokenPair {
-	p := &tokenPair{access: access, refresh: refresh, tokenType: tokenType, bearer: []string{"Bearer " + access}}
-	if p.tokenType == "" {
-		p.tokenType = "Bearer"
-	}
 	var expires time.Time
 	if expiresIn > 0 {
 		expires = sent.Add(time.Duration(min(int64(expiresIn), int64(maxLifetime/time.Second))) * time.Second)
 	} else if exp, ok := jwtExpiry(access); ok && exp.After(sent) {
 		expires = sent.Add(min(exp.Sub(sent), maxLifetime))
 	}
-	c.setExpiry(p, sent, expires)
-	return p
+	return c.makePair(access, refresh, tokenType, sent, expires)
 }
 
-// setExpiry sets p's expiry and the deadlines that follow: stale the
-// refresh margin before it, capped at half its lifetime (uncapped when
-// issued is zero), and invalid a leeway of a quarter of that margin, at most
-// 10s, before it. A zero expires means unknown: never stale nor invalid.
-func (c *Client) setExpiry(p *tokenPair, issued, expires time.Time) {
-	p.issuedAt, p.expiresAt = issued, expires
-	p.staleAt, p.invalidAt = math.MaxInt64, math.MaxInt64
+// makePair builds a token pair issued and expiring at the times given (zero
+// expires: unknown, never stale nor invalid), stale the refresh margin before
+// expiry, capped at half its lifetime (uncapped when issued is zero), and
+// invalid a leeway of a quarter of that margin, at most 10s, before it.
+func (c *Client) makePair(access, refresh, tokenType string, issued, expires time.Time) *tokenPair {
+	p := &tokenPair{access: access, refresh: refresh, tokenType: tokenType, bearer: []string{"Bearer " + access},
+		issuedAt: issued, expiresAt: expires, staleAt: math.MaxInt64, invalidAt: math.MaxInt64}
+	if p.tokenType == "" {
+		p.tokenType = "Bearer"
+	}
 	if expires.IsZero() {
-		return
+		return p
 	}
 	margin := c.cfg.margin
 	if !issued.IsZero() {
@@ -274,6 +252,7 @@ func (c *Client) setExpiry(p *tokenPair, issued, expires time.Time) {
 	leeway := min(margin/4, 10*time.Second)
 	end := expires.Sub(c.baseTime)
 	p.staleAt, p.invalidAt = end-margin, end-leeway
+	return p
 }
 
 // seconds reads expires_in leniently: an integer, a float such as 3600.0 (a
@@ -299,14 +278,9 @@ func jwtExpiry(tok string) (time.Time, bool) {
 	if len(parts) != 3 {
 		return time.Time{}, false
 	}
+	var claims struct{ Exp *float64 } // encoding/json matches "exp" to Exp
 	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
-	if err != nil {
-		return time.Time{}, false
-	}
-	var claims struct {
-		Exp *float64 `json:"exp"`
-	}
-	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == nil {
+	if err != nil || json.Unmarshal(payload, &claims) != nil || claims.Exp == nil {
 		return time.Time{}, false
 	}
 	exp := *claims.Exp
@@ -320,23 +294,12 @@ func jwtExpiry(tok string) (time.Time, bool) {
 // validToken reports whether s can travel in an Authorization header: visible
 // ASCII only, so a hostile answer cannot inject a header or a line break.
 func validToken(s string) bool {
-	if s == "" || len(s) > 16<<10 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
+	invisible := func(r rune) bool { return r <= ' ' || r >= 0x7f }
+	return s != "" && len(s) <= 16<<10 && !strings.ContainsFunc(s, invisible)
 }
 
-// maxRefused bounds the access tokens a client remembers the server refused.
-const maxRefused = 16
-
-// tokenState is the token lifecycle's state: the pair in use, the flight
-// in progress and the failure cooldown. Client embeds it; the methods in this
-// file are the only ones that touch it.
+// tokenState is the token lifecycle's state, embedded in Client and touched
+// only by the methods in this file.
 type tokenState struct {
 	// pair is the current token pair; read without a lock, replaced whole.
 	pair atomic.Pointer[tokenPair]
@@ -346,13 +309,11 @@ type tokenState struct {
 	// cooldownUntil is the time (Client.elapsed) before which no automatic
 	// flight starts after a failure; written under mu, read without it.
 	cooldownUntil atomic.Int64
-	// closed is set by Close, under mu; closing is closed then, ending
-	// every wait.
+	// closed is set by Close, under mu, which then closes closing to end every wait.
 	closed  atomic.Bool
 	closing chan struct{}
-	// keys are the keys WithAPIKeyFunc's function returned, scrubbed from
-	// server text; replaced whole under mu, read without it. lastKey is the
-	// latest of them.
+	// keys, those WithAPIKeyFunc's function returned, scrubbed from server
+	// text, are replaced whole under mu, read without it; lastKey is the latest.
 	keys    atomic.Pointer[[]string]
 	lastKey atomic.Pointer[string]
 
@@ -378,13 +339,11 @@ const (
 // flight is one token request in progress. Its result fields are written
 // once, before done is closed, and only read after.
 type flight struct {
-	kind   flightKind
-	done   chan struct{}
-	cancel context.CancelFunc // ends the flight's requests; called by Close
-
-	pair *tokenPair
-	err  error
-
+	kind    flightKind
+	done    chan struct{}
+	cancel  context.CancelFunc // ends the flight's requests; called by Close
+	pair    *tokenPair
+	err     error
 	reports []func() // the hooks' reports about it, in order; called by fly once it ended
 }
 
@@ -404,8 +363,8 @@ func (c *Client) useClock(now func() time.Time) {
 	c.baseTime = now()
 }
 
-// usablePair returns a usable token pair. The fast path is lock-free and does not
-// allocate: one atomic load, one clock read.
+// usablePair returns a usable token pair; when one is held, with one atomic
+// load and one clock read, no lock, no allocation.
 func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 	if p := c.pair.Load(); p != nil {
 		now := c.mono()
@@ -436,18 +395,12 @@ func (c *Client) refreshSoon(ctx context.Context) {
 
 func (c *Client) coolingDown() bool { return c.elapsed() < time.Duration(c.cooldownUntil.Load()) }
 
-// usable reports whether p can be sent now (fresh or stale).
-func (c *Client) usable(p *tokenPair) bool {
-	return p != nil && c.mono() < p.invalidAt
-}
-
 // await is the slow path and the explicit calls. For flightAuto it returns
 // a usable pair, held or from the flight it joins or starts; an explicit
 // kind joins only a flight of its own kind, waits out another, and ignores
-// the failure cooldown. Every waiter shares its flight's error, but for one
-// case: a caller needing a token that waited on an explicit refresh the
-// server refused goes on to exchange the API key, as the automatic path
-// would (the refused refresh token was dropped).
+// the cooldown. Every waiter shares its flight's error but one: a caller
+// needing a token that waited on an explicit refresh the server refused
+// goes on to exchange the API key, as the automatic path would.
 func (c *Client) await(ctx context.Context, kind flightKind) (*tokenPair, error) {
 	if ctx == nil {
 		return nil, errNilContext
@@ -459,7 +412,7 @@ func (c *Client) await(ctx context.Context, kind flightKind) (*tokenPair, error)
 		switch {
 		case c.closed.Load():
 			err = ErrClosed
-		case kind == flightAuto && c.usable(p):
+		case kind == flightAuto && p != nil && c.mono() < p.invalidAt: // usable: fresh or stale
 			c.mu.Unlock()
 			return p, nil
 		case ctx.Err() != nil:
@@ -477,7 +430,6 @@ func (c *Client) await(ctx context.Context, kind flightKind) (*tokenPair, error)
 		if err != nil {
 			return nil, err
 		}
-
 		select {
 		case <-f.done:
 		case <-ctx.Done():
@@ -505,8 +457,7 @@ func refused(err error) bool {
 }
 
 // cachedError is the error of the last failed flight, served again during
-// the failure cooldown without a request. It matches what the original
-// matched (errors.Is, errors.As) and says that nothing was sent.
+// the cooldown: it matches what the original did, and says it is cached.
 type cachedError struct {
 	err   error
 	until time.Time // when the cooldown ends
@@ -518,10 +469,9 @@ func (e *cachedError) Error() string {
 
 func (e *cachedError) Unwrap() error { return e.err }
 
-// launch starts a flight for the caller whose context is ctx. c.mu must be
-// held, and no flight be in progress. The flight's context keeps ctx's
-// values (a trace, a logger) for the hooks and the log, but not its
-// cancellation or deadline, so that no caller can end the flight for the
+// launch starts a flight for the caller whose context is ctx, with c.mu
+// held and no flight in progress. The flight keeps ctx's values (a trace, a
+// logger) but not its cancellation, so that no caller can end it for the
 // others; Close cancels it through f.cancel.
 func (c *Client) launch(ctx context.Context, kind flightKind) *flight {
 	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -533,25 +483,21 @@ func (c *Client) launch(ctx context.Context, kind flightKind) *flight {
 }
 
 // fly runs flight f, publishes its result, and then makes the hooks'
-// reports about it: nobody waits for a hook. Every failed flight starts the
-// failure cooldown, explicit ones included, except an explicit refresh the
-// server refused: that only drops the refused refresh token, so that the
-// automatic path may still fall back to the API key.
+// reports about it. Every failed flight starts the cooldown, but an
+// explicit refresh the server refused: that only drops the refresh token,
+// so that the automatic path may still fall back to the API key.
 func (c *Client) fly(ctx context.Context, f *flight) {
 	defer c.wg.Done()
 	defer f.cancel()
-
 	old := c.pair.Load()
 	if f.kind == flightAuto {
-		// A fresh token in the store needs no lock: only a token request
-		// does.
+		// Adopting needs no lock: only a token request does.
 		f.pair = c.adopt(ctx, old)
 	}
 	if f.pair == nil {
 		unlock, locked := c.lockStore(ctx)
 		if f.kind == flightAuto && locked {
-			// Again under the lock: the process that held it may have
-			// just saved a token.
+			// The lock's last holder may have just saved a token.
 			f.pair = c.adopt(ctx, old)
 		}
 		if f.pair == nil {
@@ -569,7 +515,6 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 		}
 		unlock()
 	}
-
 	var cooldown time.Duration
 	c.mu.Lock()
 	switch {
@@ -577,9 +522,8 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 		f.pair, f.err = nil, ErrClosed
 	case f.err == nil:
 		c.pair.Store(f.pair)
-		c.cooldown = 0
+		c.cooldown, c.lastErr = 0, nil
 		c.cooldownUntil.Store(0)
-		c.lastErr = nil
 	case f.kind == flightRefresh && refused(f.err):
 		c.dropRefresh(old.refresh)
 	default:
@@ -600,9 +544,8 @@ func (c *Client) fly(ctx context.Context, f *flight) {
 	}
 }
 
-// dropRefresh removes the refresh token refresh, which the server refused,
-// from the pair held, whichever generation of it holds it now (a 401 may
-// have replaced the pair by its rejected copy meanwhile).
+// dropRefresh removes the refresh token the server refused from the pair
+// held, also from its rejected copy a 401 may have put in its place.
 func (c *Client) dropRefresh(refresh string) {
 	for {
 		p := c.pair.Load()
@@ -643,10 +586,9 @@ type tokenAnswer struct {
 	CompanyName  string          `json:"company_name"`
 }
 
-// tokenRequest sends a token request of f with body, carrying secrets, and
-// builds the pair of its answer; refresh is the refresh token to keep when
-// the answer carries none. The answer's text (token type, company) is
-// scrubbed of every secret, the new tokens' included.
+// tokenRequest sends a token request of f and builds the pair of its
+// answer, its text scrubbed of every secret, the new tokens' included;
+// refresh is the refresh token to keep when the answer carries none.
 func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body []byte, secrets []string, refresh string) (p *tokenPair, err error) {
 	start := time.Now()
 	defer func() {
@@ -659,7 +601,7 @@ func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body 
 		}
 	}()
 	rq := newRequest(http.MethodPost, path, false)
-	rq.body, rq.secrets, rq.flight = body, secrets, f
+	rq.body, rq.secrets, rq.flight, rq.cfg = body, secrets, f, &c.cfg
 	var a tokenAnswer
 	sent, err := c.send(ctx, &rq, &a)
 	if err != nil {
@@ -678,6 +620,12 @@ func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body 
 	p = c.newPair(a.AccessToken, refresh, c.scrub(a.TokenType, fresh), seconds(a.ExpiresIn), sent)
 	p.companyID, p.companyName = c.scrub(a.CompanyID, fresh), c.scrub(a.CompanyName, fresh)
 	return p, nil
+}
+
+// tokenBody is the JSON body of a token request: one string field.
+func tokenBody(field, value string) []byte {
+	b, _ := json.Marshal(map[string]string{field: value}) // a map of strings always marshals
+	return b
 }
 
 // exchange trades the API key for a token pair (POST /api/auth/token). With
@@ -722,10 +670,8 @@ func (c *Client) remember(k string) {
 	defer c.mu.Unlock()
 	var ks []string
 	if old := c.keys.Load(); old != nil {
-		for _, o := range *old {
-			if o == k {
-				return
-			}
+		if slices.Contains(*old, k) {
+			return
 		}
 		ks = append(ks, *old...)
 	}
@@ -735,13 +681,7 @@ func (c *Client) remember(k string) {
 
 // exchangeKey trades key for a token pair.
 func (c *Client) exchangeKey(ctx context.Context, f *flight, key string) (*tokenPair, error) {
-	body := c.authBody
-	if key != c.apiKey {
-		body, _ = json.Marshal(struct {
-			APIKey string `json:"api_key"`
-		}{key}) // a struct of one string always marshals
-	}
-	p, err := c.tokenRequest(ctx, f, pathToken, body, []string{key}, "")
+	p, err := c.tokenRequest(ctx, f, pathToken, tokenBody("api_key", key), []string{key}, "")
 	if err != nil {
 		return nil, err
 	}
@@ -752,16 +692,13 @@ func (c *Client) exchangeKey(ctx context.Context, f *flight, key string) (*token
 	return p, nil
 }
 
-// refresh trades the refresh token of old for a new access token
-// (POST /api/auth/refresh). The refresh token is kept unless the server
-// rotates it.
+// refresh trades the refresh token of old for a new access token (POST
+// /api/auth/refresh), keeping it unless the server rotates it.
 func (c *Client) refresh(ctx context.Context, f *flight, old *tokenPair) (*tokenPair, error) {
 	if old == nil || old.refresh == "" {
 		return nil, ErrNotAuthenticated
 	}
-	body, _ := json.Marshal(struct {
-		RefreshToken string `json:"refresh_token"`
-	}{old.refresh}) // a struct of one string always marshals
+	body := tokenBody("refresh_token", old.refresh)
 	p, err := c.tokenRequest(ctx, f, pathRefresh, body, []string{old.access, old.refresh}, old.refresh)
 	if err != nil {
 		return nil, err
@@ -779,9 +716,8 @@ func lifetime(p *tokenPair) time.Duration {
 	return p.expiresAt.Sub(p.issuedAt)
 }
 
-// reject invalidates p after the server refused it, unless a newer pair has
-// replaced it meanwhile (compare-and-swap: a token refreshed by another
-// caller is kept), and remembers that the server refused it.
+// reject invalidates p, which the server refused, unless a newer pair has
+// replaced it meanwhile, and remembers that the server refused it.
 func (c *Client) reject(p *tokenPair) {
 	c.pair.CompareAndSwap(p, p.rejected())
 	c.mu.Lock()
@@ -796,17 +732,12 @@ func (c *Client) reject(p *tokenPair) {
 func (c *Client) wasRefused(tok string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, r := range c.refused {
-		if r == tok {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(c.refused, tok)
 }
 
-// closeFlights is Close's half in the token lifecycle: no flight starts
-// after it, every wait ends, the flight in progress is cancelled and waited
-// for with its hooks, and the pair is replaced by one that is never usable.
+// closeFlights is Close's half in the token lifecycle: every wait ends, the
+// flight in progress is cancelled and waited for with its hooks, and no
+// token is usable again.
 func (c *Client) closeFlights() {
 	c.mu.Lock()
 	if !c.closed.Swap(true) {
@@ -823,21 +754,13 @@ func (c *Client) closeFlights() {
 // isClosed reports whether Close was called.
 func (c *Client) isClosed() bool { return c.closed.Load() }
 
-// Sharing tokens through a TokenStore. The client loads the store before
-// every automatic token request, holding the store's lock when it has one,
-// adopts a stored token that another client got, and saves every token it
-// gets. The store is a cache: its failures are logged at Warn and cost at
-// most a token request, never a call.
-
 // TokenStore keeps a token where other clients, in this process or in
 // others, find it, so that short-lived processes and many processes on one
 // host make one token request per token lifetime between them. Give one to
 // a client with WithTokenStore; NewFileTokenStore makes one backed by a
 // file. A store shared by processes on several machines (Redis, a database)
-// is a few lines of the user's code.
-//
-// A store may also implement TokenLocker, to serialise token requests
-// across processes.
+// is a few lines of the user's code. It is a cache: its failures cost at
+// most a token request, never a call. It may also implement TokenLocker.
 type TokenStore interface {
 	// Load returns the stored token, or nil, nil when none is stored.
 	Load(ctx context.Context) (*StoredToken, error)
@@ -846,19 +769,17 @@ type TokenStore interface {
 }
 
 // TokenLocker is implemented by a TokenStore that serialises token requests
-// across processes: the client takes the lock before it loads the store and
-// releases it once the result of its token request is saved, so that N
-// processes racing for a token make one request and the others adopt it.
-// Lock waits until the lock is held or ctx ends; unlock releases it. ctx
-// bounds the wait only, not the time the lock is held.
+// across processes: a client about to make a token request takes the lock,
+// loads the store again, and releases the lock once its result is saved, so
+// that N processes racing for a token make one request and the others adopt
+// it. Lock waits until the lock is held or ctx ends; unlock releases it.
 type TokenLocker interface {
 	Lock(ctx context.Context) (unlock func(), err error)
 }
 
-// StoredToken is a token pair as a TokenStore keeps it. It is the one type
-// of the package meant to be persisted: fmt and log/slog print it redacted,
-// but encoding/json gives its real fields, so that a store can encode it.
-// The API key is never part of it.
+// StoredToken is a token pair as a TokenStore keeps it, never with the API
+// key. fmt and log/slog print it redacted, but encoding/json gives its real
+// fields, so that a store can encode it.
 type StoredToken struct {
 	AccessToken  string    `json:"access_token"`
 	RefreshToken string    `json:"refresh_token"`
@@ -868,9 +789,8 @@ type StoredToken struct {
 	CompanyID    string    `json:"company_id"`
 	CompanyName  string    `json:"company_name"`
 	// KeyID is the fingerprint of the base URL and the API key the token
-	// came from, set by the client: the first 16 bytes of a SHA-256 of
-	// both, in hex, which cannot be turned back into the key. A client
-	// adopts only a token of its own base URL and key.
+	// came from, set by the client: a hash of both, which cannot be turned
+	// back into the key. A client adopts only a token of its own.
 	KeyID string `json:"key_id"`
 }
 
@@ -887,8 +807,7 @@ func (t StoredToken) printable() []slog.Attr {
 	}
 }
 
-// Format implements fmt.Formatter: every verb prints the fields with the
-// tokens redacted.
+// Format implements fmt.Formatter: every verb prints the tokens redacted.
 func (t StoredToken) Format(f fmt.State, verb rune) {
 	format(f, verb, "apala.StoredToken", t.printable())
 }
@@ -903,8 +822,8 @@ func (c *Client) keyID(key string) string {
 }
 
 // currentKeyID is the fingerprint of the key the client uses now: the one
-// NewClient was given, or the latest WithAPIKeyFunc's function returned,
-// which is asked for once if it never was.
+// NewClient was given, or the latest from WithAPIKeyFunc's function, asked
+// for if it never was.
 func (c *Client) currentKeyID(ctx context.Context) (string, error) {
 	if c.cfg.keyFunc == nil {
 		return c.keyID(c.apiKey), nil
@@ -919,10 +838,9 @@ func (c *Client) currentKeyID(ctx context.Context) (string, error) {
 	return c.keyID(k), nil
 }
 
-// storeTimeout bounds each use of a TokenStore (a lock waited for, a load,
-// a save): a store that hangs costs a token request, never a call. It is
-// longer than the file store's takeover bound, so that a crashed holder's
-// lock is taken over rather than given up on. Tests shorten it.
+// storeTimeout bounds each use of a TokenStore (lock, load, save); longer
+// than the file store's takeover bound, so that a crashed holder's lock is
+// taken over rather than given up on. Tests shorten it.
 var storeTimeout = 15 * time.Second
 
 // bounded runs op, a use of the store, for at most storeTimeout, even when
@@ -954,8 +872,7 @@ func bounded[T any](ctx context.Context, op func(context.Context) (T, error), un
 }
 
 // lockStore takes the store's lock when it is a TokenLocker, and returns
-// what releases it and whether the lock is held. A lock that cannot be
-// taken is logged, and the token request goes on without it.
+// what releases it and whether it is held; without it, the request goes on.
 func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 	l, ok := c.cfg.store.(TokenLocker)
 	if !ok {
@@ -967,23 +884,22 @@ func (c *Client) lockStore(ctx context.Context) (unlock func(), locked bool) {
 		}
 	})
 	if err != nil || release == nil {
-		c.storeFailed(ctx, "lock", err, nil)
+		c.storeFailed(ctx, "lock", err)
 		return func() {}, false
 	}
 	return release, true
 }
 
-// adopt loads the store and returns a pair made of the token stored there
-// when it came from this client's base URL and key, was never refused to
-// this client, is newer than old, and would be fresh: its time left is more
-// than the margin the client would apply to it. nil otherwise.
+// adopt loads the store and returns a pair of the token there if it came
+// from this client's base URL and key, was never refused to it, is newer
+// than old, and is fresh by the margin the client would apply; else nil.
 func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	if c.cfg.store == nil {
 		return nil
 	}
 	st, err := bounded(ctx, c.cfg.store.Load, nil)
 	if err != nil {
-		c.storeFailed(ctx, "load", err, nil)
+		c.storeFailed(ctx, "load", err)
 		return nil
 	}
 	if st == nil || st.ExpiresAt.IsZero() || !validToken(st.AccessToken) || (st.RefreshToken != "" && !validToken(st.RefreshToken)) {
@@ -996,15 +912,8 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 		return nil
 	}
 	secrets := []string{st.AccessToken, st.RefreshToken}
-	p := &tokenPair{
-		access: st.AccessToken, refresh: st.RefreshToken, tokenType: c.scrub(st.TokenType, secrets),
-		bearer:    []string{"Bearer " + st.AccessToken},
-		companyID: c.scrub(st.CompanyID, secrets), companyName: c.scrub(st.CompanyName, secrets), keyID: st.KeyID,
-	}
-	if p.tokenType == "" {
-		p.tokenType = "Bearer"
-	}
-	c.setExpiry(p, st.IssuedAt, st.ExpiresAt)
+	p := c.makePair(st.AccessToken, st.RefreshToken, c.scrub(st.TokenType, secrets), st.IssuedAt, st.ExpiresAt)
+	p.companyID, p.companyName, p.keyID = c.scrub(st.CompanyID, secrets), c.scrub(st.CompanyName, secrets), st.KeyID
 	if c.mono() >= p.staleAt {
 		return nil
 	}
@@ -1027,20 +936,15 @@ func (c *Client) save(ctx context.Context, p *tokenPair) {
 		return struct{}{}, c.cfg.store.Save(ctx, st)
 	}, nil)
 	if err != nil {
-		c.storeFailed(ctx, "save", err, p)
+		c.storeFailed(ctx, "save", err, p.access, p.refresh)
 	}
 }
 
-// storeFailed logs a failure of the store at Warn: a cache that failed. Its
-// error is scrubbed of the client's secrets and of p's, the pair it was
-// given, which the client may not hold yet.
-func (c *Client) storeFailed(ctx context.Context, op string, err error, p *tokenPair) {
+// storeFailed logs a failure of the store at Warn, scrubbed of the client's
+// secrets and of those it gave the store, which the client may not hold.
+func (c *Client) storeFailed(ctx context.Context, op string, err error, secrets ...string) {
 	msg := "<nil>"
 	if err != nil {
-		var secrets []string
-		if p != nil {
-			secrets = []string{p.access, p.refresh}
-		}
 		msg = c.scrub(err.Error(), secrets)
 	}
 	c.logAttrs(ctx, slog.LevelWarn, "apala: token store failed; going on without it",
@@ -1048,22 +952,18 @@ func (c *Client) storeFailed(ctx context.Context, op string, err error, p *token
 }
 
 // NewFileTokenStore returns a TokenStore keeping the token in one JSON file
-// at path, written with mode 0600 by an atomic rename in its directory, so
-// that a reader never sees half a file. It is also a TokenLocker: token
-// requests are serialised across processes by a lock file beside it (path
-// + ".lock", created with O_EXCL), taken over when older than 10 seconds, so
-// that a crashed holder blocks nobody for long. A file that holds no token
-// of this package is ignored and overwritten. The API key is never stored;
-// the tokens are, so keep the file where only the service's user reads it.
-// On platforms without a file system (js/wasm) its methods return errors.
+// at path, mode 0600, written by an atomic rename. It is also a TokenLocker,
+// with a lock file beside it (path + ".lock", created with O_EXCL), taken
+// over when older than 10 seconds, so that a crashed holder blocks nobody
+// for long. A file that holds no token of this package is ignored and
+// overwritten. The tokens are stored, so keep the file where only the
+// service's user reads it. On js/wasm its methods return errors.
 func NewFileTokenStore(path string) TokenStore { return &fileStore{path: path} }
 
-// fileLockStale is how old a lock file is before another process takes it
-// over; tests shorten it.
+// fileLockStale is the age at which a lock file is taken over; tests shorten it.
 var fileLockStale = 10 * time.Second
 
-// fileStore is the TokenStore of NewFileTokenStore. It checks its context
-// between its steps.
+// fileStore is NewFileTokenStore's; it checks its context between its steps.
 type fileStore struct{ path string }
 
 var _ TokenLocker = (*fileStore)(nil)
@@ -1080,16 +980,15 @@ func (s *fileStore) Load(ctx context.Context) (*StoredToken, error) {
 	// Only a regular file, read with a bound: a FIFO or a device at the
 	// path would block or never end.
 	fi, err := os.Stat(s.path)
-	if errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil, nil
-	}
-	if err == nil && !fi.Mode().IsRegular() {
+	case err == nil && !fi.Mode().IsRegular():
 		err = errors.New("not a regular file")
-	}
-	var b []byte
-	if err == nil {
+	case err == nil:
 		err = ctx.Err()
 	}
+	var b []byte
 	if err == nil {
 		var f *os.File
 		if f, err = os.Open(s.path); err == nil {
@@ -1140,13 +1039,11 @@ func (s *fileStore) Save(ctx context.Context, t *StoredToken) error {
 	return nil
 }
 
-// Lock implements TokenLocker with a lock file. A lock file older than
-// fileLockStale (or dated further than that in the future), one that is not
-// a regular file (a dangling symlink), or one that cannot be read is stale:
-// its holder crashed or hangs, and it is taken over; one that cannot be
-// removed is an error at once, and the client goes on without the lock.
-// Two processes taking one over at once may both hold the lock; the cost is
-// one more token request, never a failed call.
+// Lock implements TokenLocker with a lock file. One older than
+// fileLockStale (or dated that far in the future), not a regular file (a
+// dangling symlink), or unreadable by Lstat is stale and taken over; one
+// that cannot be removed is an error at once. Two processes taking one over
+// at once may both hold it: one more token request, never a failed call.
 func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 	if ctx == nil {
 		return nil, errNilContext
@@ -1188,7 +1085,7 @@ func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 		}
 		if err == nil && fi.Mode().IsRegular() {
 			if age := time.Since(fi.ModTime()); age <= fileLockStale && age >= -fileLockStale {
-				if err := sleep(ctx, wait); err != nil {
+				if err := sleep(ctx, wait, nil); err != nil {
 					return nil, fmt.Errorf("apala: token store lock: %w", err)
 				}
 				wait = min(2*wait, 50*time.Millisecond)
@@ -1198,17 +1095,5 @@ func (s *fileStore) Lock(ctx context.Context) (func(), error) {
 		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("apala: token store lock: taking over a stale lock: %w", err)
 		}
-	}
-}
-
-// sleep waits for d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }

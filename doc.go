@@ -16,24 +16,23 @@
 //
 // The company GUID is your company's UUID, the company_id of the token
 // answer: every message call names it, from [WithCompanyGUID] or the
-// request's CompanyGUID, and fails with a [*ValidationError] before sending
-// anything without one. [NewClientFromEnv] reads the key, base URL and
-// company GUID from APALA_API_KEY, APALA_BASE_URL and APALA_COMPANY_GUID.
+// request's CompanyGUID, and without one fails with [ErrConfig] before
+// sending anything. [NewClientFromEnv] reads the key, base URL and company
+// GUID from APALA_API_KEY, APALA_BASE_URL and APALA_COMPANY_GUID.
 //
 // Options configure a client ([NewClient]) or one call (the message and
-// feedback calls, [Client.Do]): retries, timeouts, headers, the
-// idempotency key, and [WithResponseInfo] for the status, request id and
-// attempts of a call.
+// feedback calls, [Client.Do]): retries, timeouts, headers, the idempotency
+// key, and [WithResponseInfo] for the status, request id and attempts of a
+// call.
 //
 // # Authentication
 //
 // The API key is exchanged once (POST /api/auth/token) for a JWT access token
-// and a refresh token. Every call carries the access token. The client holds
-// the pair as one immutable value behind an atomic pointer, so reading it
-// costs one atomic load and a clock read, with no lock and no allocation.
+// and a refresh token. Every call carries the access token; reading it costs
+// one atomic load and a clock read, with no lock and no allocation.
 //
 // A token is fresh until the refresh margin before it expires
-// ([DefaultRefreshMargin], 60s, capped at half its lifetime): callers use it.
+// ([DefaultRefreshMargin], capped at half its lifetime): callers use it.
 // Inside the margin it is stale: callers still use it while one refresh runs
 // in the background. Once it is about to expire (a leeway of at most 10s
 // before) or when none is held, callers wait for the one token request in
@@ -45,12 +44,10 @@
 // refuses it (400, 401 or 403) the client exchanges the API key again. After
 // a failed token request, automatic or explicit, no automatic one starts for
 // a cooldown (1s doubling to 30s): callers get the last error at once, marked
-// "(cached: no new token request until ...)". When an API call is answered 401, the
-// token is dropped unless another caller has already replaced it, a new one
-// is obtained, and the call is replayed once.
-//
-// [Client.Authenticate] and [Client.RefreshAccessToken] do the same by hand
-// and return the server's answer; few programs need them.
+// "(cached: no new token request until ...)". When an API call is answered
+// 401, the token is dropped unless another caller has already replaced it, a
+// new one is obtained, and the call is replayed once. [Client.Authenticate]
+// and [Client.RefreshAccessToken] do the same by hand; few programs need them.
 //
 // [WithAPIKeyFunc] asks a function for the key at every exchange, so that a
 // key rotated in a secret store is picked up without a restart.
@@ -69,7 +66,8 @@
 //     [*net/url.Error] underneath;
 //   - the caller's context ending unwraps to [context.Canceled] or
 //     [context.DeadlineExceeded];
-//   - input refused before sending is a [*ValidationError] naming the field;
+//   - input refused before sending is a [*ValidationError] naming the field,
+//     and a problem of the setup matches [ErrConfig];
 //   - a bulk feedback answer that stored fewer entries than were sent
 //     matches [ErrPartial], and comes with the server's full answer.
 //
@@ -85,11 +83,7 @@
 //
 // No error, log record, formatted or JSON-encoded value of this package ever
 // holds the API key, the access token or the refresh token, nor any run of 8
-// bytes of one: server text is scrubbed of every secret the call carried, in
-// any encoding, before it is cut to length.
-//
-// For a support ticket, quote [APIError.RequestID] (the answer's
-// X-Request-Id).
+// bytes of one. For a support ticket, quote [APIError.RequestID].
 //
 // # Concurrency
 //
@@ -101,13 +95,11 @@
 //
 // # Logging
 //
-// Nothing is logged unless [WithLogger] is given an [*log/slog.Logger]. At
-// Debug, each HTTP attempt (method, path, status, duration, attempt number);
-// at Info, authentication (company, lifetime) and refreshes; at Warn, a
-// scheduled retry (reason, delay), a refused refresh falling back to the
-// API key, and a failed automatic token request (the error, the cooldown).
-// [WithHooks] reports every HTTP attempt and token request to functions of
-// yours, with the caller's context, to feed metrics and traces.
+// Nothing is logged unless [WithLogger] is given an [*log/slog.Logger]: each
+// HTTP attempt at Debug; authentication and refreshes at Info; a retry, a
+// refused refresh and a failed automatic token request at Warn. [WithHooks]
+// reports every HTTP attempt and token request to functions of yours, with
+// the caller's context, to feed metrics and traces.
 //
 // # Testing
 //
