@@ -568,7 +568,7 @@ func NewClient(apiKey string, opts ...ClientOption) (*Client, error) {
 	} else {
 		c.hc = &http.Client{Transport: http.DefaultTransport}
 	}
-	c.hc.CheckRedirect = noRedirects
+	c.hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return c, nil
 }
 
@@ -596,8 +596,6 @@ func NewClientFromEnv(opts ...ClientOption) (*Client, error) {
 	}
 	return NewClient(key, append(env, opts...)...)
 }
-
-func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // parseBaseURL accepts an absolute http(s) URL without user info, query or
 // fragment; http only to a loopback host unless insecure. Its errors never
@@ -664,7 +662,16 @@ func (c *Client) Format(f fmt.State, verb rune) {
 // hooks), and closes the idle connections of the transport the client made.
 // It is idempotent and always returns nil.
 func (c *Client) Close() error {
-	c.closeFlights()
+	c.mu.Lock()
+	if !c.closed.Swap(true) {
+		close(c.closing)
+	}
+	c.pair.Store(closedPair) // never usable: every token read falls to await
+	if f := c.flight.Load(); f != nil {
+		f.cancel()
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
 	if c.ownRT != nil {
 		c.ownRT.CloseIdleConnections()
 	}
@@ -879,7 +886,7 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 			} else if rq.sent[0] != p.access {
 				rq.sent[1] = p.access
 			}
-		} else if c.isClosed() {
+		} else if c.closed.Load() {
 			return time.Time{}, ErrClosed
 		}
 		sent := c.now()
@@ -961,14 +968,12 @@ func (c *Client) report(ctx context.Context, rq *request, cfg *config, n int, r 
 		}
 	}
 	if debug {
-		attrs := [...]slog.Attr{slog.String("method", rq.method), slog.String("path", rq.name),
-			slog.Int("status", r.status), slog.Duration("duration", r.took),
-			slog.Int("attempt", n), slog.String("request_id", rid)}
-		if rid == "" {
-			c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "apala: http attempt", attrs[:5]...)
-		} else {
-			c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "apala: http attempt", attrs[:]...)
+		attrs := []slog.Attr{slog.String("method", rq.method), slog.String("path", rq.name),
+			slog.Int("status", r.status), slog.Duration("duration", r.took), slog.Int("attempt", n)}
+		if rid != "" {
+			attrs = append(attrs, slog.String("request_id", rid))
 		}
+		c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "apala: http attempt", attrs...)
 	}
 	if hook != nil {
 		a := AttemptInfo{Method: rq.method, Path: rq.name, Attempt: n, StatusCode: r.status,
@@ -1405,8 +1410,12 @@ func (c *Client) logAttrs(ctx context.Context, level slog.Level, msg string, att
 // (GetBody set) is sent once more with a new one; otherwise the 401 is
 // returned. After Close, every request fails with ErrClosed.
 func (c *Client) HTTPClient() *http.Client {
+	base := c.hc.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
 	return &http.Client{
-		Transport:     &bearerTransport{c: c},
+		Transport:     &bearerTransport{c: c, base: base},
 		CheckRedirect: c.hc.CheckRedirect,
 		Jar:           c.hc.Jar,
 		Timeout:       c.hc.Timeout,
@@ -1414,25 +1423,21 @@ func (c *Client) HTTPClient() *http.Client {
 }
 
 // bearerTransport adds the access token to requests for the client's origin.
-type bearerTransport struct{ c *Client }
+type bearerTransport struct {
+	c    *Client
+	base http.RoundTripper // the client's transport
+}
 
 var _ http.RoundTripper = (*bearerTransport)(nil)
 
-func (t *bearerTransport) base() http.RoundTripper {
-	if rt := t.c.hc.Transport; rt != nil {
-		return rt
-	}
-	return http.DefaultTransport
-}
-
 // RoundTrip implements http.RoundTripper. It never modifies req.
 func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if t.c.isClosed() {
+	if t.c.closed.Load() {
 		closeBody(req.Body)
 		return nil, ErrClosed
 	}
 	if req.URL == nil || origin(req.URL) != t.c.origin {
-		return t.base().RoundTrip(req)
+		return t.base.RoundTrip(req)
 	}
 	b := bearer{c: t.c}
 	body := req.Body
@@ -1450,7 +1455,7 @@ func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				r.Header[k] = v
 			}
 		}
-		resp, err := t.base().RoundTrip(r)
+		resp, err := t.base.RoundTrip(r)
 		if err != nil {
 			return resp, err
 		}

@@ -10,6 +10,7 @@
 package apala
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -112,18 +113,14 @@ func format(f fmt.State, verb rune, name string, attrs []slog.Attr) {
 // marshalAttrs encodes attrs as a JSON object, in order.
 func marshalAttrs(attrs []slog.Attr) ([]byte, error) {
 	b := []byte{'{'}
-	for i, a := range attrs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		k, _ := json.Marshal(a.Key) // a string always marshals
+	for _, a := range attrs {
 		v, err := json.Marshal(a.Value.Any())
 		if err != nil {
 			return nil, err
 		}
-		b = append(append(append(b, k...), ':'), v...)
+		b = append(append(append(strconv.AppendQuote(b, a.Key), ':'), v...), ',') // keys are plain ASCII
 	}
-	return append(b, '}'), nil
+	return append(bytes.TrimSuffix(b, []byte{','}), '}'), nil
 }
 
 // AccessToken returns a valid access token, authenticating or refreshing as
@@ -208,14 +205,8 @@ func (p *tokenPair) token(at time.Time) Token {
 	if p == nil || p.access == "" {
 		return Token{}
 	}
-	return Token{
-		AccessToken: p.access,
-		TokenType:   p.tokenType,
-		ExpiresAt:   p.expiresAt.Round(0),
-		CompanyID:   p.companyID,
-		CompanyName: p.companyName,
-		at:          at,
-	}
+	return Token{AccessToken: p.access, TokenType: p.tokenType, ExpiresAt: p.expiresAt.Round(0),
+		CompanyID: p.companyID, CompanyName: p.companyName, at: at}
 }
 
 // newPair builds a token pair from an answer to a request sent at sent (by
@@ -735,25 +726,6 @@ func (c *Client) wasRefused(tok string) bool {
 	return slices.Contains(c.refused, tok)
 }
 
-// closeFlights is Close's half in the token lifecycle: every wait ends, the
-// flight in progress is cancelled and waited for with its hooks, and no
-// token is usable again.
-func (c *Client) closeFlights() {
-	c.mu.Lock()
-	if !c.closed.Swap(true) {
-		close(c.closing)
-	}
-	c.pair.Store(closedPair)
-	if f := c.flight.Load(); f != nil {
-		f.cancel()
-	}
-	c.mu.Unlock()
-	c.wg.Wait()
-}
-
-// isClosed reports whether Close was called.
-func (c *Client) isClosed() bool { return c.closed.Load() }
-
 // TokenStore keeps a token where other clients, in this process or in
 // others, find it, so that short-lived processes and many processes on one
 // host make one token request per token lifetime between them. Give one to
@@ -1009,10 +981,10 @@ func (s *fileStore) Load(ctx context.Context) (*StoredToken, error) {
 // Save implements TokenStore.
 func (s *fileStore) Save(ctx context.Context, t *StoredToken) error {
 	b, err := json.Marshal(fileToken{Version: 1, Token: *t})
-	if err != nil {
-		return fmt.Errorf("apala: token store: %w", err)
+	if err == nil {
+		err = ctx.Err()
 	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		return fmt.Errorf("apala: token store: %w", err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(s.path), filepath.Base(s.path)+".tmp-*") // mode 0600

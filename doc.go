@@ -20,10 +20,11 @@
 // sending anything. [NewClientFromEnv] reads the key, base URL and company
 // GUID from APALA_API_KEY, APALA_BASE_URL and APALA_COMPANY_GUID.
 //
-// Options configure a client ([NewClient]) or one call (the message and
-// feedback calls, [Client.Do]): retries, timeouts, headers, the idempotency
-// key, and [WithResponseInfo] for the status, request id and attempts of a
-// call.
+// Options configure a client (a [ClientOption], for [NewClient]) or one call
+// (a [CallOption], for the message and feedback calls and [Client.Do]), or
+// either (an [Option]): retries, timeouts, headers, the idempotency key, and
+// [WithResponseInfo] for the status, request id and attempts of a call. An
+// option given where it does not apply does not compile.
 //
 // # Authentication
 //
@@ -71,15 +72,22 @@
 //   - a bulk feedback answer that stored fewer entries than were sent
 //     matches [ErrPartial], and comes with the server's full answer.
 //
-// Answers are read leniently: a channel, score or reward this version does
-// not know is kept as sent; only a missing required field is an error.
+// Answers are read leniently: an unknown channel, score or reward is kept as
+// sent; only a missing required field is an error.
 //
 // Connection errors and 408, 429, 500, 502, 503 and 504 answers are retried
 // with jittered exponential backoff ([WithMaxRetries], [WithRetryBackoff]),
 // honouring Retry-After up to 60s, and never sleeping past the caller's
-// deadline. A certificate that fails verification is not retried. Each POST
-// carries an Idempotency-Key that stays the same across its retries.
-// Redirects are never followed.
+// deadline; failures no retry can fix (a certificate, a TLS handshake, an
+// https URL answered in plain HTTP) take one attempt. Each POST carries an
+// Idempotency-Key that stays the same across its retries. Redirects are
+// never followed. A call whose context is already done sends nothing.
+//
+// Retries spend a retry budget per client, so that an outage is not met
+// with three times the load: a retry costs 5 of 500, a successful call
+// gives 1 back (the AWS SDK's retry quota), so an outage costs at most 100
+// retries. A failure not retried for want of budget says so and matches
+// what it matched. The 401 replay and token requests do not spend it.
 //
 // No error, log record, formatted or JSON-encoded value of this package ever
 // holds the API key, the access token or the refresh token, nor any run of 8
@@ -90,8 +98,9 @@
 // A [Client] is safe for concurrent use by any number of goroutines. At most
 // one token request is in flight per client; every caller that needs it
 // shares its result, and each returns as soon as its own context ends, while
-// the request goes on for the others. [Client.Close] cancels and waits for
-// that request, so no goroutine of the client outlives it.
+// the request goes on for the others. [Client.Close] ends every wait with
+// [ErrClosed] and cancels and waits for that request: no goroutine of the
+// client outlives it but a call into a TokenStore that ignores its context.
 //
 // # Logging
 //
@@ -106,6 +115,7 @@
 // [FakeServer] is an Apala API in memory, shipped with the package as
 // net/http/httptest is with net/http: [FakeServer.NewClient] returns a client
 // wired to it, so that code using this package is tested against the real
-// client. It is strict, deterministic, and can fail requests, revoke tokens
-// and shorten their lifetime on demand.
+// client. It is strict and deterministic, scripts answers, records the
+// requests it received, and has a clock of its own that a test moves, so
+// that token expiry is tested without sleeping.
 package apala
