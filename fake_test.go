@@ -1,10 +1,11 @@
 package apala
 
 // Tests of FakeServer (fake.go): its strictness, its tokens, its answers,
-// its test knobs and its in-memory transport. No test here times anything:
-// expiry is driven by the server's clock knob, and waits are on events.
-// Their helpers are at the top of apala_test.go with everyone's; the
-// request bodies only these tests use are below.
+// Respond, Received, its clock, its memory, its test knobs and its
+// in-memory transport. No test here times anything: expiry is driven by the
+// server's clock (Advance), and waits are on events, each bounded. Their
+// helpers are at the top of apala_test.go with everyone's; the request
+// bodies only these tests use are below.
 
 import (
 	"bytes"
@@ -263,18 +264,18 @@ func TestFakeServerClient(t *testing.T) {
 // against API.md, with the server's clock fixed.
 func TestFakeServerAnswers(t *testing.T) {
 	s := NewFakeServer()
-	s.setClock(time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.FixedZone("CET", 3600)))
+	s.setClock(time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.FixedZone("CET", -3600)))
 	access, _ := s.grant()
 	auth := map[string]string{"Authorization": "Bearer " + access}
 	tests := []struct {
 		path, body, want string
 	}{
 		{"/api/feedback", `{"message_id":"m1","customer_responded":false,"score":"neutral"}`,
-			`{"id":"fb-0001","message_id":"m1","customer_responded":false,"score":"neutral","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T09:30:00.123456"}`},
+			`{"id":"fb-0001","message_id":"m1","customer_responded":false,"score":"neutral","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T11:30:00.123456"}`},
 		{"/api/feedback", `{"message_id":"m2","customer_responded":true,"score":"good","actual_sent_message":"Hi","positive_rewards":["linking_chirp"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:00:00Z"}`,
-			`{"id":"fb-0002","message_id":"m2","customer_responded":true,"score":"good","actual_sent_message":"Hi","positive_rewards":["linking_chirp"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:00:00Z","inserted_at":"2025-01-15T09:30:00.123456"}`},
+			`{"id":"fb-0002","message_id":"m2","customer_responded":true,"score":"good","actual_sent_message":"Hi","positive_rewards":["linking_chirp"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:00:00Z","inserted_at":"2025-01-15T11:30:00.123456"}`},
 		{"/api/feedback/bulk", `{"feedback":[{"message_id":"m3","customer_responded":true,"score":"bad"}]}`,
-			`{"success":true,"count":1,"feedback":[{"id":"fb-0003","message_id":"m3","customer_responded":true,"score":"bad","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T09:30:00.123456"}]}`},
+			`{"success":true,"count":1,"feedback":[{"id":"fb-0003","message_id":"m3","customer_responded":true,"score":"bad","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T11:30:00.123456"}]}`},
 		{"/api/message_processing", fakeTestProcessing,
 			`{"company":"` + FakeCompanyGUID + `","customer_id":"` + customerID + `","candidate_message":{"content":"Hi","channel":"SMS","message_id":"m1"}}`},
 		{"/api/message_optimizer", fakeTestOptimizer,
@@ -287,7 +288,7 @@ func TestFakeServerAnswers(t *testing.T) {
 		}
 	}
 
-	inserted := time.Date(2025, 1, 15, 9, 30, 0, 123456000, time.UTC)
+	inserted := time.Date(2025, 1, 15, 11, 30, 0, 123456000, time.UTC)
 	got := s.Feedback()
 	want := []FeedbackResponse{
 		{ID: "fb-0001", MessageID: "m1", Score: ScoreNeutral, PositiveRewards: []PositiveReward{}, InsertedAt: inserted},
@@ -390,12 +391,13 @@ func TestFakeServerAuth(t *testing.T) {
 		t.Errorf("refresh answer has fields %d (refresh_token among them: %v); want access_token, token_type, expires_in", len(keys), ok)
 	}
 
-	// Knobs: the raw expires_in, none at all, rotation.
+	// Knobs: the raw expires_in, none at all; and rotation.
 	s.setKnobs(func() { s.expiresIn = -5 })
 	if ar, err := c.Authenticate(ctx); err != nil || ar.ExpiresIn != -5 {
 		t.Errorf("Authenticate() with expiresIn -5: ExpiresIn = %v (err %v); want -5", ar.ExpiresIn, err)
 	}
-	s.setKnobs(func() { s.noExpiry, s.rotate = true, true })
+	s.setKnobs(func() { s.noExpiry = true })
+	s.RotateRefreshTokens(true)
 	for _, path := range []string{"/api/auth/token", "/api/auth/refresh"} {
 		body := `{"api_key":"` + FakeAPIKey + `"}`
 		if path == "/api/auth/refresh" {
@@ -461,26 +463,31 @@ func TestFakeServerSetTokenLifetime(t *testing.T) {
 }
 
 // TestFakeServerExpiredToken: a token expired by the server's clock is
-// refused with 401, and a client recovers by refreshing it.
+// refused with 401, and a client over a socket, which judges its token by
+// real time, recovers by refreshing it.
 func TestFakeServerExpiredToken(t *testing.T) {
 	s := NewFakeServer()
-	advance := s.setClock(time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC))
-	c := fakeTestClient(t, s)
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	c := newTestClient(t, WithBaseURL(srv.URL))
 	ctx := context.Background()
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatalf("SubmitFeedback() error = %v", err)
 	}
 	old := c.Token().AccessToken
 
-	advance(time.Hour)
+	s.Advance(time.Hour)
 	w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, map[string]string{"Authorization": "Bearer " + old})
 	if got, want := w.Body.String(), `{"errors":{"detail":"Unauthorized"}}`; w.Code != 401 || got != want {
 		t.Fatalf("expired token: %d %s; want 401 %s", w.Code, fakeTestShow(got), want)
 	}
-	// The client still holds it as fresh (its own clock has not moved):
-	// the 401 makes it refresh and replay.
+	// The client still holds it as fresh (real time has not moved): the
+	// 401 makes it refresh and replay.
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatalf("SubmitFeedback() with an expired token: error = %v", err)
+	}
+	if c.Token().AccessToken == old {
+		t.Errorf("the client still holds the expired token")
 	}
 	for path, want := range map[string]int{"/api/auth/token": 1, "/api/auth/refresh": 1, "/api/feedback": 4} {
 		if got := s.Requests(path); got != want {
@@ -525,8 +532,8 @@ func TestFakeServerRevokeTokens(t *testing.T) {
 }
 
 // TestFakeServerKnobs: the knobs the package's tests set beyond the
-// exported API. apiKey replaces the key the token endpoint accepts;
-// revokeAccess refuses the access tokens issued so far and keeps the
+// exported API. apiKey replaces the key the token endpoint accepts; the
+// tests' revokeAccess refuses the access tokens issued so far and keeps the
 // refresh tokens.
 func TestFakeServerKnobs(t *testing.T) {
 	s := NewFakeServer()
@@ -647,8 +654,7 @@ func TestFakeServerDeterministic(t *testing.T) {
 			t.Fatalf("SubmitFeedbackBulk() error = %v", err)
 		}
 		for _, fr := range append([]FeedbackResponse{*f}, b.Feedback...) {
-			fr.InsertedAt = time.Time{} // the only field from the wall clock
-			out = append(out, fr)
+			out = append(out, fr) // inserted_at included: the server's clock is fixed
 		}
 		return fmt.Sprintf("%+v", out)
 	}
@@ -693,24 +699,6 @@ func TestFakeServerFail(t *testing.T) {
 		t.Errorf("failed GET on an unknown path = %d %s; want 502 upstream", w.Code, w.Body)
 	}
 
-	// script: any body and headers.
-	s.script("/api/feedback", http.StatusBadGateway, "<html>Bad gateway</html>", nil)
-	s.script("/api/feedback", http.StatusTooManyRequests, `{"error":"slow down"}`, map[string]string{"Retry-After": "7"})
-	s.script("/api/feedback", http.StatusOK, `plain`, map[string]string{"Content-Type": "text/plain"})
-	for _, want := range []struct {
-		status           int
-		body, ct, header string
-	}{
-		{502, "<html>Bad gateway</html>", "text/html; charset=utf-8", ""},
-		{429, `{"error":"slow down"}`, "application/json; charset=utf-8", "7"},
-		{200, "plain", "text/plain", ""},
-	} {
-		w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, nil)
-		if w.Code != want.status || w.Body.String() != want.body || w.Header().Get("Content-Type") != want.ct || w.Header().Get("Retry-After") != want.header {
-			t.Errorf("scripted answer = %d %q (Content-Type %q, Retry-After %q); want %d %q (%q, %q)",
-				w.Code, w.Body, w.Header().Get("Content-Type"), w.Header().Get("Retry-After"), want.status, want.body, want.ct, want.header)
-		}
-	}
 }
 
 // TestFakeServerHook: the hook runs first and may answer; an answer it
