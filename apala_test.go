@@ -124,7 +124,7 @@ func setup(tb testing.TB, opts ...ClientOption) (*testServer, *Client) {
 }
 
 // setKnobs runs set with s.mu held: the one way the tests change a
-// FakeServer's knobs (now, lifetime, expiresIn, noExpiry, rotate, apiKey).
+// FakeServer's knobs (expiresIn, noExpiry, apiKey).
 // Test-only, like every method of FakeServer in this file.
 func (s *FakeServer) setKnobs(set func()) {
 	s.mu.Lock()
@@ -133,11 +133,57 @@ func (s *FakeServer) setKnobs(set func()) {
 	set()
 }
 
-// setClock stops s's clock at t0 and returns a function that moves it.
+// setClock moves s's clock to t0, which must not be before it (the clock
+// only moves forward), and returns s.Advance.
 func (s *FakeServer) setClock(t0 time.Time) (advance func(time.Duration)) {
-	now := t0 // guarded by s.mu, which the server holds whenever it reads its clock
-	s.setKnobs(func() { s.now = func() time.Time { return now } })
-	return func(d time.Duration) { s.setKnobs(func() { now = now.Add(d) }) }
+	d := t0.Sub(s.Now())
+	if d < 0 {
+		panic("setClock: " + t0.String() + " is before the server's clock")
+	}
+	s.Advance(d)
+	return s.Advance
+}
+
+// lastBody returns the body of the last request to path; nil when none
+// came.
+func (s *FakeServer) lastBody(path string) []byte {
+	if r := s.Received(path); len(r) > 0 {
+		return r[len(r)-1].Body
+	}
+	return nil
+}
+
+// lastHeader returns the header of the last request to path; nil when none
+// came.
+func (s *FakeServer) lastHeader(path string) http.Header {
+	if r := s.Received(path); len(r) > 0 {
+		return r[len(r)-1].Header
+	}
+	return nil
+}
+
+// script queues one answer for the next request to path, as Fail does, with
+// any body and headers; its Content-Type is text/html when body is not
+// JSON, unless header sets one.
+func (s *FakeServer) script(path string, status int, body string, header map[string]string) {
+	h := http.Header{}
+	for k, v := range header {
+		h.Set(k, v)
+	}
+	if h.Get("Content-Type") == "" && !json.Valid([]byte(body)) {
+		h.Set("Content-Type", "text/html; charset=utf-8")
+	}
+	s.Respond(path, 1, FakeResponse{Status: status, Header: h, Body: body})
+}
+
+// revokeAccess makes the server refuse every access token issued so far
+// and keep the refresh tokens (which live a week): it moves the server's
+// clock past the access tokens' lifetime.
+func (s *FakeServer) revokeAccess() {
+	s.mu.Lock()
+	d := s.lifetime
+	s.mu.Unlock()
+	s.Advance(d)
 }
 
 // hold makes the requests to path wait, once counted, until the returned

@@ -216,7 +216,7 @@ func TestRefreshAccessToken(t *testing.T) {
 	}
 
 	// Rotation: a returned refresh token replaces the old one.
-	s.setKnobs(func() { s.rotate = true })
+	s.RotateRefreshTokens(true)
 	if _, err := c.RefreshAccessToken(ctx); err != nil {
 		t.Fatal(err)
 	}

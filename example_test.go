@@ -71,7 +71,7 @@ func tour(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "1. authenticated: company %s (%s), token valid for %v\n", auth.CompanyName, auth.CompanyID, time.Until(auth.ExpiresAt).Round(time.Minute))
+	fmt.Fprintf(w, "1. authenticated: company %s (%s), token valid for %v\n", auth.CompanyName, auth.CompanyID, auth.ExpiresAt.Sub(srv.Now()))
 
 	req := apala.MessageRequest{
 		CustomerID: customer,
@@ -99,7 +99,7 @@ func tour(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "4. refreshed by hand: a new access token, valid for %v\n", time.Until(ref.ExpiresAt).Round(time.Minute))
+	fmt.Fprintf(w, "4. refreshed by hand: a new access token, valid for %v\n", ref.ExpiresAt.Sub(srv.Now()))
 
 	srv.RevokeTokens()
 	if _, err := c.SubmitFeedback(ctx, apala.Feedback{MessageID: opt.MessageID, Score: apala.ScoreGood}); err != nil {
@@ -179,6 +179,120 @@ func (r *reminder) remind(ctx context.Context, customerID, text string) (string,
 	return opt.OptimizedMessage, err
 }
 
+// A scripted answer: the optimizer rate-limits the call, and the caller's
+// code reads how long to wait. A scripted answer comes before every check;
+// then the server answers normally again.
+func ExampleFakeServer_Respond() {
+	srv := apala.NewFakeServer()                     // stands in for your Apala endpoint
+	c, err := srv.NewClient(apala.WithMaxRetries(0)) // so that the caller sees the 429
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	srv.Respond("/api/message_optimizer", 1, apala.FakeResponse{
+		Status: http.StatusTooManyRequests,
+		Header: http.Header{"Retry-After": {"30"}},
+		Body:   `{"error": "slow down"}`,
+	})
+	req := apala.MessageRequest{CustomerID: customer, Candidate: apala.Message{Content: "Your payment is due on Friday."}}
+	_, err = c.OptimizeMessage(ctx, req)
+	var apiErr *apala.APIError
+	if errors.As(err, &apiErr) && errors.Is(err, apala.ErrRateLimited) {
+		fmt.Println("rate limited:", apiErr.Message, "- retry in", apiErr.RetryAfter)
+	}
+
+	res, err := c.OptimizeMessage(ctx, req)
+	fmt.Println("then:", res.MessageID, err)
+	// Output:
+	// rate limited: slow down - retry in 30s
+	// then: msg-0001 <nil>
+}
+
+// Asserting on what a call sent: Received returns the requests the server
+// got, with their headers and bodies, for a test to decode and check.
+func ExampleFakeServer_Received() {
+	srv := apala.NewFakeServer() // stands in for your Apala endpoint
+	c, err := srv.NewClient()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// The code under test optimises a reply, with the conversation so far.
+	_, err = c.OptimizeMessage(context.Background(), apala.MessageRequest{
+		CustomerID: customer,
+		Messages: []apala.Message{{Content: "Is my loan approved?", Channel: apala.ChannelSMS, MessageID: "m-1",
+			SendTimestamp: time.Date(2025, 1, 15, 9, 0, 0, 0, time.UTC), ReplyOrNot: true}},
+		Candidate: apala.Message{Content: "Yes! Your payment is due on Friday."},
+		Metadata:  &apala.CustomerMetadata{CreditScoreBin: apala.CreditScore650To700},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	sent := srv.Received("/api/message_optimizer")
+	var body struct {
+		CustomerID     string `json:"customer_id"`
+		CreditScoreBin string `json:"credit_score_bin"`
+		Messages       []struct {
+			Content    string `json:"content"`
+			ReplyOrNot string `json:"reply_or_not"`
+		} `json:"messages"`
+	}
+	if err := json.Unmarshal(sent[0].Body, &body); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(sent), "request:", sent[0].Method, sent[0].Path)
+	fmt.Println("customer_id sent:", body.CustomerID == customer)
+	fmt.Println("credit_score_bin:", body.CreditScoreBin)
+	fmt.Printf("history: %d message, %q, reply_or_not %q\n", len(body.Messages), body.Messages[0].Content, body.Messages[0].ReplyOrNot)
+	fmt.Println("idempotency key sent:", sent[0].Header.Get("Idempotency-Key") != "")
+	// Output:
+	// 1 request: POST /api/message_optimizer
+	// customer_id sent: true
+	// credit_score_bin: SCORE_650_700
+	// history: 1 message, "Is my loan approved?", reply_or_not "true"
+	// idempotency key sent: true
+}
+
+// Token expiry without sleeping: the server's clock moves by Advance, and
+// the clients NewClient makes judge their tokens by it, so the call after
+// the lifetime refreshes the token first.
+func ExampleFakeServer_Advance() {
+	srv := apala.NewFakeServer() // stands in for your Apala endpoint
+	srv.SetTokenLifetime(time.Minute)
+	c, err := srv.NewClient()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	fb := apala.Feedback{MessageID: "msg-0001", Score: apala.ScoreGood}
+
+	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("token expires in:", c.Token().ExpiresAt.Sub(srv.Now()))
+
+	srv.Advance(2 * time.Minute) // past the token's lifetime, at once
+	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("refreshes:", len(srv.Received("/api/auth/refresh")))
+	for _, r := range srv.Received("") {
+		fmt.Println(r.At.Format("15:04:05"), r.Path)
+	}
+	// Output:
+	// token expires in: 1m0s
+	// refreshes: 1
+	// 10:00:00 /api/auth/token
+	// 10:00:00 /api/feedback
+	// 10:02:00 /api/auth/refresh
+	// 10:02:00 /api/feedback
+}
+
 // Authentication: the API key is exchanged for a token pair. Most programs
 // never call Authenticate: the first API call does it by itself.
 func ExampleClient_Authenticate() {
@@ -195,15 +309,17 @@ func ExampleClient_Authenticate() {
 	}
 	fmt.Println("company:", auth.CompanyName)
 	fmt.Println("company id:", auth.CompanyID)
-	fmt.Println("token lifetime:", time.Until(auth.ExpiresAt).Round(time.Minute))
+	fmt.Println("token lifetime:", auth.ExpiresAt.Sub(srv.Now()))
 	fmt.Println("token type:", auth.TokenType)
-	fmt.Println("printed with its value:", strings.Contains(fmt.Sprint(auth), auth.AccessToken)) // never
+	fmt.Println("valid:", auth.Valid())
+	fmt.Println("printed:", auth) // never shows the token
 	// Output:
 	// company: Acme Lending
 	// company id: 550e8400-e29b-41d4-a716-446655440000
 	// token lifetime: 1h0m0s
 	// token type: Bearer
-	// printed with its value: false
+	// valid: true
+	// printed: apala.Token{access_token:[REDACTED] token_type:Bearer expires_at:2025-01-15 11:00:00 +0000 UTC company_id:550e8400-e29b-41d4-a716-446655440000 company_name:Acme Lending}
 }
 
 // Configuration from the environment: APALA_API_KEY, APALA_BASE_URL and
@@ -266,7 +382,7 @@ func ExampleClient_RefreshAccessToken() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("new lifetime:", time.Until(ref.ExpiresAt).Round(time.Minute))
+	fmt.Println("new lifetime:", ref.ExpiresAt.Sub(srv.Now()))
 	fmt.Println("token replaced:", c.Token().AccessToken != before)
 	// Output:
 	// before authenticating: true
@@ -292,17 +408,16 @@ func ExampleClient_Token() {
 		log.Fatal(err)
 	}
 	tok := c.Token()
-	fmt.Println("valid:", tok.Valid())
 	fmt.Println("type:", tok.TokenType)
 	fmt.Println("company:", tok.CompanyName)
-	fmt.Println("expires within the hour:", time.Until(tok.ExpiresAt) <= time.Hour)
+	// A FakeServer's clients judge their tokens by the server's clock.
+	fmt.Println("expires in:", tok.ExpiresAt.Sub(srv.Now()))
 	fmt.Println("printed:", strings.Contains(fmt.Sprintf("%v %+v %#v", tok, tok, tok), tok.AccessToken))
 	// Output:
 	// valid before first use: false
-	// valid: true
 	// type: Bearer
 	// company: Acme Lending
-	// expires within the hour: true
+	// expires in: 1h0m0s
 	// printed: false
 }
 

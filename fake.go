@@ -2,10 +2,10 @@ package apala
 
 // This file holds FakeServer, an in-memory Apala API shipped with the package
 // so that users test their own code against the real client, the way
-// net/http/httptest serves net/http. It speaks API.md strictly and judges
-// requests with wire types of its own, never the client's, so that it stays
-// an independent check of what the client sends. The client it serves is in
-// apala.go and auth.go.
+// net/http/httptest serves net/http. It speaks the wire protocol strictly and
+// judges requests with wire types of its own, never the client's, so that it
+// stays an independent check of what the client sends. The client it serves
+// is in apala.go and auth.go.
 
 import (
 	"bytes"
@@ -16,9 +16,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,7 +42,6 @@ const (
 // not use FakeServer should not grow by them.
 const (
 	fakeCompanyName = "Acme Lending"
-	fakeInsertedAt  = "2006-01-02T15:04:05.000000" // Python's isoformat, without an offset
 
 	fakePathToken      = "/api/auth/token"
 	fakePathRefresh    = "/api/auth/refresh"
@@ -54,7 +55,7 @@ const (
 	fakeUnauthorized   = `{"errors":{"detail":"Unauthorized"}}` // Phoenix's answer to a bad bearer token
 	fakeOptimizeSuffix = " - reply YES and we will call you today."
 
-	// Allowed values, as API.md lists them, separated by ", ".
+	// Allowed values, as the wire protocol lists them, separated by ", ".
 	fakeChannels     = "SMS, EMAIL, OTHER"
 	fakeScores       = "good, bad, neutral"
 	fakeRewards      = "updating_account_number, sending_pdf_bank_statements, linking_chirp, signing_loan_agreement"
@@ -79,19 +80,47 @@ const (
 // NewClient (the package's) FakeAPIKey, WithBaseURL and
 // WithCompanyGUID(FakeCompanyGUID).
 //
+// # What it refuses
+//
 // The server is strict like the real one. Every endpoint takes only POST
-// (405 otherwise) with a JSON body (415 otherwise) holding exactly one object
-// without unknown fields; unknown paths get 404. It checks what API.md
-// requires: UUIDs, FakeCompanyGUID as the company (403 otherwise), 5-digit
-// zip codes, channels, the "true"/"false" strings of reply_or_not, RFC 3339
-// send times, metadata bins, scores and rewards. Bad input gets 422 and
-// {"error": "..."} naming the field. The token endpoint takes exactly
-// {"api_key": ...}, the refresh endpoint exactly {"refresh_token": ...},
-// neither with an Authorization header (400 otherwise); a key other than
-// FakeAPIKey, or a refresh token unknown, expired or revoked, gets 401. The
-// tokens are JWT-shaped, with an exp claim; the API endpoints answer 401,
-// as Phoenix does, to a missing, unknown, expired or revoked bearer token. A
-// refresh keeps the refresh token (no rotation).
+// (405 otherwise) with a JSON body (415 otherwise) of at most 1 MiB (413
+// otherwise) holding exactly one object without unknown fields; unknown
+// paths get 404. The message endpoints want company (FakeCompanyGUID, 403
+// for another UUID), customer_id (a UUID), messages (a list, possibly
+// empty), an optional 5-digit zip_code, and messages with non-empty
+// content, a channel of SMS, EMAIL or OTHER, a message_id, reply_or_not as
+// the string "true" or "false" (not a JSON boolean) and send_timestamp in
+// RFC 3339 with Z or an offset. The optimizer takes candidate_message as a
+// string and the metadata fields flat beside it (is_repeat_borrower 0 or 1,
+// state_id 1 or more, bins from their sets); message_processing takes it as
+// a message. Feedback wants message_id, customer_responded (a JSON
+// boolean), a score of good, bad or neutral, rewards from their set and ISO
+// 8601 times; a bulk request a non-empty list of such items. Bad input gets
+// 422 and {"error": "..."} naming the field.
+//
+// The token endpoint takes exactly {"api_key": ...}, the refresh endpoint
+// exactly {"refresh_token": ...}, neither with an Authorization header (400
+// otherwise); a key other than FakeAPIKey, or a refresh token unknown,
+// expired or revoked, gets 401. The tokens are JWT-shaped, with iat and exp
+// claims. The API endpoints answer 401 and {"errors": {"detail":
+// "Unauthorized"}}, as Phoenix does, to a missing, unknown, expired or
+// revoked bearer token, before they look at the body. Access tokens live an
+// hour (SetTokenLifetime), refresh tokens a week. A refresh keeps the
+// refresh token unless RotateRefreshTokens is on.
+//
+// # Its clock
+//
+// The server has a clock of its own: Now starts at 2025-01-15T10:00:00Z
+// and moves only by Advance. Token lifetimes, the tokens' claims and the
+// inserted_at of feedback are on this clock, so answers are the same on
+// every run, and a test of token expiry never sleeps: the clients that
+// NewClient makes judge their tokens by the same clock (their waits, such
+// as retry backoff, stay on real time). A client made otherwise, over a
+// socket, judges by real time, like a client of a real server: after an
+// Advance past its token's lifetime, the token is refused with 401 and the
+// client recovers as it would in production.
+//
+// # Answers
 //
 // Its answers are deterministic: every answer carries an X-Request-Id,
 // "req-0001", "req-0002", ... in the order requests arrive (as Phoenix's
@@ -102,43 +131,71 @@ const (
 // request whose Idempotency-Key the server has already answered on that
 // path gets the first answer again and changes nothing; only successful
 // answers are remembered (the last 4096 at least), and the key is not
-// required. Use one server per test: it keeps every feedback entry.
+// required.
+//
+// Respond and Fail script answers (an outage, a rate limit, a slow answer)
+// that come before every check. Received returns what clients sent, for a
+// test to assert on; Requests counts it. Use one server per test: it keeps
+// every feedback entry.
 //
 // The zero value is a server ready to use, like one from NewFakeServer. A
 // FakeServer is safe for concurrent use by multiple goroutines.
 type FakeServer struct {
+	// clock is how far Advance has moved the server's clock, in
+	// nanoseconds: read without a lock, as clients read it on every call.
+	clock atomic.Int64
+
 	// mu guards every field below. ServeHTTP holds it only to read and
-	// update them, never while it decodes a body, runs the hook or writes
-	// an answer.
+	// update them, never while it decodes a body, waits, runs the hook or
+	// writes an answer.
 	mu     sync.Mutex
 	inited bool // the defaults and maps are set
 
-	// Knobs for the package's own tests. Set them with mu held (the tests'
-	// setKnobs does; hook with setHook), before or between requests.
-	now       func() time.Time                                  // the server's clock: token expiry, inserted_at; it must not call the server. Default time.Now
-	lifetime  time.Duration                                     // of access tokens issued from now on
-	expiresIn int                                               // expires_in of auth answers, sent as is, even 0 or negative; SetTokenLifetime sets it
-	noExpiry  bool                                              // leave expires_in out of auth answers
-	rotate    bool                                              // answer a refresh with a new refresh token and revoke the old one
-	apiKey    string                                            // the one key the token endpoint accepts; "" means FakeAPIKey
-	hook      func(w http.ResponseWriter, r *http.Request) bool // see setHook
+	lifetime time.Duration // of access tokens issued from now on
+	rotate   bool          // answer a refresh with a new refresh token and revoke the old one
 
-	requests   int                        // requests received, on every path: n of the last X-Request-Id req-000n
-	serial     int                        // tokens issued so far
-	tokens     map[string]fakeToken       // tokens accepted, access and refresh
-	optimized  int                        // optimizer answers given: n of the last msg-000n
-	feedback   []fakeFeedbackOut          // stored feedback, oldest first
-	paths      map[string]*fakePath       // by URL path
+	// Knobs no user needs, for the package's own tests of the client (set
+	// with mu held: the tests' setKnobs does; hook with setHook).
+	expiresIn int                                               // expires_in of auth answers, sent as is even when it disagrees with lifetime: tests of odd answers; SetTokenLifetime sets it
+	noExpiry  bool                                              // leave expires_in out: tests of the client's fall-back to the JWT's exp
+	apiKey    string                                            // the one key accepted, "" for FakeAPIKey: tests of WithAPIKeyFunc need old and new keys told apart (users refuse a key with Respond)
+	hook      func(w http.ResponseWriter, r *http.Request) bool // answers computed from the request (a token echoed, the client called mid-request, a panic): see setHook
+
+	requests  int                  // requests received, on every path: n of the last X-Request-Id req-000n
+	serial    int                  // tokens issued so far
+	tokens    map[string]fakeToken // tokens accepted and not expired, access and refresh
+	soonest   time.Time            // no token in tokens expires before it
+	optimized int                  // optimizer answers given: n of the last msg-000n
+	feedback  []fakeFeedbackOut    // stored feedback, oldest first
+	paths     map[string]*fakePath // by URL path
+
 	answers    map[fakeIdemKey]fakeAnswer // by Idempotency-Key: the newest (see serveAPI)
 	oldAnswers map[fakeIdemKey]fakeAnswer // the generation before those
 }
 
 // fakePath is what the server knows of one URL path.
 type fakePath struct {
-	requests int
-	body     []byte         // of the last request
-	header   http.Header    // of the last request
-	scripted []fakeScripted // answers queued by Fail and script
+	requests int            // every request, however old
+	received []fakeReceived // the last requests, a ring once full: the oldest at oldest
+	oldest   int
+	scripted []fakeScripted // answers queued by Respond, the next first
+}
+
+// fakeReceived is a request kept for Received; seq orders requests across
+// paths. Its header is flat, key and value for each value, a copy made in
+// one allocation (a map costs four times as much on every request).
+type fakeReceived struct {
+	seq          int
+	method, path string
+	header       []string
+	body         []byte
+	at           time.Time
+}
+
+// fakeScripted is an answer queued by Respond for left more requests.
+type fakeScripted struct {
+	resp FakeResponse
+	left int
 }
 
 type fakeToken struct {
@@ -153,10 +210,33 @@ type fakeAnswer struct {
 	body []byte
 }
 
-type fakeScripted struct {
-	status int
-	body   string
-	header map[string]string
+// FakeResponse is an answer scripted with FakeServer.Respond.
+type FakeResponse struct {
+	// Status is the answer's HTTP status code, from 100 to 999 (any other
+	// value but 0 is taken as 500). 0 gives the server's normal answer to
+	// the request, with Header added, after Delay.
+	Status int
+
+	// Header is sent with the answer (Retry-After, X-Request-Id, ...). A
+	// header it names replaces the server's own, X-Request-Id included.
+	Header http.Header
+
+	// Body is sent as is. Empty with a Status of 400 or more, it is
+	// {"error": "<status text>"}, the text as http.StatusText gives it.
+	Body string
+
+	// Delay is real time the server waits before answering. It ends early
+	// when the request's context ends (the client gave up), and the request
+	// then gets no answer.
+	Delay time.Duration
+}
+
+// FakeRequest is a request a FakeServer received, as Received returns it.
+type FakeRequest struct {
+	Method, Path string      // Path is the URL path, without the query
+	Header       http.Header // as received
+	Body         []byte      // as received (its first MiB when larger)
+	At           time.Time   // when it arrived, by the server's clock
 }
 
 // NewFakeServer returns a FakeServer that accepts FakeAPIKey and issues
@@ -181,12 +261,56 @@ func (s *FakeServer) ready() {
 	s.answers = map[fakeIdemKey]fakeAnswer{}
 }
 
-// clock returns the server's time. s.mu must be held.
-func (s *FakeServer) clock() time.Time {
-	if s.now == nil {
-		return time.Now()
+// Now returns the time on the server's clock. It starts at
+// 2025-01-15T10:00:00Z, for a zero-value server too, and moves only when
+// Advance moves it.
+func (s *FakeServer) Now() time.Time {
+	const start = 1736935200 // 2025-01-15T10:00:00Z in Unix seconds
+	return time.Unix(start, s.clock.Load()).UTC()
+}
+
+// Advance moves the server's clock forward by d, and with it the clock by
+// which every client made by s.NewClient judges its tokens: their
+// expiry, the refresh margin, Token().ExpiresAt. Tokens whose lifetime
+// ends are refused from then on, and forgotten. A d of zero or less does
+// nothing.
+func (s *FakeServer) Advance(d time.Duration) {
+	if d <= 0 {
+		return
 	}
-	return s.now()
+	for {
+		old := s.clock.Load()
+		next := old + int64(d)
+		if next < old {
+			next = 1<<63 - 1 // past the year 2300: the clock stops there
+		}
+		if s.clock.CompareAndSwap(old, next) {
+			break
+		}
+	}
+	s.mu.Lock()
+	s.sweepLocked()
+	s.mu.Unlock()
+}
+
+// sweepLocked forgets the tokens that have expired, so that the server's
+// memory stays flat over any number of token lifetimes. It looks at every
+// token only when one has expired. s.mu must be held.
+func (s *FakeServer) sweepLocked() {
+	now := s.Now()
+	if len(s.tokens) == 0 || now.Before(s.soonest) {
+		return
+	}
+	var soonest time.Time
+	for tok, t := range s.tokens {
+		switch {
+		case !now.Before(t.expires):
+			delete(s.tokens, tok)
+		case soonest.IsZero() || t.expires.Before(soonest):
+			soonest = t.expires
+		}
+	}
+	s.soonest = soonest
 }
 
 // NewClient returns a client of the server that talks to it in memory, with
@@ -195,7 +319,9 @@ func (s *FakeServer) clock() time.Time {
 // with FakeAPIKey, sends FakeCompanyGUID as the company, has DefaultBaseURL
 // as its base URL (the host is ignored in memory) and retries after 1ms to
 // 10ms instead of 500ms to 8s, so that tests stay fast. opts come after
-// these and win; WithHTTPClient replaces the in-memory transport.
+// these and win; WithHTTPClient replaces the in-memory transport. Whatever
+// the options, the client judges its tokens by the server's clock (see
+// Advance).
 func (s *FakeServer) NewClient(opts ...ClientOption) (*Client, error) {
 	all := make([]ClientOption, 0, 4+len(opts))
 	all = append(all,
@@ -204,31 +330,91 @@ func (s *FakeServer) NewClient(opts ...ClientOption) (*Client, error) {
 		WithCompanyGUID(FakeCompanyGUID),
 		WithRetryBackoff(time.Millisecond, 10*time.Millisecond),
 	)
-	return NewClient(FakeAPIKey, append(all, opts...)...)
+	c, err := NewClient(FakeAPIKey, append(all, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	c.useClock(s.Now)
+	return c, nil
 }
 
-// Fail makes the next request to path get status and the body
-// {"error": message}, whatever the request: it comes before every check,
-// authentication included, so Fail("/api/auth/token", ...) fails the next
-// token exchange. Each call queues one more answer; they are given in order.
-// path is compared with the request's URL path as is; status is an HTTP
-// status code, from 100 to 999.
-func (s *FakeServer) Fail(path string, status int, message string) {
-	body, _ := json.Marshal(struct {
-		Error string `json:"error"`
-	}{message}) // a struct of one string always marshals
-	s.script(path, status, string(body), nil)
-}
-
-// script queues a raw answer for the next request to path, as Fail does:
-// any body, JSON or not, and headers. Its Content-Type is application/json
-// when body is valid JSON and text/html otherwise, unless header sets one.
-func (s *FakeServer) script(path string, status int, body string, header map[string]string) {
+// Respond makes the next times requests to path get r, after the answers
+// already queued for path; times of zero or less clears the queue of path.
+// path is compared with the request's URL path as is, whatever the method.
+//
+// An answer with a Status is given before every check, authentication
+// included, so Respond("/api/auth/token", ...) answers the next token
+// exchange; its Content-Type is application/json unless r.Header sets one.
+// A Status of 0 gives the normal answer, with r.Header added, after
+// r.Delay.
+func (s *FakeServer) Respond(path string, times int, r FakeResponse) {
+	if r.Status != 0 && (r.Status < 100 || r.Status > 999) {
+		r.Status = http.StatusInternalServerError
+	}
+	if r.Header != nil {
+		h := make(http.Header, len(r.Header))
+		for k, v := range r.Header {
+			h[http.CanonicalHeaderKey(k)] = append([]string(nil), v...)
+		}
+		r.Header = h
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ready()
 	p := s.pathLocked(path)
-	p.scripted = append(p.scripted, fakeScripted{status: status, body: body, header: header})
+	if times <= 0 {
+		p.scripted = nil
+		return
+	}
+	p.scripted = append(p.scripted, fakeScripted{resp: r, left: times})
+}
+
+// Fail makes the next request to path get status and the body
+// {"error": message}: it is Respond(path, 1, FakeResponse{Status: status,
+// Body: `{"error": message}`}). Each call queues one more answer.
+func (s *FakeServer) Fail(path string, status int, message string) {
+	s.Respond(path, 1, FakeResponse{Status: status, Body: string(fakeErrorBody(message))})
+}
+
+// Received returns the requests the server received on path (the
+// request's URL path as is), oldest first, whatever their answer: refused
+// and scripted ones included. With path "" it returns those of every path,
+// merged in the order they arrived. The server keeps the last 1,000
+// requests of each path (Requests counts them all). What it returns is a
+// copy: changing it changes nothing in the server.
+func (s *FakeServer) Received(path string) []FakeRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var kept []fakeReceived
+	if path != "" {
+		if p := s.paths[path]; p != nil {
+			kept = p.inOrder(nil)
+		}
+	} else {
+		for _, p := range s.paths {
+			kept = p.inOrder(kept)
+		}
+		sort.Slice(kept, func(i, j int) bool { return kept[i].seq < kept[j].seq })
+	}
+	out := make([]FakeRequest, len(kept))
+	for i, k := range kept {
+		h := make(http.Header, len(k.header)/2)
+		for j := 0; j < len(k.header); j += 2 {
+			h[k.header[j]] = append(h[k.header[j]], k.header[j+1])
+		}
+		out[i] = FakeRequest{Method: k.method, Path: k.path, Header: h, Body: bytes.Clone(k.body), At: k.at}
+	}
+	return out
+}
+
+// RotateRefreshTokens sets whether a refresh answer carries a new refresh
+// token. While on, the refresh token a refresh was made with is revoked at
+// once: used again, it gets 401. Off, the default, a refresh keeps the
+// refresh token and its answer carries none.
+func (s *FakeServer) RotateRefreshTokens(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rotate = on
 }
 
 // RevokeTokens revokes every access and refresh token issued so far, as a
@@ -238,15 +424,15 @@ func (s *FakeServer) script(path string, status int, body string, header map[str
 func (s *FakeServer) RevokeTokens() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ready()
 	clear(s.tokens)
 }
 
 // SetTokenLifetime sets how long access tokens issued from now on live, by
-// the server's clock; the default is an hour. Their expires_in is d in whole
-// seconds, rounded down (toward zero), so a lifetime under a second is sent
-// as 0, and a client then reads the token's exp claim. Zero or negative
-// issues tokens that are expired at once. Refresh tokens live a week.
+// the server's clock (see Advance); the default is an hour. Their
+// expires_in is d in whole seconds, rounded down (toward zero), so a
+// lifetime under a second is sent as 0, and a client then reads the
+// token's exp claim. Zero or negative issues tokens that are expired at
+// once. Refresh tokens live a week.
 func (s *FakeServer) SetTokenLifetime(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -256,7 +442,7 @@ func (s *FakeServer) SetTokenLifetime(d time.Duration) {
 
 // Requests reports how many requests the server received on path (the
 // request's URL path as is), whatever their answer: refused and failed
-// requests count.
+// requests count, however old.
 func (s *FakeServer) Requests(path string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -282,43 +468,22 @@ func (s *FakeServer) Feedback() []FeedbackResponse {
 }
 
 // setHook sets a function run for every request after it is counted and
-// recorded and before anything else, Fail's answers included, with the body
-// already read and set again on r; nil removes it. It answers the request
-// itself by returning true, or lets the server go on by returning false. It
-// runs without the server's lock, so it may block (to hold a request) and
-// call the server. In memory r.Header and r.URL are the client's own: it
-// must not modify them.
+// recorded and before anything else, Respond's answers included, with the
+// body already read and set again on r; nil removes it. It answers the
+// request itself by returning true, or lets the server go on by returning
+// false. It runs without the server's lock, so it may block (to hold a
+// request) and call the server. In memory r.Header and r.URL are the
+// client's own: it must not modify them. Users who need such answers wrap
+// ServeHTTP in a handler of their own.
 func (s *FakeServer) setHook(h func(w http.ResponseWriter, r *http.Request) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hook = h
 }
 
-// lastBody returns a copy of the body of the last request to path; nil
-// when none came.
-func (s *FakeServer) lastBody(path string) []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if p := s.paths[path]; p != nil {
-		return append([]byte(nil), p.body...)
-	}
-	return nil
-}
-
-// lastHeader returns a copy of the header of the last request to path; nil
-// when none came.
-func (s *FakeServer) lastHeader(path string) http.Header {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if p := s.paths[path]; p != nil {
-		return p.header.Clone()
-	}
-	return nil
-}
-
 // grant issues a token pair the server accepts, as an exchange of the API
-// key would, without a request: for a test whose client must send nothing
-// else first.
+// key would, without a request: for the package's tests that put the pair
+// straight into a client, which users cannot do.
 func (s *FakeServer) grant() (access, refresh string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -326,30 +491,17 @@ func (s *FakeServer) grant() (access, refresh string) {
 	return s.pairLocked()
 }
 
-// revokeAccess revokes every access token issued so far and keeps the
-// refresh tokens, for a test whose client must recover through a refresh.
-func (s *FakeServer) revokeAccess() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.ready()
-	for tok, t := range s.tokens {
-		if !t.refresh {
-			delete(s.tokens, tok)
-		}
-	}
-}
-
 // pairLocked issues an access token and a refresh token. s.mu must be held.
 func (s *FakeServer) pairLocked() (access, refresh string) {
-	now := s.clock()
+	now := s.Now()
 	return s.issueLocked(false, now), s.issueLocked(true, now)
 }
 
-// issueLocked issues a JWT-shaped token and records it as accepted: an
-// access token living s.lifetime from now, or a refresh token living a
-// week. Its claims carry the company, its kind, a serial that makes it
-// unique and its exp; its signature carries the word SECRET. s.mu must be
-// held.
+// issueLocked issues a JWT-shaped token and records it as accepted until it
+// expires: an access token living s.lifetime from now, or a refresh token
+// living a week. Its claims carry the company, its kind, a serial that
+// makes it unique, its iat and its exp; its signature carries the word
+// SECRET. s.mu must be held.
 func (s *FakeServer) issueLocked(refresh bool, now time.Time) string {
 	s.serial++
 	kind, life := "access", s.lifetime
@@ -361,7 +513,12 @@ func (s *FakeServer) issueLocked(refresh bool, now time.Time) string {
 	claims := `{"sub":"` + FakeCompanyGUID + `","typ":"` + kind + `","jti":` + n +
 		`,"iat":` + strconv.FormatInt(now.Unix(), 10) + `,"exp":` + strconv.FormatInt(exp.Unix(), 10) + `}`
 	tok := fakeJWTHeader + "." + base64.RawURLEncoding.EncodeToString([]byte(claims)) + ".SECRET-" + kind + "-" + n
-	s.tokens[tok] = fakeToken{refresh: refresh, expires: exp}
+	if now.Before(exp) { // one expired at birth is never accepted: nothing to keep
+		if len(s.tokens) == 0 || exp.Before(s.soonest) {
+			s.soonest = exp
+		}
+		s.tokens[tok] = fakeToken{refresh: refresh, expires: exp}
+	}
 	return tok
 }
 
@@ -369,7 +526,7 @@ func (s *FakeServer) issueLocked(refresh bool, now time.Time) string {
 // not expired. s.mu must be held.
 func (s *FakeServer) validLocked(tok string, refresh bool) bool {
 	t, ok := s.tokens[tok]
-	return ok && t.refresh == refresh && s.clock().Before(t.expires)
+	return ok && t.refresh == refresh && s.Now().Before(t.expires)
 }
 
 // ServeHTTP answers one request to the Apala API. Mount the server on
@@ -385,6 +542,7 @@ func (s *FakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // was set (see fakeTransport.RoundTrip).
 func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, tooLarge bool, readErr error, withHook bool) {
 	path := r.URL.Path
+	at := s.Now()
 
 	s.mu.Lock()
 	s.ready()
@@ -392,12 +550,12 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 	rid := fakeID("req-", s.requests)
 	p := s.pathLocked(path)
 	p.requests++
-	p.body, p.header = body, r.Header
+	p.record(fakeReceived{seq: s.requests, method: r.Method, path: path, header: fakeFlat(r.Header), body: body, at: at})
 	var hook func(http.ResponseWriter, *http.Request) bool
 	if withHook {
 		hook = s.hook
 	}
-	var sc fakeScripted
+	var sc FakeResponse
 	var scripted bool
 	if hook == nil {
 		sc, scripted = p.pop()
@@ -405,7 +563,8 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 	s.mu.Unlock()
 
 	// Every answer names its request, as Phoenix's Plug.RequestId does.
-	w.Header().Set("X-Request-Id", rid)
+	h := w.Header()
+	h["X-Request-Id"] = []string{rid}
 	if hook != nil {
 		if hook(w, r) {
 			return
@@ -415,8 +574,24 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 		s.mu.Unlock()
 	}
 	if scripted {
-		sc.write(w)
-		return
+		if !fakeWait(r.Context(), sc.Delay) {
+			return // the client is gone: nobody reads an answer
+		}
+		for k, v := range sc.Header {
+			h[k] = append([]string(nil), v...)
+		}
+		if sc.Status != 0 {
+			body := []byte(sc.Body)
+			if len(body) == 0 && sc.Status >= 400 {
+				text := http.StatusText(sc.Status)
+				if text == "" {
+					text = "status " + strconv.Itoa(sc.Status)
+				}
+				body = fakeErrorBody(text)
+			}
+			fakeReply(w, sc.Status, body)
+			return
+		}
 	}
 
 	switch path {
@@ -426,7 +601,7 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 		return
 	}
 	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
+		fakeSetOwn(h, "Allow", http.MethodPost)
 		fakeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed: use POST")
 		return
 	}
@@ -463,6 +638,46 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 	s.serveAPI(w, path, r.Header.Get("Idempotency-Key"), body)
 }
 
+// fakeWait waits d of real time, or until ctx ends; it reports whether it
+// waited the whole of d.
+func fakeWait(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// fakeSetOwn sets a header of the server's own unless a scripted answer set
+// it already.
+func fakeSetOwn(h http.Header, key, value string) {
+	if _, ok := h[key]; !ok {
+		h[key] = []string{value}
+	}
+}
+
+// fakeFlat returns h's keys and values in one slice, key and value for each
+// value.
+func fakeFlat(h http.Header) []string {
+	n := 0
+	for _, v := range h {
+		n += 2 * len(v)
+	}
+	flat := make([]string, 0, n)
+	for k, v := range h {
+		for _, x := range v {
+			flat = append(flat, k, x)
+		}
+	}
+	return flat
+}
+
 // pathLocked returns the state of path, made on first use. s.mu must be
 // held.
 func (s *FakeServer) pathLocked(path string) *fakePath {
@@ -474,33 +689,38 @@ func (s *FakeServer) pathLocked(path string) *fakePath {
 	return p
 }
 
-// pop takes the next scripted answer. The server's mu must be held.
-func (p *fakePath) pop() (fakeScripted, bool) {
-	if len(p.scripted) == 0 {
-		return fakeScripted{}, false
+// record keeps r as the newest of the last 1,000 requests to p. The
+// server's mu must be held.
+func (p *fakePath) record(r fakeReceived) {
+	const keep = 1000
+	if len(p.received) < keep {
+		p.received = append(p.received, r)
+		return
 	}
-	sc := p.scripted[0]
-	p.scripted = p.scripted[1:]
-	if len(p.scripted) == 0 {
-		p.scripted = nil
-	}
-	return sc, true
+	p.received[p.oldest] = r
+	p.oldest = (p.oldest + 1) % keep
 }
 
-func (sc *fakeScripted) write(w http.ResponseWriter) {
-	h := w.Header()
-	for k, v := range sc.header {
-		h.Set(k, v)
+// inOrder appends the requests kept for p to dst, oldest first. The
+// server's mu must be held.
+func (p *fakePath) inOrder(dst []fakeReceived) []fakeReceived {
+	return append(append(dst, p.received[p.oldest:]...), p.received[:p.oldest]...)
+}
+
+// pop takes the next scripted answer. The server's mu must be held.
+func (p *fakePath) pop() (FakeResponse, bool) {
+	if len(p.scripted) == 0 {
+		return FakeResponse{}, false
 	}
-	if h.Get("Content-Type") == "" {
-		if json.Valid([]byte(sc.body)) {
-			h.Set("Content-Type", fakeJSONType)
-		} else {
-			h.Set("Content-Type", "text/html; charset=utf-8")
+	sc := &p.scripted[0]
+	r := sc.resp
+	if sc.left--; sc.left == 0 {
+		p.scripted = p.scripted[1:]
+		if len(p.scripted) == 0 {
+			p.scripted = nil
 		}
 	}
-	w.WriteHeader(sc.status)
-	_, _ = io.WriteString(w, sc.body)
+	return r, true
 }
 
 // fakeRequestBody reads r's body with fakeReadBody and sets it again on r,
@@ -552,10 +772,15 @@ func fakeReply(w http.ResponseWriter, status int, body []byte) {
 
 // fakeError writes {"error": msg}.
 func fakeError(w http.ResponseWriter, status int, msg string) {
+	fakeReply(w, status, fakeErrorBody(msg))
+}
+
+// fakeErrorBody returns {"error": msg}.
+func fakeErrorBody(msg string) []byte {
 	body, _ := json.Marshal(struct {
 		Error string `json:"error"`
 	}{msg}) // a struct of one string always marshals
-	fakeReply(w, status, body)
+	return body
 }
 
 // ---- authentication ----
@@ -617,7 +842,7 @@ func (s *FakeServer) serveRefresh(w http.ResponseWriter, r *http.Request, body [
 		fakeError(w, http.StatusUnauthorized, "invalid refresh token")
 		return
 	}
-	now := s.clock()
+	now := s.Now()
 	out := fakeAuthOut{TokenType: "Bearer", AccessToken: s.issueLocked(false, now), ExpiresIn: s.expiresInLocked()}
 	if s.rotate {
 		delete(s.tokens, *in.RefreshToken)
@@ -772,7 +997,7 @@ func (s *FakeServer) serveAPI(w http.ResponseWriter, path, key string, body []by
 			s.mu.Unlock()
 			// The first answer again, whatever the body: a resent message
 			// call carries new generated ids and times.
-			w.Header().Set("Idempotent-Replayed", "true")
+			fakeSetOwn(w.Header(), "Idempotent-Replayed", "true")
 			fakeReply(w, http.StatusOK, a.body)
 			return
 		}
@@ -868,7 +1093,7 @@ func (s *FakeServer) storeLocked(in *fakeFeedbackIn) fakeFeedbackOut {
 		PositiveRewards:   in.PositiveRewards,
 		SendTimestamp:     fakeNullable(&in.SendTimestamp),
 		ReplyTimestamp:    fakeNullable(&in.ReplyTimestamp),
-		InsertedAt:        s.clock().UTC().Format(fakeInsertedAt),
+		InsertedAt:        fakeISO(s.Now()),
 	}
 	if out.PositiveRewards == nil {
 		out.PositiveRewards = []string{}
@@ -895,6 +1120,17 @@ func (f *fakeFeedbackOut) response() FeedbackResponse {
 	}
 	r.InsertedAt, _ = fakeParseTime(f.InsertedAt)
 	return r
+}
+
+// fakeISO formats t as Python's isoformat formats a UTC time without an
+// offset: to the microsecond, with six fraction digits when they are not
+// all zero and none when they are.
+func fakeISO(t time.Time) string {
+	t = t.UTC().Truncate(time.Microsecond)
+	if t.Nanosecond() == 0 {
+		return t.Format("2006-01-02T15:04:05")
+	}
+	return t.Format("2006-01-02T15:04:05.000000")
 }
 
 // fakeNullable returns nil for "", so that the field is sent as null.
@@ -1161,13 +1397,14 @@ var _ http.RoundTripper = (*fakeTransport)(nil)
 // req's context ends before the handler finishes. It reads and closes req's
 // body first, and never changes req.
 //
-// Only a test's hook can make the handler block (everything else holds the
-// server's lock briefly and never waits), so with a hook set the handler runs
-// on a goroutine of its own, on a shallow copy of req carrying the body, and
-// RoundTrip returns as soon as the context ends, leaving the goroutine to end
-// when the handler does. Without one the handler runs on the caller's
-// goroutine, which saves a third of the time of a round trip, and the
-// context is checked when it returns.
+// Only a test's hook can make the handler block past the context's end (a
+// Delay ends with it; everything else holds the server's lock briefly and
+// never waits), so with a hook set the handler runs on a goroutine of its
+// own, on a shallow copy of req carrying the body, and RoundTrip returns as
+// soon as the context ends, leaving the goroutine to end when the handler
+// does. Without one the handler runs on the caller's goroutine, which saves
+// a third of the time of a round trip, and the context is checked when it
+// returns.
 func (t *fakeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var body []byte
 	var tooLarge bool

@@ -1,10 +1,11 @@
 package apala
 
 // Tests of FakeServer (fake.go): its strictness, its tokens, its answers,
-// its test knobs and its in-memory transport. No test here times anything:
-// expiry is driven by the server's clock knob, and waits are on events.
-// Their helpers are at the top of apala_test.go with everyone's; the
-// request bodies only these tests use are below.
+// Respond, Received, its clock, its memory, its test knobs and its
+// in-memory transport. No test here times anything: expiry is driven by the
+// server's clock (Advance), and waits are on events, each bounded. Their
+// helpers are at the top of apala_test.go with everyone's; the request
+// bodies only these tests use are below.
 
 import (
 	"bytes"
@@ -17,6 +18,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -263,18 +266,18 @@ func TestFakeServerClient(t *testing.T) {
 // against API.md, with the server's clock fixed.
 func TestFakeServerAnswers(t *testing.T) {
 	s := NewFakeServer()
-	s.setClock(time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.FixedZone("CET", 3600)))
+	s.setClock(time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.FixedZone("CET", -3600)))
 	access, _ := s.grant()
 	auth := map[string]string{"Authorization": "Bearer " + access}
 	tests := []struct {
 		path, body, want string
 	}{
 		{"/api/feedback", `{"message_id":"m1","customer_responded":false,"score":"neutral"}`,
-			`{"id":"fb-0001","message_id":"m1","customer_responded":false,"score":"neutral","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T09:30:00.123456"}`},
+			`{"id":"fb-0001","message_id":"m1","customer_responded":false,"score":"neutral","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T11:30:00.123456"}`},
 		{"/api/feedback", `{"message_id":"m2","customer_responded":true,"score":"good","actual_sent_message":"Hi","positive_rewards":["linking_chirp"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:00:00Z"}`,
-			`{"id":"fb-0002","message_id":"m2","customer_responded":true,"score":"good","actual_sent_message":"Hi","positive_rewards":["linking_chirp"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:00:00Z","inserted_at":"2025-01-15T09:30:00.123456"}`},
+			`{"id":"fb-0002","message_id":"m2","customer_responded":true,"score":"good","actual_sent_message":"Hi","positive_rewards":["linking_chirp"],"send_timestamp":"2025-01-15T10:30:00+00:00","reply_timestamp":"2025-01-15T11:00:00Z","inserted_at":"2025-01-15T11:30:00.123456"}`},
 		{"/api/feedback/bulk", `{"feedback":[{"message_id":"m3","customer_responded":true,"score":"bad"}]}`,
-			`{"success":true,"count":1,"feedback":[{"id":"fb-0003","message_id":"m3","customer_responded":true,"score":"bad","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T09:30:00.123456"}]}`},
+			`{"success":true,"count":1,"feedback":[{"id":"fb-0003","message_id":"m3","customer_responded":true,"score":"bad","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T11:30:00.123456"}]}`},
 		{"/api/message_processing", fakeTestProcessing,
 			`{"company":"` + FakeCompanyGUID + `","customer_id":"` + customerID + `","candidate_message":{"content":"Hi","channel":"SMS","message_id":"m1"}}`},
 		{"/api/message_optimizer", fakeTestOptimizer,
@@ -287,7 +290,7 @@ func TestFakeServerAnswers(t *testing.T) {
 		}
 	}
 
-	inserted := time.Date(2025, 1, 15, 9, 30, 0, 123456000, time.UTC)
+	inserted := time.Date(2025, 1, 15, 11, 30, 0, 123456000, time.UTC)
 	got := s.Feedback()
 	want := []FeedbackResponse{
 		{ID: "fb-0001", MessageID: "m1", Score: ScoreNeutral, PositiveRewards: []PositiveReward{}, InsertedAt: inserted},
@@ -391,12 +394,13 @@ func TestFakeServerAuth(t *testing.T) {
 		t.Errorf("refresh answer has fields %d (refresh_token among them: %v); want access_token, token_type, expires_in", len(keys), ok)
 	}
 
-	// Knobs: the raw expires_in, none at all, rotation.
+	// Knobs: the raw expires_in, none at all; and rotation.
 	s.setKnobs(func() { s.expiresIn = -5 })
 	if n, _ := wireExpiresIn(t, s); n != -5 {
 		t.Errorf("expires_in with expiresIn -5 = %d; want -5", n)
 	}
-	s.setKnobs(func() { s.noExpiry, s.rotate = true, true })
+	s.setKnobs(func() { s.noExpiry = true })
+	s.RotateRefreshTokens(true)
 	for _, path := range []string{"/api/auth/token", "/api/auth/refresh"} {
 		body := `{"api_key":"` + FakeAPIKey + `"}`
 		if path == "/api/auth/refresh" {
@@ -462,26 +466,31 @@ func TestFakeServerSetTokenLifetime(t *testing.T) {
 }
 
 // TestFakeServerExpiredToken: a token expired by the server's clock is
-// refused with 401, and a client recovers by refreshing it.
+// refused with 401, and a client over a socket, which judges its token by
+// real time, recovers by refreshing it.
 func TestFakeServerExpiredToken(t *testing.T) {
 	s := NewFakeServer()
-	advance := s.setClock(time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC))
-	c := fakeTestClient(t, s)
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	c := newTestClient(t, WithBaseURL(srv.URL))
 	ctx := context.Background()
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatalf("SubmitFeedback() error = %v", err)
 	}
 	old := c.Token().AccessToken
 
-	advance(time.Hour)
+	s.Advance(time.Hour)
 	w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, map[string]string{"Authorization": "Bearer " + old})
 	if got, want := w.Body.String(), `{"errors":{"detail":"Unauthorized"}}`; w.Code != 401 || got != want {
 		t.Fatalf("expired token: %d %s; want 401 %s", w.Code, fakeTestShow(got), want)
 	}
-	// The client still holds it as fresh (its own clock has not moved):
-	// the 401 makes it refresh and replay.
+	// The client still holds it as fresh (real time has not moved): the
+	// 401 makes it refresh and replay.
 	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatalf("SubmitFeedback() with an expired token: error = %v", err)
+	}
+	if c.Token().AccessToken == old {
+		t.Errorf("the client still holds the expired token")
 	}
 	for path, want := range map[string]int{"/api/auth/token": 1, "/api/auth/refresh": 1, "/api/feedback": 4} {
 		if got := s.Requests(path); got != want {
@@ -526,8 +535,8 @@ func TestFakeServerRevokeTokens(t *testing.T) {
 }
 
 // TestFakeServerKnobs: the knobs the package's tests set beyond the
-// exported API. apiKey replaces the key the token endpoint accepts;
-// revokeAccess refuses the access tokens issued so far and keeps the
+// exported API. apiKey replaces the key the token endpoint accepts; the
+// tests' revokeAccess refuses the access tokens issued so far and keeps the
 // refresh tokens.
 func TestFakeServerKnobs(t *testing.T) {
 	s := NewFakeServer()
@@ -648,8 +657,7 @@ func TestFakeServerDeterministic(t *testing.T) {
 			t.Fatalf("SubmitFeedbackBulk() error = %v", err)
 		}
 		for _, fr := range append([]FeedbackResponse{*f}, b.Feedback...) {
-			fr.InsertedAt = time.Time{} // the only field from the wall clock
-			out = append(out, fr)
+			out = append(out, fr) // inserted_at included: the server's clock is fixed
 		}
 		return fmt.Sprintf("%+v", out)
 	}
@@ -694,24 +702,6 @@ func TestFakeServerFail(t *testing.T) {
 		t.Errorf("failed GET on an unknown path = %d %s; want 502 upstream", w.Code, w.Body)
 	}
 
-	// script: any body and headers.
-	s.script("/api/feedback", http.StatusBadGateway, "<html>Bad gateway</html>", nil)
-	s.script("/api/feedback", http.StatusTooManyRequests, `{"error":"slow down"}`, map[string]string{"Retry-After": "7"})
-	s.script("/api/feedback", http.StatusOK, `plain`, map[string]string{"Content-Type": "text/plain"})
-	for _, want := range []struct {
-		status           int
-		body, ct, header string
-	}{
-		{502, "<html>Bad gateway</html>", "text/html; charset=utf-8", ""},
-		{429, `{"error":"slow down"}`, "application/json; charset=utf-8", "7"},
-		{200, "plain", "text/plain", ""},
-	} {
-		w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, nil)
-		if w.Code != want.status || w.Body.String() != want.body || w.Header().Get("Content-Type") != want.ct || w.Header().Get("Retry-After") != want.header {
-			t.Errorf("scripted answer = %d %q (Content-Type %q, Retry-After %q); want %d %q (%q, %q)",
-				w.Code, w.Body, w.Header().Get("Content-Type"), w.Header().Get("Retry-After"), want.status, want.body, want.ct, want.header)
-		}
-	}
 }
 
 // TestFakeServerHook: the hook runs first and may answer; an answer it
@@ -808,6 +798,44 @@ func TestFakeServerConcurrent(t *testing.T) {
 	}
 	if got := len(s.Feedback()); got != half {
 		t.Errorf("len(Feedback()) = %d; want %d", got, half)
+	}
+
+	// Received holds each request once: the feedback ids sent, each
+	// Idempotency-Key once, and "" merges the paths in arrival order.
+	sent := map[string]bool{}
+	keys := map[string]bool{}
+	for _, r := range s.Received("/api/feedback") {
+		var in struct {
+			MessageID string `json:"message_id"`
+		}
+		if err := json.Unmarshal(r.Body, &in); err != nil || sent[in.MessageID] {
+			t.Errorf("Received(feedback): body %s undecodable or seen twice (err %v)", r.Body, err)
+		}
+		sent[in.MessageID] = true
+		keys[r.Header.Get("Idempotency-Key")] = true
+	}
+	for g := 0; g < goroutines; g++ {
+		for i := 0; i < calls; i++ {
+			if id := fmt.Sprintf("g%d-%d", g, i); (g+i)%2 == 1 && !sent[id] {
+				t.Errorf("Received(feedback) lacks message %s", id)
+			}
+		}
+	}
+	if len(sent) != half || len(keys) != half {
+		t.Errorf("Received(feedback) = %d messages, %d keys; want %d of each", len(sent), len(keys), half)
+	}
+	all := s.Received("")
+	if got, want := len(all), 2*half+1; got != want {
+		t.Errorf("len(Received(\"\")) = %d; want %d", got, want)
+	}
+	perPath := map[string][]FakeRequest{}
+	for _, r := range all {
+		perPath[r.Path] = append(perPath[r.Path], r)
+	}
+	for _, path := range []string{"/api/auth/token", "/api/message_optimizer", "/api/feedback"} {
+		if got, want := perPath[path], s.Received(path); !reflect.DeepEqual(got, want) || len(want) != s.Requests(path) {
+			t.Errorf("Received(\"\") has %d requests of %s, Received(%[2]q) %d, Requests %d; want the same, in the same order", len(got), path, len(want), s.Requests(path))
+		}
 	}
 }
 
@@ -989,6 +1017,798 @@ func TestFakeServerZeroValue(t *testing.T) {
 	}
 	if res, err := c.OptimizeMessage(context.Background(), fakeTestRequest()); err != nil || res.MessageID != "msg-0001" {
 		t.Errorf("OptimizeMessage() = %v, %v; want msg-0001", res, err)
+	}
+}
+
+// ---- Respond ----
+
+// fakeTestAnswer is an answer as a test compares it.
+type fakeTestAnswer struct {
+	status int
+	header http.Header
+	body   string
+}
+
+// fakeTestRoundTrip sends one request to s through the in-memory transport,
+// which answers through its own writer, not ServeHTTP's: header entries
+// with an empty value are left out, as with fakeTestPost.
+func fakeTestRoundTrip(t *testing.T, s *FakeServer, method, path, body string, header map[string]string) fakeTestAnswer {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://apala.invalid"+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		if v == "" {
+			req.Header.Del(k)
+		} else {
+			req.Header.Set(k, v)
+		}
+	}
+	resp, err := (&fakeTransport{s: s}).RoundTrip(req)
+	if err != nil {
+		t.Fatalf("RoundTrip() error = %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return fakeTestAnswer{resp.StatusCode, resp.Header, string(b)}
+}
+
+func TestFakeServerRespond(t *testing.T) {
+	const fb = "/api/feedback"
+	tests := []struct {
+		name   string
+		resp   FakeResponse
+		path   string            // fb when empty
+		method string            // POST when empty
+		header map[string]string // of the request: "" deletes; a valid bearer token is added unless deleted
+		body   string            // of the request; fakeTestFeedback when empty
+		want   fakeTestAnswer    // header: the headers the answer must have (others may come too)
+	}{
+		{name: "status, header and body", resp: FakeResponse{Status: 429, Header: http.Header{"Retry-After": {"7"}}, Body: `{"error":"slow down"}`},
+			want: fakeTestAnswer{429, http.Header{"Retry-After": {"7"}, "Content-Type": {fakeJSONType}, "X-Request-Id": {"req-0001"}}, `{"error":"slow down"}`}},
+		{name: "empty body with an error status", resp: FakeResponse{Status: 503},
+			want: fakeTestAnswer{503, http.Header{"Content-Type": {fakeJSONType}}, `{"error":"Service Unavailable"}`}},
+		{name: "empty body with a status of no name", resp: FakeResponse{Status: 599},
+			want: fakeTestAnswer{599, nil, `{"error":"status 599"}`}},
+		{name: "empty body with 400", resp: FakeResponse{Status: 400},
+			want: fakeTestAnswer{400, nil, `{"error":"Bad Request"}`}},
+		{name: "empty body with 399", resp: FakeResponse{Status: 399},
+			want: fakeTestAnswer{399, nil, ``}},
+		{name: "empty body with a success", resp: FakeResponse{Status: 204},
+			want: fakeTestAnswer{204, http.Header{"Content-Type": {fakeJSONType}}, ``}},
+		{name: "a body not JSON is sent as is", resp: FakeResponse{Status: 502, Body: "<html>Bad gateway</html>"},
+			want: fakeTestAnswer{502, http.Header{"Content-Type": {fakeJSONType}}, "<html>Bad gateway</html>"}},
+		{name: "Content-Type from Header", resp: FakeResponse{Status: 200, Header: http.Header{"Content-Type": {"text/plain"}}, Body: "plain"},
+			want: fakeTestAnswer{200, http.Header{"Content-Type": {"text/plain"}}, "plain"}},
+		{name: "header names in lower case", resp: FakeResponse{Status: 503, Header: http.Header{"retry-after": {"3"}, "content-type": {"text/html"}}},
+			want: fakeTestAnswer{503, http.Header{"Retry-After": {"3"}, "Content-Type": {"text/html"}}, `{"error":"Service Unavailable"}`}},
+		{name: "several values", resp: FakeResponse{Status: 200, Header: http.Header{"Vary": {"Accept", "Origin"}}, Body: "{}"},
+			want: fakeTestAnswer{200, http.Header{"Vary": {"Accept", "Origin"}}, "{}"}},
+		{name: "X-Request-Id replaced", resp: FakeResponse{Status: 500, Header: http.Header{"X-Request-Id": {"gw-1"}}},
+			want: fakeTestAnswer{500, http.Header{"X-Request-Id": {"gw-1"}}, `{"error":"Internal Server Error"}`}},
+		{name: "status out of range", resp: FakeResponse{Status: 42},
+			want: fakeTestAnswer{500, nil, `{"error":"Internal Server Error"}`}},
+		{name: "negative status", resp: FakeResponse{Status: -1, Body: `{}`},
+			want: fakeTestAnswer{500, nil, `{}`}},
+		{name: "before authentication", resp: FakeResponse{Status: 200, Body: `{"ok":true}`}, header: map[string]string{"Authorization": ""},
+			want: fakeTestAnswer{200, nil, `{"ok":true}`}},
+		{name: "before every check", resp: FakeResponse{Status: 418}, method: "GET", path: "/nowhere", body: "not JSON",
+			want: fakeTestAnswer{418, nil, `{"error":"I'm a teapot"}`}},
+		{name: "token endpoint", resp: FakeResponse{Status: 403}, path: pathToken, body: `{"api_key":"` + FakeAPIKey + `"}`, header: map[string]string{"Authorization": ""},
+			want: fakeTestAnswer{403, nil, `{"error":"Forbidden"}`}},
+
+		{name: "status 0: the normal answer, headers added", resp: FakeResponse{Header: http.Header{"X-Trace": {"t1"}}},
+			want: fakeTestAnswer{200, http.Header{"X-Trace": {"t1"}, "X-Request-Id": {"req-0001"}, "Content-Type": {fakeJSONType}}, `{"id":"fb-0001","message_id":"msg-0001","customer_responded":true,"score":"good","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T10:00:00"}`}},
+		{name: "status 0 with X-Request-Id", resp: FakeResponse{Header: http.Header{"X-Request-Id": {"gw-2"}}},
+			want: fakeTestAnswer{200, http.Header{"X-Request-Id": {"gw-2"}}, `{"id":"fb-0001","message_id":"msg-0001","customer_responded":true,"score":"good","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T10:00:00"}`}},
+		{name: "status 0 keeps the checks", resp: FakeResponse{Header: http.Header{"X-Trace": {"t2"}}}, header: map[string]string{"Authorization": ""},
+			want: fakeTestAnswer{401, http.Header{"X-Trace": {"t2"}, "Content-Type": {fakeJSONType}}, `{"errors":{"detail":"Unauthorized"}}`}},
+		{name: "status 0 with Allow", resp: FakeResponse{Header: http.Header{"Allow": {"POST, PUT"}}}, method: "GET",
+			want: fakeTestAnswer{405, http.Header{"Allow": {"POST, PUT"}}, `{"error":"method GET not allowed: use POST"}`}},
+		{name: "status 0 with a short delay", resp: FakeResponse{Delay: time.Millisecond},
+			want: fakeTestAnswer{200, http.Header{"X-Request-Id": {"req-0001"}}, `{"id":"fb-0001","message_id":"msg-0001","customer_responded":true,"score":"good","actual_sent_message":null,"positive_rewards":[],"send_timestamp":null,"reply_timestamp":null,"inserted_at":"2025-01-15T10:00:00"}`}},
+		{name: "error after a short delay", resp: FakeResponse{Status: 503, Delay: time.Millisecond},
+			want: fakeTestAnswer{503, nil, `{"error":"Service Unavailable"}`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, how := range []string{"ServeHTTP", "in memory"} {
+				s := NewFakeServer()
+				access, _ := s.grant()
+				path, method, body := tt.path, tt.method, tt.body
+				if path == "" {
+					path = fb
+				}
+				if method == "" {
+					method = "POST"
+				}
+				if body == "" {
+					body = fakeTestFeedback
+				}
+				header := map[string]string{"Authorization": "Bearer " + access}
+				for k, v := range tt.header {
+					header[k] = v
+				}
+				s.Respond(path, 1, tt.resp)
+				var got fakeTestAnswer
+				if how == "ServeHTTP" {
+					w := fakeTestPost(s, method, path, body, header)
+					got = fakeTestAnswer{w.Code, w.Header(), w.Body.String()}
+				} else {
+					got = fakeTestRoundTrip(t, s, method, path, body, header)
+				}
+				if got.status != tt.want.status || got.body != tt.want.body {
+					t.Errorf("%s: answer = %d %s; want %d %s", how, got.status, fakeTestShow(got.body), tt.want.status, tt.want.body)
+				}
+				for k, v := range tt.want.header {
+					if !reflect.DeepEqual(got.header[k], v) {
+						t.Errorf("%s: header %s = %q; want %q", how, k, got.header[k], v)
+					}
+				}
+				if got.header.Get("X-Request-Id") == "" {
+					t.Errorf("%s: no X-Request-Id", how)
+				}
+				// Used once: the next request gets the normal answer.
+				if w := fakeTestPost(s, method, path, body, header); w.Code == tt.want.status && w.Body.String() == tt.want.body && tt.resp.Status != 0 {
+					t.Errorf("%s: the scripted answer was given twice", how)
+				}
+			}
+		})
+	}
+}
+
+// TestFakeServerRespondQueue: answers queued for a path come in order, each
+// for its number of requests, then the normal answer; times <= 0 clears.
+func TestFakeServerRespondQueue(t *testing.T) {
+	const fb = "/api/feedback"
+	statuses := func(s *FakeServer, path string, n int) []int {
+		t.Helper()
+		access, _ := s.grant()
+		var got []int
+		for i := 0; i < n; i++ {
+			got = append(got, fakeTestPost(s, "POST", path, fakeTestFeedback, map[string]string{"Authorization": "Bearer " + access}).Code)
+		}
+		return got
+	}
+	tests := []struct {
+		name  string
+		setup func(s *FakeServer)
+		want  []int // statuses of the requests to fb that follow
+	}{
+		{"times", func(s *FakeServer) { s.Respond(fb, 3, FakeResponse{Status: 503}) }, []int{503, 503, 503, 200}},
+		{"queued after earlier ones", func(s *FakeServer) {
+			s.Respond(fb, 2, FakeResponse{Status: 503})
+			s.Respond(fb, 1, FakeResponse{Status: 429})
+			s.Fail(fb, 500, "boom")
+			s.Respond(fb, 1, FakeResponse{Header: http.Header{"X-Trace": {"t"}}})
+			s.Respond(fb, 1, FakeResponse{Status: 502})
+		}, []int{503, 503, 429, 500, 200, 502, 200}},
+		{"times 0 clears", func(s *FakeServer) {
+			s.Respond(fb, 5, FakeResponse{Status: 503})
+			s.Fail(fb, 500, "boom")
+			s.Respond(fb, 0, FakeResponse{Status: 418})
+		}, []int{200, 200}},
+		{"negative times clears", func(s *FakeServer) {
+			s.Respond(fb, 2, FakeResponse{Status: 503})
+			s.Respond(fb, -1, FakeResponse{})
+			s.Respond(fb, 1, FakeResponse{Status: 429})
+		}, []int{429, 200}},
+		{"per path", func(s *FakeServer) {
+			s.Respond("/api/feedback/bulk", 2, FakeResponse{Status: 503})
+			s.Respond(fb+"/", 2, FakeResponse{Status: 503})
+			s.Respond(fb, 0, FakeResponse{}) // clears fb's alone
+		}, []int{200}},
+		{"many times, little memory", func(s *FakeServer) { s.Respond(fb, 1<<40, FakeResponse{Status: 503}) }, []int{503, 503, 503}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := NewFakeServer()
+			tt.setup(s)
+			if got := statuses(s, fb, len(tt.want)); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("statuses = %v; want %v", got, tt.want)
+			}
+		})
+	}
+
+	// The header given to Respond is copied: changing it afterwards
+	// changes nothing.
+	s := NewFakeServer()
+	h := http.Header{"Retry-After": {"1"}}
+	s.Respond(fb, 1, FakeResponse{Status: 503, Header: h})
+	h.Set("Retry-After", "99")
+	h["Retry-After"][0] = "98"
+	if w := fakeTestPost(s, "POST", fb, fakeTestFeedback, nil); w.Header().Get("Retry-After") != "1" {
+		t.Errorf("Retry-After = %q; want the 1 given to Respond", w.Header().Get("Retry-After"))
+	}
+}
+
+// TestFakeServerRespondRetryAfter: a client reads the Retry-After of a
+// scripted answer.
+func TestFakeServerRespondRetryAfter(t *testing.T) {
+	s := NewFakeServer()
+	c := fakeTestClient(t, s, WithMaxRetries(0))
+	s.Respond("/api/feedback", 1, FakeResponse{Status: 503, Header: http.Header{"Retry-After": {"1"}}})
+	_, err := c.SubmitFeedback(context.Background(), Feedback{MessageID: "m", Score: ScoreGood})
+	var ae *APIError
+	if !errors.As(err, &ae) || !errors.Is(err, ErrServer) {
+		t.Fatalf("SubmitFeedback() error = %v; want an *APIError matching ErrServer", err)
+	}
+	if ae.StatusCode != 503 || ae.RetryAfter != time.Second || ae.Message != "Service Unavailable" || ae.RequestID != "req-0002" {
+		t.Errorf("APIError = status %d, RetryAfter %v, Message %q, RequestID %q; want 503, 1s, Service Unavailable, req-0002",
+			ae.StatusCode, ae.RetryAfter, ae.Message, ae.RequestID)
+	}
+	if n := s.Requests("/api/feedback"); n != 1 {
+		t.Errorf("Requests(feedback) = %d; want 1 (no retry)", n)
+	}
+}
+
+// fakeTestWait fails the test unless ch yields within the bound: a guard
+// against a hung test, not a timing assertion.
+func fakeTestWait[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: still waiting after 30s", what)
+		panic("unreachable")
+	}
+}
+
+// fakeTestArrived waits until s has received n requests on path, within a
+// bound.
+func fakeTestArrived(t *testing.T, s *FakeServer, path string, n int) {
+	t.Helper()
+	for i := 0; s.Requests(path) < n; i++ {
+		if i == 30000 {
+			t.Fatalf("%d requests to %s after 30s; want %d", s.Requests(path), path, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestFakeServerRespondDelayCanceled: a Delay ends when the request's
+// context ends, in memory and over a socket, and the request gets no
+// answer.
+func TestFakeServerRespondDelayCanceled(t *testing.T) {
+	for _, how := range []string{"in memory", "socket"} {
+		t.Run(how, func(t *testing.T) {
+			s := NewFakeServer()
+			var c *Client
+			var srv *httptest.Server
+			if how == "socket" {
+				srv = httptest.NewServer(s)
+				// Close waits for the handlers: a hung one must fail
+				// the test below, not hang its cleanup.
+				t.Cleanup(func() { go srv.Close() })
+				c = newTestClient(t, WithBaseURL(srv.URL), WithMaxRetries(0))
+			} else {
+				c = fakeTestClient(t, s, WithMaxRetries(0))
+			}
+			ctx := context.Background()
+			if _, err := c.AccessToken(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// Status 0: the normal answer would follow the delay, and
+			// store feedback; it never comes.
+			s.Respond("/api/feedback", 1, FakeResponse{Delay: time.Hour})
+			cctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			result := make(chan error, 1)
+			go func() {
+				_, err := c.SubmitFeedback(cctx, Feedback{MessageID: "m", Score: ScoreGood})
+				result <- err
+			}()
+			fakeTestArrived(t, s, "/api/feedback", 1)
+			cancel()
+			// In memory the handler runs on the caller's goroutine: the
+			// call returning proves the delay ended.
+			if err := fakeTestWait(t, "SubmitFeedback() after its context ended", result); !errors.Is(err, context.Canceled) {
+				t.Errorf("SubmitFeedback() error = %v; want context.Canceled", err)
+			}
+			if srv != nil {
+				// Close waits for the handlers: it returns only if the
+				// delay ended with the request.
+				closed := make(chan struct{})
+				go func() { srv.Close(); close(closed) }()
+				fakeTestWait(t, "the handler after its request's context ended", closed)
+			}
+			if n := len(s.Feedback()); n != 0 {
+				t.Errorf("len(Feedback()) = %d; want 0: a request given up gets no answer", n)
+			}
+		})
+	}
+}
+
+// ---- Received ----
+
+func TestFakeServerReceived(t *testing.T) {
+	s := NewFakeServer()
+	c := fakeTestClient(t, s)
+	ctx := context.Background()
+	if _, err := c.OptimizeMessage(ctx, fakeTestRequest()); err != nil {
+		t.Fatal(err)
+	}
+	s.Advance(90 * time.Second)
+	access, _ := s.grant()
+	refused := fakeTestPost(s, "POST", "/api/feedback?debug=1", `{"bad":1}`, map[string]string{"Authorization": "Bearer " + access, "X-Test": "a"})
+	if refused.Code != 422 {
+		t.Fatalf("bad feedback: status %d; want 422", refused.Code)
+	}
+	s.Fail("/api/feedback", 503, "down")
+	if w := fakeTestPost(s, "GET", "/api/feedback", "", nil); w.Code != 503 {
+		t.Fatalf("GET feedback: status %d; want the scripted 503", w.Code)
+	}
+	start := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
+	later := start.Add(90 * time.Second)
+
+	// Every field, refused requests included.
+	opt := s.Received("/api/message_optimizer")
+	if len(opt) != 1 {
+		t.Fatalf("len(Received(optimizer)) = %d; want 1", len(opt))
+	}
+	o := opt[0]
+	var sent struct {
+		CustomerID       string `json:"customer_id"`
+		IsRepeatBorrower *int   `json:"is_repeat_borrower"`
+	}
+	if err := json.Unmarshal(o.Body, &sent); err != nil || sent.CustomerID != customerID || sent.IsRepeatBorrower == nil || *sent.IsRepeatBorrower != 1 {
+		t.Errorf("optimizer body: customer_id %q, is_repeat_borrower %v (err %v); want %s, 1", sent.CustomerID, sent.IsRepeatBorrower, err, customerID)
+	}
+	if o.Method != "POST" || o.Path != "/api/message_optimizer" || !o.At.Equal(start) || o.At.Location() != time.UTC ||
+		o.Header.Get("Content-Type") != "application/json" || len(o.Header.Get("Idempotency-Key")) != 32 || !strings.HasPrefix(o.Header.Get("Authorization"), "Bearer ") {
+		t.Errorf("Received(optimizer)[0] = %s %s at %v, Content-Type %q, Idempotency-Key %q, bearer %v; want POST, the path, %v, JSON, 32 characters, a bearer",
+			o.Method, o.Path, o.At, o.Header.Get("Content-Type"), o.Header.Get("Idempotency-Key"), strings.HasPrefix(o.Header.Get("Authorization"), "Bearer "), start)
+	}
+	fb := s.Received("/api/feedback")
+	if len(fb) != 2 {
+		t.Fatalf("len(Received(feedback)) = %d; want 2, refused ones included", len(fb))
+	}
+	if f := fb[0]; f.Method != "POST" || f.Path != "/api/feedback" || string(f.Body) != `{"bad":1}` || f.Header.Get("X-Test") != "a" || !f.At.Equal(later) {
+		t.Errorf("Received(feedback)[0] = %s %s %s, X-Test %q, at %v; want POST /api/feedback (no query) {\"bad\":1}, a, %v", f.Method, f.Path, f.Body, f.Header.Get("X-Test"), f.At, later)
+	}
+	if f := fb[1]; f.Method != "GET" || len(f.Body) != 0 {
+		t.Errorf("Received(feedback)[1] = %s with %d bytes; want the GET, empty", f.Method, len(f.Body))
+	}
+	if got := s.Received("/api/nothing"); len(got) != 0 {
+		t.Errorf("Received(unknown path) = %d requests; want 0", len(got))
+	}
+
+	// "" merges every path, oldest first.
+	var paths []string
+	for _, r := range s.Received("") {
+		paths = append(paths, r.Method+" "+r.Path)
+	}
+	if want := []string{"POST " + pathToken, "POST /api/message_optimizer", "POST /api/feedback", "GET /api/feedback"}; !reflect.DeepEqual(paths, want) {
+		t.Errorf("Received(\"\") = %q; want %q", paths, want)
+	}
+
+	// A deep copy: changing what it returned changes nothing.
+	fb[0].Body[1] = 'X'
+	fb[0].Header.Set("X-Test", "changed")
+	fb[0].Header["Content-Type"][0] = "changed"
+	fb[0].Method, fb[0].At = "PUT", time.Time{}
+	for _, r := range s.Received("") {
+		if len(r.Body) > 2 {
+			r.Body[2] = 'Y'
+		}
+		r.Header.Del("X-Test")
+	}
+	if again := s.Received("/api/feedback"); string(again[0].Body) != `{"bad":1}` || again[0].Header.Get("X-Test") != "a" ||
+		again[0].Header.Get("Content-Type") != "application/json" || again[0].Method != "POST" || !again[0].At.Equal(later) {
+		t.Errorf("Received() after changing its results = %s %s, X-Test %q, Content-Type %q; want the server's copy unchanged",
+			again[0].Method, again[0].Body, again[0].Header.Get("X-Test"), again[0].Header.Get("Content-Type"))
+	}
+
+	// The zero value holds nothing.
+	var zero FakeServer
+	if got := zero.Received(""); len(got) != 0 {
+		t.Errorf("zero FakeServer: Received(\"\") = %d requests; want 0", len(got))
+	}
+}
+
+// TestFakeServerReceivedKeepsLast1000: exactly the last 1,000 requests of
+// each path are kept, in order; Requests counts them all.
+func TestFakeServerReceivedKeepsLast1000(t *testing.T) {
+	s := NewFakeServer()
+	for i := 1; i <= 2345; i++ {
+		path := "/a"
+		if i%3 == 0 {
+			path = "/b"
+		}
+		s.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", path, strings.NewReader(strconv.Itoa(i))))
+	}
+	// /b got every third request (781 of them), /a the rest (1,564).
+	bodies := func(rs []FakeRequest) []int {
+		var out []int
+		for _, r := range rs {
+			n, err := strconv.Atoi(string(r.Body))
+			if err != nil {
+				t.Fatalf("body %q is not a number", r.Body)
+			}
+			out = append(out, n)
+		}
+		return out
+	}
+	var wantA, wantB, wantAll []int
+	for i := 1; i <= 2345; i++ {
+		if i%3 == 0 {
+			wantB = append(wantB, i)
+		} else {
+			wantA = append(wantA, i)
+		}
+	}
+	if got, want := s.Requests("/a")+s.Requests("/b"), 2345; got != want || s.Requests("/b") != len(wantB) {
+		t.Errorf("Requests = %d in all, %d of /b; want %d, %d", got, s.Requests("/b"), want, len(wantB))
+	}
+	wantA = wantA[len(wantA)-1000:] // 1,564 sent: the last 1,000 kept
+	for i := 1; i <= 2345; i++ {
+		if i%3 == 0 || i >= wantA[0] {
+			wantAll = append(wantAll, i)
+		}
+	}
+	if got := bodies(s.Received("/a")); !reflect.DeepEqual(got, wantA) {
+		t.Errorf("Received(/a) = %d requests, %v...; want the last 1,000 of 1,564, from %d", len(got), got[:3], wantA[0])
+	}
+	if got := bodies(s.Received("/b")); !reflect.DeepEqual(got, wantB) {
+		t.Errorf("Received(/b) = %d requests; want all %d", len(got), len(wantB))
+	}
+	if got := bodies(s.Received("")); !reflect.DeepEqual(got, wantAll) {
+		t.Errorf("Received(\"\") = %d requests; want the %d kept, merged in order", len(got), len(wantAll))
+	}
+	// One more to /a drops its oldest.
+	s.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/a", strings.NewReader("9999")))
+	if got := bodies(s.Received("/a")); len(got) != 1000 || got[0] != wantA[1] || got[999] != 9999 {
+		t.Errorf("Received(/a) after one more = %d requests from %d to %d; want 1,000 from %d to 9999", len(got), got[0], got[len(got)-1], wantA[1])
+	}
+}
+
+// ---- the clock ----
+
+func TestFakeServerClock(t *testing.T) {
+	start := time.Date(2025, 1, 15, 10, 0, 0, 0, time.UTC)
+	var zero FakeServer
+	if got := zero.Now(); got != start {
+		t.Errorf("zero FakeServer: Now() = %v; want %v", got, start)
+	}
+	s := NewFakeServer()
+	steps := []struct {
+		advance time.Duration
+		want    time.Time
+	}{
+		{0, start},
+		{-time.Hour, start},
+		{time.Nanosecond, start.Add(time.Nanosecond)},
+		{90*time.Minute - time.Nanosecond, start.Add(90 * time.Minute)},
+		{0, start.Add(90 * time.Minute)},
+		{-time.Nanosecond, start.Add(90 * time.Minute)},
+		{48 * time.Hour, start.Add(90*time.Minute + 48*time.Hour)},
+	}
+	for i, st := range steps {
+		s.Advance(st.advance)
+		if got := s.Now(); got != st.want {
+			t.Errorf("step %d: after Advance(%v), Now() = %v; want %v", i, st.advance, got, st.want)
+		}
+	}
+	zero.Advance(time.Minute) // a zero value moves too, maps unmade
+	if got := zero.Now(); got != start.Add(time.Minute) {
+		t.Errorf("zero FakeServer after Advance(1m): Now() = %v; want %v", got, start.Add(time.Minute))
+	}
+	// The clock never goes back, however far it is moved.
+	before := s.Now()
+	s.Advance(time.Duration(1<<63 - 1))
+	far := s.Now()
+	s.Advance(time.Hour)
+	if !far.After(before) || s.Now().Before(far) {
+		t.Errorf("Now() moved back: %v, then %v, then %v", before, far, s.Now())
+	}
+}
+
+// TestFakeServerTimes: the times in answers come from the server's clock:
+// the tokens' iat and exp, and inserted_at as Python's isoformat writes
+// it, to the microsecond, six digits when not all zero, none when they are.
+func TestFakeServerTimes(t *testing.T) {
+	s := NewFakeServer()
+	tests := []struct {
+		advance time.Duration
+		want    string
+	}{
+		{0, "2025-01-15T10:00:00"},
+		{999, "2025-01-15T10:00:00"}, // under a microsecond: truncated to none
+		{time.Microsecond, "2025-01-15T10:00:00.000001"},
+		{120 * time.Millisecond, "2025-01-15T10:00:00.120001"},
+		{time.Second - 120*time.Millisecond - time.Microsecond - 999, "2025-01-15T10:00:01"},
+		{time.Hour + 123456789, "2025-01-15T11:00:01.123456"},
+	}
+	for _, tt := range tests {
+		s.Advance(tt.advance)
+		access, _ := s.grant()
+		w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, map[string]string{"Authorization": "Bearer " + access})
+		var out struct {
+			InsertedAt string `json:"inserted_at"`
+		}
+		if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil || out.InsertedAt != tt.want {
+			t.Errorf("at %v: inserted_at = %q (err %v); want %q", s.Now(), out.InsertedAt, err, tt.want)
+		}
+	}
+	if got, want := fakeISO(time.Date(2025, 1, 15, 10, 30, 0, 120000000, time.FixedZone("EST", -5*3600))), "2025-01-15T15:30:00.120000"; got != want {
+		t.Errorf("fakeISO(10:30:00.12 EST) = %q; want %q (in UTC)", got, want)
+	}
+
+	// Token claims: iat and exp by the server's clock.
+	w := fakeTestPost(s, "POST", pathToken, `{"api_key":"`+FakeAPIKey+`"}`, nil)
+	var ar struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &ar); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := base64.RawURLEncoding.DecodeString(strings.Split(ar.AccessToken, ".")[1])
+	var claims struct{ Iat, Exp int64 }
+	if err := json.Unmarshal(raw, &claims); err != nil || claims.Iat != s.Now().Unix() || claims.Exp != s.Now().Add(time.Hour).Unix() {
+		t.Errorf("claims iat %d, exp %d (err %v); want %d, %d", claims.Iat, claims.Exp, err, s.Now().Unix(), s.Now().Add(time.Hour).Unix())
+	}
+}
+
+// TestFakeServerAdvanceClient: a client made by NewClient judges its token
+// by the server's clock: nothing before the margin, a refresh in the
+// background inside it, a refresh before the call past the leeway; never a
+// 401, never a sleep.
+func TestFakeServerAdvanceClient(t *testing.T) {
+	s := NewFakeServer()
+	s.SetTokenLifetime(time.Minute) // margin 30s (half the lifetime), leeway 7.5s
+	c := fakeTestClient(t, s)
+	ctx := context.Background()
+	call := func() string {
+		t.Helper()
+		if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+			t.Fatalf("SubmitFeedback() error = %v", err)
+		}
+		fb := s.Received("/api/feedback")
+		return fb[len(fb)-1].Header.Get("Authorization")
+	}
+	first := call()
+	if got, want := c.Token().ExpiresAt, s.Now().Add(time.Minute); !got.Equal(want) {
+		t.Errorf("ExpiresAt = %v; want the server's clock + 1m, %v", got, want)
+	}
+
+	s.Advance(29 * time.Second) // fresh
+	if got := call(); got != first || s.Requests(pathRefresh) != 0 {
+		t.Errorf("29s in: another token, or %d refreshes; want the same token, none", s.Requests(pathRefresh))
+	}
+
+	s.Advance(11 * time.Second) // 40s: stale, the same token and a refresh behind it
+	if got := call(); got != first {
+		t.Errorf("40s in: the call went with another token; want the held one")
+	}
+	waitIdle(t, c)
+	if n := s.Requests(pathRefresh); n != 1 {
+		t.Errorf("40s in: refreshes = %d; want 1, in the background", n)
+	}
+	second := c.Token()
+	if second.AccessToken == "" || "Bearer "+second.AccessToken == first || !second.ExpiresAt.Equal(s.Now().Add(time.Minute)) {
+		t.Errorf("after the background refresh: ExpiresAt = %v; want a new token expiring at %v", second.ExpiresAt, s.Now().Add(time.Minute))
+	}
+
+	s.Advance(2 * time.Minute) // expired: the refresh comes first
+	before := len(s.Received(""))
+	third := call()
+	var order []string
+	for _, r := range s.Received("")[before:] {
+		order = append(order, r.Path)
+	}
+	if want := []string{pathRefresh, "/api/feedback"}; !reflect.DeepEqual(order, want) {
+		t.Errorf("after the lifetime: requests %q; want %q (a refresh first, no 401)", order, want)
+	}
+	if third == "Bearer "+second.AccessToken || !c.Token().ExpiresAt.Equal(s.Now().Add(time.Minute)) {
+		t.Errorf("after the lifetime: the call went with the expired token, or ExpiresAt = %v; want %v", c.Token().ExpiresAt, s.Now().Add(time.Minute))
+	}
+	if got, want := s.Requests("/api/feedback"), 4; got != want {
+		t.Errorf("Requests(feedback) = %d; want %d: no 401, no replay", got, want)
+	}
+	if n := s.Requests(pathToken); n != 1 {
+		t.Errorf("token exchanges = %d; want 1", n)
+	}
+}
+
+// TestFakeServerAdvanceSocket: a client over a socket judges its token by
+// real time: after an Advance past the lifetime the server refuses the
+// token with 401, and the client refreshes and replays by itself.
+func TestFakeServerAdvanceSocket(t *testing.T) {
+	s := NewFakeServer()
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	s.SetTokenLifetime(time.Minute)
+	c := newTestClient(t, WithBaseURL(srv.URL))
+	ctx := context.Background()
+	for i := 0; i < 2; i++ {
+		if _, err := c.OptimizeMessage(ctx, fakeTestRequest()); err != nil {
+			t.Fatalf("OptimizeMessage() #%d error = %v", i, err)
+		}
+		s.Advance(time.Minute)
+	}
+	// Token, call; 401, refresh, replay.
+	var paths []string
+	for _, r := range s.Received("") {
+		paths = append(paths, r.Path)
+	}
+	if want := []string{pathToken, pathOptimize, pathOptimize, pathRefresh, pathOptimize}; !reflect.DeepEqual(paths, want) {
+		t.Errorf("requests = %q; want %q", paths, want)
+	}
+}
+
+// ---- RotateRefreshTokens ----
+
+func TestFakeServerRotateRefreshTokens(t *testing.T) {
+	s := NewFakeServer()
+	c := fakeTestClient(t, s)
+	ctx := context.Background()
+	_, err := c.Authenticate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refreshed := func() string { // the refresh token the last refresh was made with
+		t.Helper()
+		r := s.Received(pathRefresh)
+		var in struct {
+			RefreshToken string `json:"refresh_token"`
+		}
+		if err := json.Unmarshal(r[len(r)-1].Body, &in); err != nil {
+			t.Fatal(err)
+		}
+		return in.RefreshToken
+	}
+	post := func(refresh string) (int, bool) {
+		w := fakeTestPost(s, "POST", pathRefresh, `{"refresh_token":"`+refresh+`"}`, nil)
+		var out map[string]any
+		_ = json.Unmarshal(w.Body.Bytes(), &out)
+		_, rotated := out["refresh_token"]
+		return w.Code, rotated
+	}
+
+	issued := c.pair.Load().refresh
+	s.RotateRefreshTokens(true)
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatalf("RefreshAccessToken() error = %v", err)
+	}
+	if refreshed() != issued {
+		t.Fatalf("the first refresh was not made with the refresh token issued")
+	}
+	if code, _ := post(issued); code != 401 {
+		t.Errorf("the rotated-out refresh token: status %d; want 401 at once", code)
+	}
+	// The client follows: its next refresh uses the new token, which works.
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatalf("second RefreshAccessToken() error = %v", err)
+	}
+	second := refreshed()
+	if second == issued || second == "" {
+		t.Errorf("the second refresh was made with the old refresh token; want the rotated one")
+	}
+	if code, _ := post(second); code != 401 {
+		t.Errorf("the refresh token used by the second refresh: status %d; want 401", code)
+	}
+	if n := s.Requests(pathToken); n != 1 {
+		t.Errorf("token exchanges = %d; want 1: no refresh was refused", n)
+	}
+
+	// Off again: a refresh keeps its token and answers none.
+	s.RotateRefreshTokens(false)
+	if _, err := c.RefreshAccessToken(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kept := refreshed()
+	for i := 0; i < 2; i++ {
+		if code, rotated := post(kept); code != 200 || rotated {
+			t.Errorf("refresh #%d without rotation: status %d, refresh_token in the answer %v; want 200, none", i, code, rotated)
+		}
+	}
+}
+
+// ---- memory ----
+
+// TestFakeServerMemoryFlat: the server forgets tokens once its clock says
+// they expired; over 2,000 token lifetimes its heap stays where it was
+// after 10.
+func TestFakeServerMemoryFlat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("memory test: runs without -short")
+	}
+	s := NewFakeServer()
+	s.RotateRefreshTokens(true) // each refresh also issues a refresh token
+	ctx := context.Background()
+	clients := make([]*Client, 4)
+	for i := range clients {
+		clients[i] = fakeTestClient(t, s)
+	}
+	// Fill what Received keeps (the last 1,000 requests of each path)
+	// first, so that the heap measures the tokens.
+	for i := 0; i < 1000/len(clients)+1; i++ {
+		for _, c := range clients {
+			if _, err := c.AccessToken(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.RefreshAccessToken(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	lifetimes := func(n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			s.Advance(time.Hour) // every client's token expires: each refreshes
+			for _, c := range clients {
+				if _, err := c.AccessToken(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	tokens := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.tokens)
+	}
+	lifetimes(10)
+	after10, tokens10 := heap(), tokens()
+	lifetimes(1990)
+	after2000, tokens2000 := heap(), tokens()
+	t.Logf("heap after 10 lifetimes %d B, after 2,000 %d B; tokens held %d, then %d", after10, after2000, tokens10, tokens2000)
+	if after2000 > after10+1<<20 {
+		t.Errorf("heap after 2,000 token lifetimes = %d B; want within 1 MiB of the %d B after 10", after2000, after10)
+	}
+	// Each client holds one access token and one refresh token.
+	if max := 2 * len(clients); tokens10 > max || tokens2000 > max {
+		t.Errorf("tokens held = %d after 10 lifetimes, %d after 2,000; want at most %d", tokens10, tokens2000, max)
+	}
+	if n := s.Requests(pathRefresh); n < 2000*len(clients) {
+		t.Errorf("refreshes = %d; want at least %d, one per client and lifetime", n, 2000*len(clients))
+	}
+}
+
+// TestFakeServerForgetsExpired: a token leaves the server's memory when
+// its lifetime ends by the server's clock, and one issued expired is never
+// kept.
+func TestFakeServerForgetsExpired(t *testing.T) {
+	s := NewFakeServer()
+	held := func() (access, refresh int) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, tok := range s.tokens {
+			if tok.refresh {
+				refresh++
+			} else {
+				access++
+			}
+		}
+		return access, refresh
+	}
+	steps := []struct {
+		name            string
+		do              func()
+		access, refresh int
+	}{
+		{"two pairs", func() { s.grant(); s.grant() }, 2, 2},
+		{"a minute-long pair", func() { s.SetTokenLifetime(time.Minute); s.grant() }, 3, 3},
+		{"59s later", func() { s.Advance(59 * time.Second) }, 3, 3},
+		{"a minute later", func() { s.Advance(time.Second) }, 2, 3},
+		{"an hour later", func() { s.Advance(59 * time.Minute) }, 0, 3},
+		{"expired at birth", func() { s.SetTokenLifetime(0); s.grant() }, 0, 4},
+		{"a week later", func() { s.Advance(7 * 24 * time.Hour) }, 0, 0},
+	}
+	for _, st := range steps {
+		st.do()
+		if a, r := held(); a != st.access || r != st.refresh {
+			t.Errorf("%s: %d access and %d refresh tokens held; want %d and %d", st.name, a, r, st.access, st.refresh)
+		}
 	}
 }
 
