@@ -219,7 +219,9 @@ type FakeResponse struct {
 	Status int
 
 	// Header is sent with the answer (Retry-After, X-Request-Id, ...). A
-	// header it names replaces the server's own, X-Request-Id included.
+	// header it names replaces the server's own, X-Request-Id included. The
+	// clients of NewClient read a Retry-After date against the server's
+	// clock (Now).
 	Header http.Header
 
 	// Body is sent as is. Empty with a Status of 400 or more, it is
