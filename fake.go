@@ -160,6 +160,7 @@ type FakeServer struct {
 	noExpiry  bool                                              // leave expires_in out: tests of the client's fall-back to the JWT's exp
 	apiKey    string                                            // the one key accepted, "" for FakeAPIKey: tests of WithAPIKeyFunc need old and new keys told apart (users refuse a key with Respond)
 	hook      func(w http.ResponseWriter, r *http.Request) bool // answers computed from the request (a token echoed, the client called mid-request, a panic): see setHook
+	hooked    atomic.Bool                                       // hook is set: read by the in-memory transport without the lock
 
 	requests  int                  // requests received, on every path: n of the last X-Request-Id req-000n
 	serial    int                  // tokens issued so far
@@ -182,8 +183,8 @@ type fakePath struct {
 }
 
 // fakeReceived is a request kept for Received; seq orders requests across
-// paths. Its header is flat, key and value for each value, a copy made in
-// one allocation (a map costs four times as much on every request).
+// paths. Its header is a flat copy, key and value for each value: one
+// allocation on every request, where a copy of the map costs three.
 type fakeReceived struct {
 	seq          int
 	method, path string
@@ -218,7 +219,9 @@ type FakeResponse struct {
 	Status int
 
 	// Header is sent with the answer (Retry-After, X-Request-Id, ...). A
-	// header it names replaces the server's own, X-Request-Id included.
+	// header it names replaces the server's own, X-Request-Id included. The
+	// clients of NewClient read a Retry-After date against the server's
+	// clock (Now).
 	Header http.Header
 
 	// Body is sent as is. Empty with a Status of 400 or more, it is
@@ -479,6 +482,7 @@ func (s *FakeServer) setHook(h func(w http.ResponseWriter, r *http.Request) bool
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hook = h
+	s.hooked.Store(h != nil)
 }
 
 // grant issues a token pair the server accepts, as an exchange of the API
@@ -542,7 +546,7 @@ func (s *FakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // was set (see fakeTransport.RoundTrip).
 func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, tooLarge bool, readErr error, withHook bool) {
 	path := r.URL.Path
-	at := s.Now()
+	got := fakeReceived{method: r.Method, path: path, header: fakeFlat(r.Header), body: body, at: s.Now()}
 
 	s.mu.Lock()
 	s.ready()
@@ -550,7 +554,8 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 	rid := fakeID("req-", s.requests)
 	p := s.pathLocked(path)
 	p.requests++
-	p.record(fakeReceived{seq: s.requests, method: r.Method, path: path, header: fakeFlat(r.Header), body: body, at: at})
+	got.seq = s.requests
+	p.record(got)
 	var hook func(http.ResponseWriter, *http.Request) bool
 	if withHook {
 		hook = s.hook
@@ -612,7 +617,7 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 	case tooLarge:
 		fakeError(w, http.StatusRequestEntityTooLarge, "request body larger than 1 MiB")
 		return
-	case !fakeIsJSON(r.Header.Get("Content-Type")):
+	case !fakeIsJSON(fakeGet(r.Header, "Content-Type")):
 		fakeError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
 		return
 	}
@@ -625,7 +630,7 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 		s.serveRefresh(w, r, body)
 		return
 	}
-	tok, ok := fakeBearer(r.Header.Get("Authorization"))
+	tok, ok := fakeBearer(fakeGet(r.Header, "Authorization"))
 	if ok {
 		s.mu.Lock()
 		ok = s.validLocked(tok, false)
@@ -635,7 +640,7 @@ func (s *FakeServer) serve(w http.ResponseWriter, r *http.Request, body []byte, 
 		fakeReply(w, http.StatusUnauthorized, []byte(fakeUnauthorized))
 		return
 	}
-	s.serveAPI(w, path, r.Header.Get("Idempotency-Key"), body)
+	s.serveAPI(w, path, fakeGet(r.Header, "Idempotency-Key"), body)
 }
 
 // fakeWait waits d of real time, or until ctx ends; it reports whether it
@@ -665,11 +670,7 @@ func fakeSetOwn(h http.Header, key, value string) {
 // fakeFlat returns h's keys and values in one slice, key and value for each
 // value.
 func fakeFlat(h http.Header) []string {
-	n := 0
-	for _, v := range h {
-		n += 2 * len(v)
-	}
-	flat := make([]string, 0, n)
+	flat := make([]string, 0, 2*len(h)) // most keys have one value
 	for k, v := range h {
 		for _, x := range v {
 			flat = append(flat, k, x)
@@ -731,6 +732,15 @@ func fakeRequestBody(r *http.Request) (body []byte, tooLarge bool, err error) {
 	}
 	r.Body = &fakeBuf{b: body}
 	return body, tooLarge, err
+}
+
+// fakeGet is h.Get(key) for a key already canonical: Get would
+// canonicalise it again on every request.
+func fakeGet(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // fakeIsJSON reports whether a Content-Type names application/json.
@@ -866,7 +876,7 @@ func (s *FakeServer) expiresInLocked() *int {
 // fakeAuthRequest checks what both auth endpoints require: no Authorization
 // header, and a body of exactly one JSON object without unknown fields.
 func fakeAuthRequest(r *http.Request, body []byte, v any) string {
-	if r.Header.Get("Authorization") != "" {
+	if fakeGet(r.Header, "Authorization") != "" {
 		return "an auth endpoint takes no Authorization header"
 	}
 	return fakeDecode(body, v)
@@ -1143,11 +1153,12 @@ func fakeNullable(s *string) *string {
 
 // fakeID returns prefix followed by n in at least four digits.
 func fakeID(prefix string, n int) string {
-	d := strconv.Itoa(n)
-	if len(d) < 4 {
-		d = "000"[:4-len(d)] + d
+	var buf [24]byte // one allocation, the string's: every answer makes one id or two
+	b := append(buf[:0], prefix...)
+	for m := 1000; m > 1 && n < m; m /= 10 {
+		b = append(b, '0')
 	}
-	return prefix + d
+	return string(strconv.AppendInt(b, int64(n), 10))
 }
 
 // fakeOptimize is the optimizer's deterministic rewording.
@@ -1423,10 +1434,7 @@ func (t *fakeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	x := &fakeExchange{}
 	rw := &x.rw
 	rw.header = http.Header{}
-	t.s.mu.Lock()
-	hooked := t.s.hook != nil
-	t.s.mu.Unlock()
-	if !hooked {
+	if !t.s.hooked.Load() {
 		t.s.serve(rw, req, body, tooLarge, nil, false)
 		if err := ctx.Err(); err != nil {
 			return nil, err

@@ -1242,6 +1242,14 @@ func TestFakeServerRespondRetryAfter(t *testing.T) {
 	if n := s.Requests("/api/feedback"); n != 1 {
 		t.Errorf("Requests(feedback) = %d; want 1 (no retry)", n)
 	}
+
+	// An HTTP date is read against the server's clock.
+	s.Advance(time.Hour)
+	s.Respond("/api/feedback", 1, FakeResponse{Status: 429, Header: http.Header{"Retry-After": {s.Now().Add(5 * time.Second).Format(http.TimeFormat)}}})
+	_, err = c.SubmitFeedback(context.Background(), Feedback{MessageID: "m", Score: ScoreGood})
+	if !errors.As(err, &ae) || ae.StatusCode != 429 || ae.RetryAfter != 5*time.Second {
+		t.Errorf("SubmitFeedback() error = %v; want a 429 with RetryAfter 5s", err)
+	}
 }
 
 // fakeTestWait fails the test unless ch yields within the bound: a guard
