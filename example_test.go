@@ -277,6 +277,7 @@ func ExampleFakeServer_Advance() {
 	fmt.Println("token expires in:", c.Token().ExpiresAt.Sub(srv.Now()))
 
 	srv.Advance(2 * time.Minute) // past the token's lifetime, at once
+	fmt.Println("valid after Advance:", c.Token().Valid())
 	if _, err := c.SubmitFeedback(ctx, fb); err != nil {
 		log.Fatal(err)
 	}
@@ -286,6 +287,7 @@ func ExampleFakeServer_Advance() {
 	}
 	// Output:
 	// token expires in: 1m0s
+	// valid after Advance: false
 	// refreshes: 1
 	// 10:00:00 /api/auth/token
 	// 10:00:00 /api/feedback
@@ -411,13 +413,13 @@ func ExampleClient_Token() {
 	fmt.Println("type:", tok.TokenType)
 	fmt.Println("company:", tok.CompanyName)
 	// A FakeServer's clients judge their tokens by the server's clock.
-	fmt.Println("expires in:", tok.ExpiresAt.Sub(srv.Now()))
+	fmt.Println("expires in:", tok.ExpiresAt.Sub(srv.Now()), "valid:", tok.Valid())
 	fmt.Println("printed:", strings.Contains(fmt.Sprintf("%v %+v %#v", tok, tok, tok), tok.AccessToken))
 	// Output:
 	// valid before first use: false
 	// type: Bearer
 	// company: Acme Lending
-	// expires in: 1h0m0s
+	// expires in: 1h0m0s valid: true
 	// printed: false
 }
 

@@ -1839,3 +1839,28 @@ func BenchmarkFakeServerOptimizeMessage(b *testing.B) {
 		}
 	}
 }
+
+// TestFakeServerIdempotencyAcrossRotation: a key answered before the
+// server's memory of keys rotated to a new generation is still replayed;
+// only keys two generations old are forgotten.
+func TestFakeServerIdempotencyAcrossRotation(t *testing.T) {
+	s := NewFakeServer()
+	access, _ := s.grant()
+	post := func(key string) string {
+		w := fakeTestPost(s, "POST", "/api/feedback", fakeTestFeedback, map[string]string{"Authorization": "Bearer " + access, "Idempotency-Key": key})
+		if w.Code != 200 {
+			t.Fatalf("status %d", w.Code)
+		}
+		return w.Body.String()
+	}
+	first := post("first")
+	for i := 0; i < 4096; i++ { // fills the newest generation: the next key rotates it
+		post(fmt.Sprint("k", i))
+	}
+	if again := post("first"); again != first {
+		t.Errorf("a key answered before the rotation was not replayed")
+	}
+	if n := len(s.Feedback()); n != 4097 {
+		t.Errorf("stored %d entries; want 4,097 (the replay stores none)", n)
+	}
+}
