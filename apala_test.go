@@ -1265,13 +1265,19 @@ func TestHooks(t *testing.T) {
 	}
 	s, c := setup(t, WithHooks(hooks))
 	s.Fail("/api/feedback", 503, "busy")
-	traced := context.WithValue(ctx, ctxKey{}, "trace-1")
-	if _, err := c.SubmitFeedback(traced, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
+	// A token request reports once it ended, maybe after its callers went
+	// on: waitIdle orders its reports before the call's.
+	if _, err := c.AccessToken(context.WithValue(ctx, ctxKey{}, "trace-1")); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, c)
+	if _, err := c.SubmitFeedback(ctx, Feedback{MessageID: "m", Score: ScoreGood}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.RefreshAccessToken(context.WithValue(ctx, ctxKey{}, "trace-2")); err != nil {
 		t.Fatal(err)
 	}
+	waitIdle(t, c)
 	mu.Lock()
 	defer mu.Unlock()
 	var got []string

@@ -1580,8 +1580,12 @@ func TestTokenAnswerTextScrubbed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitIdle(t, c) // the Token hook has reported both
 	mu.Lock()
 	defer mu.Unlock()
+	if len(infos) != 2 {
+		t.Fatalf("Token reports = %d; want 2", len(infos))
+	}
 	for _, v := range []any{ar, rr, c.Token(), infos} {
 		js, _ := json.Marshal(v)
 		var b bytes.Buffer
