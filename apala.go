@@ -241,9 +241,8 @@ type config struct {
 	err     error         // the first invalid option, an ErrConfig
 }
 
-// checked returns set when the option's argument is ok, and otherwise what
-// records that option was given an invalid value, unless an earlier option
-// was.
+// checked returns set when the argument is ok; otherwise a setter recording
+// the option as invalid, unless an earlier option was.
 func checked(option string, ok bool, reason string, set func(*config)) func(*config) {
 	return func(c *config) {
 		switch {
@@ -1707,7 +1706,8 @@ func isUUID(s string) bool {
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return false
 	}
-	_, err := hex.DecodeString(s[:8] + s[9:13] + s[14:18] + s[19:23] + s[24:])
+	var b [16]byte // on the stack, as are the hex digits joined (32 bytes)
+	_, err := hex.Decode(b[:], []byte(s[:8]+s[9:13]+s[14:18]+s[19:23]+s[24:]))
 	return err == nil
 }
 
@@ -1968,8 +1968,8 @@ func (c *Client) messageBody(req MessageRequest, contentOnly bool) (b processBod
 
 // ProcessMessage sends a conversation and its candidate message to message
 // processing (POST /api/message_processing), missing message ids generated
-// and send times set to now; req.Metadata is not sent. req and opts are
-// checked first: a *ValidationError means nothing was sent.
+// and send times set to now; req.Metadata is not sent. Nothing is sent on a
+// *ValidationError (req) or an ErrConfig (opts, no company GUID).
 func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ...CallOption) (*ProcessingResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
@@ -1997,8 +1997,8 @@ func (c *Client) ProcessMessage(ctx context.Context, req MessageRequest, opts ..
 
 // OptimizeMessage asks for a better wording of req.Candidate and the channel
 // to send it on (POST /api/message_optimizer), sending the candidate's
-// content only and the metadata fields set. req and opts are checked first:
-// a *ValidationError means nothing was sent.
+// content only and the metadata fields set. Nothing is sent on a
+// *ValidationError (req) or an ErrConfig (opts, no company GUID).
 func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts ...CallOption) (*OptimizationResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
@@ -2039,8 +2039,8 @@ func (c *Client) OptimizeMessage(ctx context.Context, req MessageRequest, opts .
 }
 
 // SubmitFeedback reports how a message fared (POST /api/feedback). Several
-// entries may be sent for one MessageID over time. fb and opts are checked
-// first: a *ValidationError means nothing was sent.
+// entries may be sent for one MessageID over time. Nothing is sent on a
+// *ValidationError (fb) or an ErrConfig (opts).
 func (c *Client) SubmitFeedback(ctx context.Context, fb Feedback, opts ...CallOption) (*FeedbackResponse, error) {
 	cfg, err := c.callConfig(opts)
 	if err != nil {
