@@ -64,7 +64,7 @@ const (
 	userAgent = "apala-go/1"
 )
 
-// The API's endpoints, every one a POST (API.md).
+// The API's endpoints, every one a POST.
 const (
 	pathToken        = "/api/auth/token"
 	pathRefresh      = "/api/auth/refresh"
@@ -1761,7 +1761,7 @@ func (fb *Feedback) check() *ValidationError {
 	return nil
 }
 
-// The wire: what the calls send and receive, as API.md spells it.
+// The wire: what the calls send and receive, as the server spells it.
 
 // wireMessage is a Message on the wire.
 type wireMessage struct {

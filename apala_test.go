@@ -74,7 +74,7 @@ func conversation() MessageRequest {
 	}
 }
 
-// conversationWire is conversation().Messages as API.md puts them on the
+// conversationWire is conversation().Messages as the wire protocol puts them on the
 // wire: reply_or_not as strings, times with their offsets.
 const conversationWire = `[
 	{"content": "Hi, is my loan approved?", "channel": "SMS", "message_id": "m-1", "send_timestamp": "2025-01-15T10:30:00+00:00", "reply_or_not": "true"},

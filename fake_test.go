@@ -263,7 +263,7 @@ func TestFakeServerClient(t *testing.T) {
 }
 
 // TestFakeServerAnswers checks the exact bodies of the feedback endpoints
-// against API.md, with the server's clock fixed.
+// against the wire protocol, with the server's clock fixed.
 func TestFakeServerAnswers(t *testing.T) {
 	s := NewFakeServer()
 	s.setClock(time.Date(2025, 1, 15, 10, 30, 0, 123456789, time.FixedZone("CET", -3600)))
