@@ -686,7 +686,7 @@ type request struct {
 	auth    bool      // attach the access token, replay once on 401
 	idemKey string    // Idempotency-Key, the same for every attempt
 	secrets []string  // the secrets its body carries (a key, a refresh token)
-	sent    [2]string // the access tokens its attempts were sent with
+	sent    [2]string // the access tokens of its first attempt and its latest
 	cfg     *config   // the call's settings, from callConfig; a token request's are the client's
 	flight  *flight   // the token request it belongs to; nil for an API call
 }
@@ -835,7 +835,7 @@ type retryBudget struct{ spent atomic.Int64 }
 func (b *retryBudget) spend() bool {
 	for {
 		s := b.spent.Load()
-		if s+retryCost > retryBudgetSize {
+		if s+retryCost >= retryBudgetSize { // 99 retries: with a token request, 1,000 failed calls make 1,100 attempts
 			return false
 		}
 		if b.spent.CompareAndSwap(s, s+retryCost) {
@@ -880,11 +880,7 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 				return time.Time{}, err
 			}
 			pair = p
-			if rq.sent[0] == "" {
-				rq.sent[0] = p.access
-			} else if rq.sent[0] != p.access {
-				rq.sent[1] = p.access
-			}
+			rq.sent[min(n, 2)-1] = p.access // the first attempt's and the latest
 		} else if c.closed.Load() {
 			return time.Time{}, ErrClosed
 		}
@@ -893,6 +889,10 @@ func (c *Client) send(ctx context.Context, rq *request, out any) (time.Time, err
 		if err == nil && resp.ok() {
 			if rq.flight == nil {
 				c.budget.refill()
+			} else { // a token answer's tokens are secrets before the client holds them
+				var a tokenAnswer
+				_ = json.Unmarshal(resp.body.Bytes(), &a) // a malformed answer is decode's to report
+				rq.secrets = append(rq.secrets, a.AccessToken, a.RefreshToken)
 			}
 			c.report(ctx, rq, cfg, n, resp, nil, 0)
 			err = c.decode(rq, resp, out)
@@ -1072,6 +1072,9 @@ func (c *Client) attempt(ctx context.Context, rq *request, cfg *config, pair *to
 	start := time.Now()
 	defer func() { r.took = time.Since(start) }()
 	resp, err := c.hc.Do(req)
+	if ue, ok := err.(*url.Error); ok {
+		ue.URL = c.baseStr + rq.name // net/http quotes the query, which errors never carry
+	}
 	if err != nil {
 		return r, rq.errorf(ErrConnection, "%w", c.scrubErr(err, rq.carried()))
 	}
@@ -1145,14 +1148,14 @@ func (c *Client) apiError(rq *request, r response) *APIError {
 // quotes a malformed answer; a key function may quote its key): when it
 // quotes one, as a *scrubbedError, inside a *url.Error when err was one.
 func (c *Client) scrubErr(err error, extra []string) error {
-	s := err.Error()
-	clean := c.scrub(s, extra)
+	s, scrub := err.Error(), c.scrubber(extra)
+	clean := scrub(s)
 	if clean == s {
 		return err
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return &url.Error{Op: ue.Op, URL: ue.URL, Err: &scrubbedError{msg: c.scrub(ue.Err.Error(), extra), err: ue.Err}}
+		return &url.Error{Op: ue.Op, URL: ue.URL, Err: &scrubbedError{msg: scrub(ue.Err.Error()), err: ue.Err}}
 	}
 	return &scrubbedError{msg: clean, err: err}
 }
@@ -1229,7 +1232,7 @@ func (c *Client) serverText(v any, max int, extra []string) string {
 			return ' '
 		}
 		return r
-	}, c.scrub(s, extra)))
+	}, c.scrubber(extra)(s)))
 	if len(s) <= max {
 		return s
 	}
@@ -1240,14 +1243,12 @@ func (c *Client) serverText(v any, max int, extra []string) string {
 	return s[:cut] + "..."
 }
 
-// scrub removes from s, server text, every secret the client holds (the API
-// key, the keys WithAPIKeyFunc returned, the current token pair) and those
-// in extra, in each of secretForms, and not only whole: any run of scrubRun
-// bytes of one is redacted, so that a cut or split secret leaks nothing.
-func (c *Client) scrub(s string, extra []string) string {
-	if s == "" {
-		return s
-	}
+// scrubber returns what removes from server text every secret the client
+// holds (the API key, the keys WithAPIKeyFunc returned, the current token
+// pair) and those in extra, in each of secretForms and without case, and not
+// only whole: any run of scrubRun bytes of one is redacted, so that a cut,
+// split or recased secret leaks nothing. The forms are built once.
+func (c *Client) scrubber(extra []string) func(string) string {
 	secrets := append([]string{c.apiKey}, extra...)
 	if ks := c.keys.Load(); ks != nil {
 		secrets = append(secrets, *ks...)
@@ -1258,42 +1259,55 @@ func (c *Client) scrub(s string, extra []string) string {
 	var forms []string
 	for _, secret := range secrets {
 		if len(secret) >= 4 { // a shorter one reveals nothing; replacing it would garble the text
-			forms = append(forms, secretForms(secret)...)
-		}
-	}
-	for _, f := range forms {
-		if len(f) < scrubRun {
-			s = strings.ReplaceAll(s, f, "[REDACTED]")
-		}
-	}
-	// Mark every byte in a run of a secret, then replace marked stretches.
-	var marked []bool
-	for i := 0; i+scrubRun <= len(s); i++ {
-		for _, f := range forms {
-			if strings.Contains(f, s[i:i+scrubRun]) {
-				if marked == nil {
-					marked = make([]bool, len(s))
-				}
-				for j := i; j < i+scrubRun; j++ {
-					marked[j] = true
-				}
-				break
+			for _, f := range secretForms(secret) {
+				forms = append(forms, lowerASCII(f))
 			}
 		}
 	}
-	if marked == nil {
-		return s
+	return func(s string) string {
+		// Mark every byte in a run of a secret (a whole one when shorter),
+		// then replace marked stretches.
+		var marked []bool
+		low := lowerASCII(s)
+		for i := range low {
+			for _, f := range forms {
+				if n := min(len(f), scrubRun); i+n <= len(low) && strings.Contains(f, low[i:i+n]) {
+					if marked == nil {
+						marked = make([]bool, len(s))
+					}
+					for j := i; j < i+n; j++ {
+						marked[j] = true
+					}
+					break
+				}
+			}
+		}
+		if marked == nil {
+			return s
+		}
+		var b strings.Builder
+		for i := 0; i < len(s); i++ {
+			switch {
+			case !marked[i]:
+				b.WriteByte(s[i])
+			case i == 0 || !marked[i-1]: // a marked stretch starts
+				b.WriteString("[REDACTED]")
+			}
+		}
+		return b.String()
 	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch {
-		case !marked[i]:
-			b.WriteByte(s[i])
-		case i == 0 || !marked[i-1]: // a marked stretch starts
-			b.WriteString("[REDACTED]")
+}
+
+// lowerASCII lowers the ASCII letters of s byte for byte, so that offsets
+// into it are offsets into s.
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c-'A' < 26 {
+			b[i] = c + 'a' - 'A'
 		}
 	}
-	return b.String()
+	return string(b)
 }
 
 // secretForms returns secret as the server's text may carry it: raw,
@@ -1711,9 +1725,6 @@ func isUUID(s string) bool {
 	return err == nil
 }
 
-// isZip reports whether s is exactly 5 digits.
-func isZip(s string) bool { return len(s) == 5 && strings.Trim(s, "0123456789") == "" }
-
 // check validates m; OptimizeMessage's candidate needs no channel.
 func (m *Message) check(needChannel bool) *ValidationError {
 	if strings.TrimSpace(m.Content) == "" {
@@ -1940,7 +1951,7 @@ func (c *Client) messageBody(req MessageRequest, contentOnly bool) (b processBod
 		return b, &ValidationError{Field: "CompanyGUID", Reason: "not a UUID"}
 	case !isUUID(req.CustomerID):
 		return b, &ValidationError{Field: "CustomerID", Reason: "not a UUID"}
-	case req.ZipCode != "" && !isZip(req.ZipCode):
+	case req.ZipCode != "" && (len(req.ZipCode) != 5 || strings.Trim(req.ZipCode, "0123456789") != ""):
 		return b, &ValidationError{Field: "ZipCode", Reason: "want exactly 5 digits"}
 	}
 	for i := range req.Messages {

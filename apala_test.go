@@ -4333,6 +4333,12 @@ func TestPathWithoutQuery(t *testing.T) {
 	if got := s.lastHeader(pathFeedback); got == nil {
 		t.Errorf("the request did not reach the server")
 	}
+	// A connection error: net/http quotes the URL, query included.
+	dead := newTestClient(t, WithBaseURL("http://"+deadAddr(t)), WithMaxRetries(0))
+	holdToken(dead, "a.b.c", "r", 3600, 0)
+	if err := dead.Do(context.Background(), "GET", "/api/x?token=q-SECRET-2", nil, nil); !errors.Is(err, ErrConnection) || strings.Contains(err.Error(), "q-SECRET") {
+		t.Errorf("connection error = %v; want ErrConnection without the query", err)
+	}
 }
 
 // TestResponseInfoKeepsLastAnswer: when a later attempt got no answer,

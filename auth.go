@@ -237,8 +237,8 @@ func (c *Client) makePair(access, refresh, tokenType string, issued, expires tim
 		return p
 	}
 	margin := c.cfg.margin
-	if !issued.IsZero() {
-		margin = min(margin, expires.Sub(issued)/2)
+	if life := expires.Sub(issued); !issued.IsZero() && life > 0 {
+		margin = min(margin, life/2)
 	}
 	leeway := min(margin/4, 10*time.Second)
 	end := expires.Sub(c.baseTime)
@@ -338,10 +338,9 @@ type flight struct {
 	reports []func() // the hooks' reports about it, in order; called by fly once it ended
 }
 
-// mono is the client's monotonic clock: time since construction.
-func (c *Client) mono() time.Duration { return c.since(c.baseTime) }
-
-// elapsed is time since construction on the real clock, for the cooldown.
+// mono and elapsed are the time since construction on the token clock and
+// on the real one (for the cooldown): monotonic readings.
+func (c *Client) mono() time.Duration    { return c.since(c.baseTime) }
 func (c *Client) elapsed() time.Duration { return c.waited(c.baseTime) }
 
 // useClock makes c judge token lifetimes by now instead of the real clock:
@@ -374,8 +373,8 @@ func (c *Client) usablePair(ctx context.Context) (*tokenPair, error) {
 // cooldown is in force. Checked without a lock, so that callers inside the
 // stale window never contend: at most one of them takes the lock to start it.
 func (c *Client) refreshSoon(ctx context.Context) {
-	if c.flight.Load() != nil || c.coolingDown() {
-		return
+	if c.flight.Load() != nil || c.coolingDown() || ctx.Err() != nil {
+		return // a done context starts nothing
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -607,9 +606,9 @@ func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body 
 		}
 		refresh = a.RefreshToken
 	}
-	fresh := append(secrets, a.AccessToken, refresh)
-	p = c.newPair(a.AccessToken, refresh, c.scrub(a.TokenType, fresh), seconds(a.ExpiresIn), sent)
-	p.companyID, p.companyName = c.scrub(a.CompanyID, fresh), c.scrub(a.CompanyName, fresh)
+	clean := c.scrubber(append(secrets, a.AccessToken, refresh))
+	p = c.newPair(a.AccessToken, refresh, clean(a.TokenType), seconds(a.ExpiresIn), sent)
+	p.companyID, p.companyName = clean(a.CompanyID), clean(a.CompanyName)
 	return p, nil
 }
 
@@ -643,7 +642,7 @@ func (c *Client) key(ctx context.Context) (string, error) {
 	if fn == nil {
 		return c.apiKey, nil
 	}
-	k, err := fn(ctx)
+	k, err := bounded(ctx, fn, nil) // Close ends the wait for a function that ignores ctx
 	switch {
 	case err != nil:
 		return "", fmt.Errorf("apala: API key: %w", c.scrubErr(err, nil))
@@ -815,10 +814,10 @@ func (c *Client) currentKeyID(ctx context.Context) (string, error) {
 // taken over rather than given up on. Tests shorten it.
 var storeTimeout = 15 * time.Second
 
-// bounded runs op, a use of the store, for at most storeTimeout, even when
-// op ignores its context: then it is abandoned, its goroutine left to end
-// when op returns (the one goroutine of a client that may outlive Close),
-// and undo is given what op returns late (nil: nothing to undo).
+// bounded runs op, a call into user code (a store, the key function), for
+// at most storeTimeout, even when op ignores its context: then it is
+// abandoned, its goroutine left to end when op returns (the one goroutine of
+// a client that may outlive Close), and undo is given what op returns late.
 func bounded[T any](ctx context.Context, op func(context.Context) (T, error), undo func(T)) (T, error) {
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
@@ -839,7 +838,7 @@ func bounded[T any](ctx context.Context, op func(context.Context) (T, error), un
 			go func() { undo((<-done).v) }()
 		}
 		var zero T
-		return zero, fmt.Errorf("the store did not return: %w", ctx.Err())
+		return zero, fmt.Errorf("no answer: %w", ctx.Err())
 	}
 }
 
@@ -883,9 +882,9 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	if old != nil && old.access != "" && (st.AccessToken == old.access || !st.ExpiresAt.After(old.expiresAt)) {
 		return nil
 	}
-	secrets := []string{st.AccessToken, st.RefreshToken}
-	p := c.makePair(st.AccessToken, st.RefreshToken, c.scrub(st.TokenType, secrets), st.IssuedAt, st.ExpiresAt)
-	p.companyID, p.companyName, p.keyID = c.scrub(st.CompanyID, secrets), c.scrub(st.CompanyName, secrets), st.KeyID
+	clean := c.scrubber([]string{st.AccessToken, st.RefreshToken})
+	p := c.makePair(st.AccessToken, st.RefreshToken, clean(st.TokenType), st.IssuedAt, st.ExpiresAt)
+	p.companyID, p.companyName, p.keyID = clean(st.CompanyID), clean(st.CompanyName), st.KeyID
 	if c.mono() >= p.staleAt {
 		return nil
 	}
@@ -917,7 +916,7 @@ func (c *Client) save(ctx context.Context, p *tokenPair) {
 func (c *Client) storeFailed(ctx context.Context, op string, err error, secrets ...string) {
 	msg := "<nil>"
 	if err != nil {
-		msg = c.scrub(err.Error(), secrets)
+		msg = c.scrubber(secrets)(err.Error())
 	}
 	c.logAttrs(ctx, slog.LevelWarn, "apala: token store failed; going on without it",
 		slog.String("op", op), slog.String("error", msg))

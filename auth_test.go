@@ -1702,6 +1702,7 @@ func TestStoredTokenFreshness(t *testing.T) {
 		{"40s left of 60s: margin capped at 30s", now.Add(-20 * time.Second), now.Add(40 * time.Second), true},
 		{"no ExpiresAt", now, time.Time{}, false},
 		{"fresh", now, now.Add(time.Hour), true},
+		{"expired, issued after its expiry", now.Add(time.Hour), now.Add(-time.Second), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -2139,4 +2140,92 @@ func TestUUIDEdges(t *testing.T) {
 			t.Errorf("isUUID(%q) = true", bad)
 		}
 	}
+}
+
+// ---- what a hostile review found ----
+
+// TestTokenAnswerEchoScrubbed: a token answer that echoes the tokens it
+// brings, in its X-Request-Id or its Content-Type (which the media-type
+// parser lowercases), leaks no run of them to a hook, a log or an error.
+func TestTokenAnswerEchoScrubbed(t *testing.T) {
+	const access, refresh = "Acc-SECRET-MixedCase-0123456789", "Ref-SECRET-MixedCase-9876543210"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", "id "+access+" "+refresh)
+		if r.URL.Path == pathToken {
+			writeJSON(w, 200, map[string]any{"access_token": access, "refresh_token": refresh, "expires_in": 3600})
+			return
+		}
+		w.Header().Set("Content-Type", "application/"+access+"; x="+refresh)
+		w.WriteHeader(400)
+	}))
+	defer srv.Close()
+	var logs logBuffer
+	var mu sync.Mutex
+	var seen []string
+	c := newTestClient(t, WithBaseURL(srv.URL), WithLogger(newJSONLogger(&logs)), WithMaxRetries(0),
+		WithHooks(Hooks{Attempt: func(_ context.Context, a AttemptInfo) { mu.Lock(); seen = append(seen, a.RequestID); mu.Unlock() }}))
+	err := c.Do(context.Background(), "GET", "/api/x", nil, nil)
+	if err == nil {
+		t.Fatal("want the 400")
+	}
+	waitIdle(t, c)
+	mu.Lock()
+	defer mu.Unlock()
+	for what, text := range map[string]string{"hook": strings.Join(seen, " "), "log": logs.String(), "error": err.Error()} {
+		if secretRun(text, access, refresh) != "" {
+			t.Errorf("%s carries a run of a token (withheld)", what)
+		}
+	}
+}
+
+// TestCloseEndsKeyFuncWait: Close does not wait for a key function that
+// ignores its context; the call waiting on that exchange gets ErrClosed.
+func TestCloseEndsKeyFuncWait(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	entered := make(chan struct{}, 1)
+	fn := func(context.Context) (string, error) { entered <- struct{}{}; <-release; return FakeAPIKey, nil }
+	_, c := setup(t, WithAPIKeyFunc(fn))
+	errc := make(chan error, 1)
+	go func() { _, err := c.AccessToken(context.Background()); errc <- err }()
+	recv(t, entered, "the key function")
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	recv(t, closed, "Close")
+	if err := recv(t, errc, "AccessToken"); !errors.Is(err, ErrClosed) {
+		t.Errorf("AccessToken() = %v; want ErrClosed", err)
+	}
+}
+
+// TestDoneContextStartsNoRefresh: AccessToken with a done context returns a
+// stale token it holds, but starts no background refresh for it.
+func TestDoneContextStartsNoRefresh(t *testing.T) {
+	clk := useFakeClock(t)
+	s, c := setup(t)
+	if _, err := c.AccessToken(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Hour - 30*time.Second) // stale
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if tok, err := c.AccessToken(done); err != nil || tok == "" {
+		t.Fatalf("AccessToken(done) = %v; want the stale token", err)
+	}
+	waitIdle(t, c)
+	if n := s.Requests(pathRefresh); n != 0 {
+		t.Errorf("refreshes started for a done context = %d; want 0", n)
+	}
+}
+
+// TestFakeServerPrintsNoToken: printing a FakeServer shows none of the
+// tokens it issued, which its clients hold.
+func TestFakeServerPrintsNoToken(t *testing.T) {
+	s := NewFakeServer()
+	c := fakeTestClient(t, s)
+	if _, err := c.AccessToken(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	slog.New(slog.NewTextHandler(&b, nil)).Info("fake", "server", s)
+	noSecret(t, "FakeServer printed", fmt.Sprintf("%v %+v %#v %s %d", s, s, s, s, s)+b.String())
 }

@@ -14,11 +14,10 @@
 //	defer c.Close()
 //	opt, err := c.OptimizeMessage(ctx, apala.MessageRequest{...})
 //
-// The company GUID is your company's UUID, the company_id of the token
-// answer: every message call names it, from [WithCompanyGUID] or the
-// request's CompanyGUID, and without one fails with [ErrConfig] before
-// sending anything. [NewClientFromEnv] reads the key, base URL and company
-// GUID from APALA_API_KEY, APALA_BASE_URL and APALA_COMPANY_GUID.
+// The company GUID (your company's UUID, the token answer's company_id) is
+// named by every message call, from [WithCompanyGUID] or the request.
+// [NewClientFromEnv] reads the key, base URL and company GUID from
+// APALA_API_KEY, APALA_BASE_URL and APALA_COMPANY_GUID.
 //
 // Options configure a client (a [ClientOption], for [NewClient]) or one call
 // (a [CallOption], for the message and feedback calls and [Client.Do]), or
@@ -29,10 +28,7 @@
 // # Authentication
 //
 // The API key is exchanged once (POST /api/auth/token) for a JWT access token
-// and a refresh token. Every call carries the access token; reading it costs
-// one atomic load and a clock read, with no lock and no allocation.
-//
-// A token is fresh until the refresh margin before it expires
+// and a refresh token. Every call carries the access token. A token is fresh until the refresh margin before it expires
 // ([DefaultRefreshMargin], capped at half its lifetime): callers use it.
 // Inside the margin it is stale: callers still use it while one refresh runs
 // in the background. Once it is about to expire (a leeway of at most 10s
@@ -47,14 +43,9 @@
 // a cooldown (1s doubling to 30s): callers get the last error at once, marked
 // "(cached: no new token request until ...)". When an API call is answered
 // 401, the token is dropped unless another caller has already replaced it, a
-// new one is obtained, and the call is replayed once. [Client.Authenticate]
-// and [Client.RefreshAccessToken] do the same by hand; few programs need them.
-//
-// [WithAPIKeyFunc] asks a function for the key at every exchange, so that a
-// key rotated in a secret store is picked up without a restart.
-// [WithTokenStore] shares tokens between clients and processes:
-// [NewFileTokenStore] makes the processes of one host take one token
-// request per token lifetime between them.
+// new one is obtained, and the call is replayed once. [WithAPIKeyFunc] asks a
+// function for the key at every exchange (key rotation); [WithTokenStore]
+// shares tokens between clients and processes.
 //
 // # Errors
 //
@@ -73,9 +64,7 @@
 //     matches [ErrPartial], and comes with the server's full answer.
 //
 // Answers are read leniently: an unknown channel, score or reward is kept as
-// sent; only a missing required field is an error.
-//
-// Connection errors and 408, 429, 500, 502, 503 and 504 answers are retried
+// sent. Connection errors and 408, 429, 500, 502, 503 and 504 answers are retried
 // with jittered exponential backoff ([WithMaxRetries], [WithRetryBackoff]),
 // honouring Retry-After up to 60s, and never sleeping past the caller's
 // deadline; failures no retry can fix (a certificate, a TLS handshake, an
@@ -100,7 +89,8 @@
 // shares its result, and each returns as soon as its own context ends, while
 // the request goes on for the others. [Client.Close] ends every wait with
 // [ErrClosed] and cancels and waits for that request: no goroutine of the
-// client outlives it but a call into a TokenStore that ignores its context.
+// client outlives it but a call into user code (a store, the key function)
+// that ignores its context.
 //
 // # Logging
 //

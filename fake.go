@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strconv"
@@ -441,6 +442,12 @@ func (s *FakeServer) SetTokenLifetime(d time.Duration) {
 	defer s.mu.Unlock()
 	s.ready()
 	s.lifetime, s.expiresIn = d, int(d/time.Second)
+}
+
+// Format implements fmt.Formatter: every verb prints the server's name and
+// clock, never the tokens it issued (which its clients hold).
+func (s *FakeServer) Format(f fmt.State, verb rune) {
+	format(f, verb, "apala.FakeServer", []slog.Attr{slog.Time("now", s.Now())})
 }
 
 // Requests reports how many requests the server received on path (the
