@@ -575,7 +575,9 @@ func TestLifecycle(t *testing.T) {
 
 // TestStaleWindowNobodyWaits: 1,000 goroutines calling inside the stale
 // window all return the current token while the one background refresh is
-// held by the server: none waited on the network.
+// held by the server: none waited on the network. They first gather at the
+// lock, which the test holds, having passed the check made without it: only
+// the check under the lock keeps each from starting a refresh of its own.
 func TestStaleWindowNobodyWaits(t *testing.T) {
 	ctx := context.Background()
 	clk := useFakeClock(t)
@@ -584,8 +586,10 @@ func TestStaleWindowNobodyWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := c.Token().AccessToken
-	s.hold(t, pathRefresh)
+	release := s.hold(t, pathRefresh)
 	clk.Advance(time.Hour - 30*time.Second) // inside the 60s margin
+	c.mu.Lock()
+	base := runtime.NumGoroutine()
 	const n = 1000
 	var wg sync.WaitGroup
 	var wrong atomic.Int32
@@ -598,13 +602,19 @@ func TestStaleWindowNobodyWaits(t *testing.T) {
 			}
 		}()
 	}
-	wg.Wait() // would hang if any caller waited for the held refresh
+	for i := 0; i < 1000 && runtime.NumGoroutine() < base+n; i++ {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // let them reach the lock; however many do, one refresh is right
+	c.mu.Unlock()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	recv(t, done, "the callers (one waits for the held refresh?)")
 	if wrong.Load() != 0 {
 		t.Errorf("%d callers got an error or another token; want the current one", wrong.Load())
 	}
-	for s.Requests(pathRefresh) == 0 { // the flight may not have reached the server yet
-		time.Sleep(time.Millisecond)
-	}
+	release()
+	waitIdle(t, c)
 	if got := s.Requests(pathRefresh); got != 1 {
 		t.Errorf("refresh requests = %d; want 1", got)
 	}
@@ -2002,49 +2012,8 @@ func TestCloseEndsEveryWait(t *testing.T) {
 
 // ---- behaviours the mutation campaign found unpinned ----
 
-// TestStaleWindowStampede: a thousand callers arriving together in the
-// stale window start exactly one refresh: the check made under the lock
-// matters, not only the one before it.
-func TestStaleWindowStampede(t *testing.T) {
-	ctx := context.Background()
-	clk := useFakeClock(t)
-	s, c := setup(t)
-	if _, err := c.AccessToken(ctx); err != nil {
-		t.Fatal(err)
-	}
-	release := s.hold(t, pathRefresh)
-	clk.Advance(time.Hour - 30*time.Second) // stale
-	// The callers pass the check made without the lock while the test
-	// holds the lock: only the check under it keeps them from each
-	// starting a refresh. (However many gathered, one refresh is right.)
-	c.mu.Lock()
-	base := runtime.NumGoroutine()
-	var wg sync.WaitGroup
-	for i := 0; i < 1000; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := c.AccessToken(ctx); err != nil {
-				t.Errorf("AccessToken() in the stale window: %v", err)
-			}
-		}()
-	}
-	for i := 0; i < 1000 && runtime.NumGoroutine() < base+1000; i++ {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond) // let them reach the lock
-	c.mu.Unlock()
-	wg.Wait()
-	release()
-	waitIdle(t, c)
-	if n := s.Requests(pathRefresh); n != 1 {
-		t.Errorf("refreshes = %d; want 1", n)
-	}
-}
-
 // TestExplicitJoinsOwnKind: an Authenticate that starts while an automatic
-// refresh is in flight waits for it, then makes its own exchange; a
-// RefreshAccessToken joins only a refresh of its own.
+// refresh is in flight waits for it, then makes its own exchange.
 func TestExplicitJoinsOwnKind(t *testing.T) {
 	ctx := context.Background()
 	clk := useFakeClock(t)
