@@ -500,13 +500,14 @@ func WithAPIKeyFunc(fn func(ctx context.Context) (string, error)) ClientOption {
 // by any number of goroutines: create one and share it. Close it when done
 // to stop its background work and release its idle connections.
 type Client struct {
-	cfg     config // the options, checked; fixed after NewClient
-	apiKey  string
-	baseStr string // base URL without a trailing slash
-	origin  string // scheme://host:port of the base URL
-	hc      *http.Client
-	ownRT   *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
-	budget  retryBudget
+	cfg      config // the options, checked; fixed after NewClient
+	apiKey   string
+	baseStr  string // base URL without a trailing slash
+	origin   string // scheme://host:port of the base URL
+	hc       *http.Client
+	ownRT    *http.Transport // the transport the client made, closed by Close; nil with WithHTTPClient
+	budget   retryBudget
+	keyForms []string // secretForms of apiKey
 
 	// The clock by which token lifetimes are judged (since, now), and the
 	// real one, for waits; they differ only for a FakeServer's clients.
@@ -554,6 +555,7 @@ func NewClient(apiKey string, opts ...ClientOption) (*Client, error) {
 		since:    timeSince,
 		now:      timeNow,
 		baseTime: timeNow(),
+		keyForms: secretForms(apiKey),
 		waited:   timeSince,
 	}
 	c.closing = make(chan struct{})
@@ -648,12 +650,8 @@ func (c *Client) CompanyGUID() string { return c.cfg.company }
 
 // Format implements fmt.Formatter: every verb prints the client's base URL,
 // never its secrets. (encoding/json sees no field of a Client.)
-func (c *Client) Format(f fmt.State, verb rune) {
-	var attrs []slog.Attr
-	if c != nil {
-		attrs = []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", "[REDACTED]")}
-	}
-	format(f, verb, "apala.Client", attrs)
+func (c *Client) Format(f fmt.State, verb rune) { // a nil *Client: fmt prints <nil>
+	format(f, verb, "apala.Client", []slog.Attr{slog.String("base_url", c.baseStr), slog.String("api_key", "[REDACTED]")})
 }
 
 // Close ends every wait of the client's calls, and every later call, with
@@ -1244,24 +1242,22 @@ func (c *Client) serverText(v any, max int, extra []string) string {
 }
 
 // scrubber returns what removes from server text every secret the client
-// holds (the API key, the keys WithAPIKeyFunc returned, the current token
-// pair) and those in extra, in each of secretForms and without case, and not
-// only whole: any run of scrubRun bytes of one is redacted, so that a cut,
-// split or recased secret leaks nothing. The forms are built once.
-func (c *Client) scrubber(extra []string) func(string) string {
-	secrets := append([]string{c.apiKey}, extra...)
+// holds (the API key, the keys WithAPIKeyFunc returned, the pair held), those
+// in extra and the forms known, each in secretForms, not only whole: any run
+// of scrubRun bytes of one is redacted, so a cut or split secret leaks nothing.
+func (c *Client) scrubber(extra []string, known ...string) func(string) string {
+	p := c.pair.Load()
+	if p == nil {
+		p = &tokenPair{}
+	}
 	if ks := c.keys.Load(); ks != nil {
-		secrets = append(secrets, *ks...)
+		extra = append(extra[:len(extra):len(extra)], *ks...)
 	}
-	if p := c.pair.Load(); p != nil {
-		secrets = append(secrets, p.access, p.refresh)
-	}
-	var forms []string
-	for _, secret := range secrets {
-		if len(secret) >= 4 { // a shorter one reveals nothing; replacing it would garble the text
-			for _, f := range secretForms(secret) {
-				forms = append(forms, lowerASCII(f))
-			}
+	// The forms of the key and of the pair held were built when they came.
+	forms := append(append(append([]string(nil), c.keyForms...), p.forms...), known...)
+	for _, secret := range extra {
+		if secret != c.apiKey && secret != p.access && secret != p.refresh {
+			forms = append(forms, secretForms(secret)...)
 		}
 	}
 	return func(s string) string {
@@ -1312,17 +1308,22 @@ func lowerASCII(s string) string {
 
 // secretForms returns secret as the server's text may carry it: raw,
 // JSON-escaped with and without HTML escaping, and URL-escaped.
-func secretForms(secret string) []string {
-	forms := []string{secret, url.QueryEscape(secret), url.PathEscape(secret)}
+func secretForms(secrets ...string) (forms []string) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
-	for _, html := range []bool{true, false} {
-		b.Reset()
-		enc.SetEscapeHTML(html)
-		if enc.Encode(secret) == nil {
-			quoted := strings.TrimSuffix(b.String(), "\n")
-			forms = append(forms, quoted[1:len(quoted)-1])
+	for _, secret := range slices.DeleteFunc(secrets, func(s string) bool { return len(s) < 4 }) {
+		forms = append(forms, secret, url.QueryEscape(secret), url.PathEscape(secret))
+		for _, html := range []bool{true, false} {
+			b.Reset()
+			enc.SetEscapeHTML(html)
+			if enc.Encode(secret) == nil {
+				quoted := strings.TrimSuffix(b.String(), "\n")
+				forms = append(forms, quoted[1:len(quoted)-1])
+			}
 		}
+	}
+	for i, f := range forms {
+		forms[i] = lowerASCII(f) // compared without case
 	}
 	return forms
 }

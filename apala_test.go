@@ -4388,3 +4388,11 @@ func TestStatusEdges(t *testing.T) {
 		}
 	}
 }
+
+// TestNilClientPrints: a nil *Client prints as <nil>, without a panic.
+func TestNilClientPrints(t *testing.T) {
+	var c *Client
+	if got := fmt.Sprintf("%v %+v", c, c); got != "<nil> <nil>" {
+		t.Errorf("nil *Client printed %q; want <nil> <nil>", got)
+	}
+}

@@ -173,6 +173,7 @@ type tokenPair struct {
 	refresh     string
 	tokenType   string
 	bearer      []string // the Authorization header value, pre-built: {"Bearer " + access}
+	forms       []string // secretForms of access and refresh, for scrubbing
 	companyID   string
 	companyName string
 	keyID       string // the fingerprint of the base URL and key it came from, for a TokenStore
@@ -229,7 +230,8 @@ func (c *Client) newPair(access, refresh, tokenType string, expiresIn int, sent 
 // invalid a leeway of a quarter of that margin, at most 10s, before it.
 func (c *Client) makePair(access, refresh, tokenType string, issued, expires time.Time) *tokenPair {
 	p := &tokenPair{access: access, refresh: refresh, tokenType: tokenType, bearer: []string{"Bearer " + access},
-		issuedAt: issued, expiresAt: expires, staleAt: math.MaxInt64, invalidAt: math.MaxInt64}
+		issuedAt: issued, expiresAt: expires, staleAt: math.MaxInt64, invalidAt: math.MaxInt64,
+		forms: secretForms(access, refresh)}
 	if p.tokenType == "" {
 		p.tokenType = "Bearer"
 	}
@@ -606,9 +608,9 @@ func (c *Client) tokenRequest(ctx context.Context, f *flight, path string, body 
 		}
 		refresh = a.RefreshToken
 	}
-	clean := c.scrubber(append(secrets, a.AccessToken, refresh))
-	p = c.newPair(a.AccessToken, refresh, clean(a.TokenType), seconds(a.ExpiresIn), sent)
-	p.companyID, p.companyName = clean(a.CompanyID), clean(a.CompanyName)
+	p = c.newPair(a.AccessToken, refresh, a.TokenType, seconds(a.ExpiresIn), sent)
+	clean := c.scrubber(secrets, p.forms...)
+	p.tokenType, p.companyID, p.companyName = clean(p.tokenType), clean(a.CompanyID), clean(a.CompanyName)
 	return p, nil
 }
 
@@ -882,9 +884,9 @@ func (c *Client) adopt(ctx context.Context, old *tokenPair) *tokenPair {
 	if old != nil && old.access != "" && (st.AccessToken == old.access || !st.ExpiresAt.After(old.expiresAt)) {
 		return nil
 	}
-	clean := c.scrubber([]string{st.AccessToken, st.RefreshToken})
-	p := c.makePair(st.AccessToken, st.RefreshToken, clean(st.TokenType), st.IssuedAt, st.ExpiresAt)
-	p.companyID, p.companyName, p.keyID = clean(st.CompanyID), clean(st.CompanyName), st.KeyID
+	p := c.makePair(st.AccessToken, st.RefreshToken, st.TokenType, st.IssuedAt, st.ExpiresAt)
+	clean := c.scrubber(nil, p.forms...)
+	p.tokenType, p.companyID, p.companyName, p.keyID = clean(p.tokenType), clean(st.CompanyID), clean(st.CompanyName), st.KeyID
 	if c.mono() >= p.staleAt {
 		return nil
 	}

@@ -1600,7 +1600,31 @@ func TestTokenAnswerTextScrubbed(t *testing.T) {
 		js, _ := json.Marshal(v)
 		var b bytes.Buffer
 		slog.New(slog.NewTextHandler(&b, nil)).Info("v", slog.Any("v", v))
-		noSecret(t, fmt.Sprintf("output of %T", v), fmt.Sprintf("%v %+v %s %s", v, v, js, b.String()))
+		out := fmt.Sprintf("%v %+v %s %s", v, v, js, b.String())
+		noSecret(t, fmt.Sprintf("output of %T", v), out)
+		// Runs the tokens do not share with the API key, which is
+		// scrubbed anyway.
+		if secretRun(out, "acc-SECRET-0123456789", refresh, "acc-SECRET-9876543210") != "" {
+			t.Errorf("output of %T holds a run of a token (withheld)", v)
+		}
+	}
+}
+
+// TestStoredTokenTextScrubbed: an adopted stored token whose company echoes
+// its own tokens prints none of them.
+func TestStoredTokenTextScrubbed(t *testing.T) {
+	const access, refresh = "stored.access.0123456789", "stored-refresh-9876543210"
+	store := &memStore{}
+	_, c := setup(t, WithTokenStore(store))
+	now := c.now()
+	store.tok = &StoredToken{AccessToken: access, RefreshToken: refresh, TokenType: "Bearer " + refresh, IssuedAt: now,
+		ExpiresAt: now.Add(time.Hour), CompanyID: access, CompanyName: "Acme " + refresh, KeyID: c.keyID(FakeAPIKey)}
+	if tok, err := c.AccessToken(context.Background()); err != nil || tok != access {
+		t.Fatalf("the stored token was not adopted (err %v)", err)
+	}
+	tok := c.Token()
+	if secretRun(tok.TokenType+" "+tok.CompanyID+" "+tok.CompanyName, access, refresh) != "" {
+		t.Errorf("the adopted token's text holds a run of its tokens (withheld)")
 	}
 }
 
@@ -2114,14 +2138,16 @@ func TestUUIDEdges(t *testing.T) {
 // ---- what a hostile review found ----
 
 // TestTokenAnswerEchoScrubbed: a token answer that echoes the tokens it
-// brings, in its X-Request-Id or its Content-Type (which the media-type
-// parser lowercases), leaks no run of them to a hook, a log or an error.
+// brings, in its X-Request-Id, its Content-Type (which the media-type
+// parser lowercases) or its token type and company, leaks no run of them to
+// a hook, a log, an error or the Token.
 func TestTokenAnswerEchoScrubbed(t *testing.T) {
 	const access, refresh = "Acc-SECRET-MixedCase-0123456789", "Ref-SECRET-MixedCase-9876543210"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Request-Id", "id "+access+" "+refresh)
 		if r.URL.Path == pathToken {
-			writeJSON(w, 200, map[string]any{"access_token": access, "refresh_token": refresh, "expires_in": 3600})
+			writeJSON(w, 200, map[string]any{"access_token": access, "refresh_token": refresh, "expires_in": 3600,
+				"token_type": "Bearer " + refresh, "company_name": "Acme " + access})
 			return
 		}
 		w.Header().Set("Content-Type", "application/"+access+"; x="+refresh)
@@ -2140,7 +2166,8 @@ func TestTokenAnswerEchoScrubbed(t *testing.T) {
 	waitIdle(t, c)
 	mu.Lock()
 	defer mu.Unlock()
-	for what, text := range map[string]string{"hook": strings.Join(seen, " "), "log": logs.String(), "error": err.Error()} {
+	for what, text := range map[string]string{"hook": strings.Join(seen, " "), "log": logs.String(), "error": err.Error(),
+		"token": fmt.Sprintf("%+v %s %s", c.Token(), c.Token().TokenType, c.Token().CompanyName)} {
 		if secretRun(text, access, refresh) != "" {
 			t.Errorf("%s carries a run of a token (withheld)", what)
 		}

@@ -97,15 +97,12 @@
 // Nothing is logged unless [WithLogger] is given an [*log/slog.Logger]: each
 // HTTP attempt at Debug; authentication and refreshes at Info; a retry, a
 // refused refresh and a failed automatic token request at Warn. [WithHooks]
-// reports every HTTP attempt and token request to functions of yours, with
-// the caller's context, to feed metrics and traces.
+// reports attempts and token requests to your metrics and traces.
 //
 // # Testing
 //
-// [FakeServer] is an Apala API in memory, shipped with the package as
-// net/http/httptest is with net/http: [FakeServer.NewClient] returns a client
-// wired to it, so that code using this package is tested against the real
-// client. It is strict and deterministic, scripts answers, records the
-// requests it received, and has a clock of its own that a test moves, so
-// that token expiry is tested without sleeping.
+// [FakeServer] is an Apala API in memory, as net/http/httptest is for
+// net/http: [FakeServer.NewClient] wires the real client to it. It is strict
+// and deterministic, scripts answers, records requests, and has a clock a
+// test moves, so that token expiry is tested without sleeping.
 package apala
